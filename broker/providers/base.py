@@ -1,0 +1,102 @@
+"""The contract every connector type implements.
+
+Providers only mint, verify and discover; they never decide *when* (that is
+the cache's policy). They raise :mod:`broker.errors` types, with
+``UpstreamError(retryable=...)`` for failed upstream calls and
+``CredentialsRejected`` when the upstream refuses the stored credentials.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from broker.clock import Clock, SystemClock
+from broker.errors import FailedPrecondition, InvalidArgument
+from broker.model import (
+    AutoConfigured,
+    AutoConfigureOptions,
+    ClientCredential,
+    Connector,
+    ConnectorTypeSpec,
+)
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What the daemon hands every provider: settings and injected I/O seams."""
+
+    clock: Clock = field(default_factory=SystemClock)
+    #: Whether implicit auth methods (the daemon's own identity) may be used.
+    enable_implicit_auth: bool = False
+    #: The environment providers read (daemon side), injectable for tests.
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Upper bound on one upstream HTTP call, in seconds.
+    request_timeout: float = 10.0
+
+
+class Provider(abc.ABC):
+    """One connector type. Subclasses set :attr:`spec` and implement the abstract methods."""
+
+    spec: ConnectorTypeSpec
+
+    def __init__(self, context: ProviderContext | None = None) -> None:
+        self.context = context or ProviderContext()
+
+    # -- validation -------------------------------------------------------
+    def validate(self, connector: Connector) -> None:
+        """Cross-attribute checks beyond the schema (e.g. "token or client certificate").
+
+        Raise :class:`InvalidArgument` naming the attribute. The schema itself
+        (unknown / missing / typed attributes, expiration bounds) is checked
+        before this is called.
+        """
+
+    @abc.abstractmethod
+    def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
+        """Turn any accepted input format into the one canonical form, or raise InvalidArgument."""
+
+    def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
+        """The ID of the one resource of a type without instances (None if it has instances)."""
+        return None
+
+    # -- upstream ---------------------------------------------------------
+    @abc.abstractmethod
+    async def discover(
+        self, connector: Connector, resource_type: str, resource_id: str | None
+    ) -> list[str]:
+        """List the canonical IDs of reachable resources of one type.
+
+        With ``resource_id`` set, check just that one and return it. An empty
+        list means nothing is reachable; the caller reports it as an error.
+        """
+
+    @abc.abstractmethod
+    async def mint(
+        self, connector: Connector, resource_type: str, resource_id: str
+    ) -> ClientCredential:
+        """Issue a client credential for one resource, as short-lived as the method allows."""
+
+    # -- local environment --------------------------------------------------
+    def auto_configure(
+        self, options: AutoConfigureOptions, env: Mapping[str, str]
+    ) -> AutoConfigured:
+        """Build a configuration from the caller's local environment (files, env vars)."""
+        raise FailedPrecondition(
+            f"connector type '{self.spec.connector_type}' does not support auto-configuration"
+        )
+
+    async def aclose(self) -> None:
+        """Release sessions and pools when the daemon stops."""
+
+    # -- helpers for subclasses -------------------------------------------
+    def implicit_allowed(self, connector: Connector) -> None:
+        """Refuse implicit auth unless the daemon enabled it."""
+        method = self.spec.auth_method(connector.auth_method)
+        if method is not None and method.implicit and not self.context.enable_implicit_auth:
+            raise InvalidArgument(
+                f"auth method '{connector.auth_method}' uses the daemon's own credentials and is "
+                "disabled; start the daemon with BROKER_ENABLE_IMPLICIT_AUTH_METHODS=true to allow it",
+                field="auth_method",
+            )
