@@ -1,0 +1,96 @@
+"""The composition root: builds every layer from settings and runs them.
+
+Startup order: store -> providers -> cache -> service -> listeners, then
+readiness. Shutdown is the reverse and ordered: health NOT_SERVING, stop
+accepting, drain in-flight calls (bounded), cancel background work, close
+upstream sessions and the store — the cleanup shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+
+import anyio
+import structlog
+
+from broker import __version__
+from broker.cache.cache import CredentialCache
+from broker.clock import Clock, SystemClock
+from broker.config import Settings
+from broker.discovery import Discovery, DiscoveryLimits
+from broker.logs import configure
+from broker.providers.base import ProviderContext
+from broker.providers.registry import ProviderRegistry
+from broker.rpc.server import GrpcServer
+from broker.service import BrokerService
+from broker.store.crypto import SecretBox, load_secret_key
+from broker.store.sqlite import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM / SIGINT."""
+    env = dict(os.environ) if env is None else env
+    clock = clock or SystemClock()
+    configure(settings.log_level, settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    key = load_secret_key(settings.data_dir, env, key_file=settings.secret_key_file)
+    store = SqliteStore(settings.database_path, SecretBox(key), clock)
+    await store.open()
+    registry = ProviderRegistry.discover(
+        ProviderContext(
+            clock=clock,
+            enable_implicit_auth=settings.enable_implicit_auth_methods,
+            env=env,
+            request_timeout=settings.request_timeout_seconds,
+        )
+    )
+    cache = CredentialCache(
+        clock, max_entries=settings.cache_max_entries, idle_seconds=settings.cache_idle_seconds
+    )
+    discovery = Discovery(
+        registry,
+        clock,
+        DiscoveryLimits(
+            global_concurrency=settings.discovery_concurrency,
+            per_provider_concurrency=settings.discovery_per_provider,
+            timeout=settings.discovery_timeout_seconds,
+            cache_ttl=settings.discovery_cache_ttl_seconds,
+        ),
+    )
+    service = BrokerService(store, registry, cache, discovery, clock)
+    server = GrpcServer(settings, service)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(cache.run)
+            await server.start()
+            log.info(
+                "daemon_ready",
+                version=__version__,
+                connector_types=[p.spec.connector_type for p in registry.all()],
+                pid=os.getpid(),
+            )
+            if on_ready is not None:
+                on_ready()
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                    break
+            with anyio.CancelScope(shield=True):
+                await server.stop(settings.shutdown_grace_seconds)
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await registry.aclose()
+            await store.close()
+        log.info("daemon_stopped")
