@@ -1,0 +1,91 @@
+"""The ``kubernetes`` connector type: one generic API server, credentials handed out as stored.
+
+A kubernetes connector holds a token, a client certificate or a password for
+one cluster and cannot mint anything shorter-lived, so ``mint`` returns the
+stored credential with no expiry. The resource is single-instance: its ID is
+the cluster name, and asking for any other cluster is refused by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from broker.errors import InvalidArgument
+from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector
+from broker.providers.base import Provider
+from broker.providers.kubernetes import kubeconfig
+from broker.providers.kubernetes.client import fetch_version
+from broker.providers.kubernetes.settings import ClusterSettings, cluster_identity, same_server
+from broker.providers.kubernetes.spec import CONNECTOR_TYPE, RESOURCE_TYPE, SPEC
+
+
+class KubernetesProvider(Provider):
+    """Verifies with GET /version and hands out the stored credential."""
+
+    spec = SPEC
+
+    def validate(self, connector: Connector) -> None:
+        ClusterSettings.from_connector(connector)
+
+    def _check_type(self, resource_type: str) -> None:
+        if resource_type != RESOURCE_TYPE:
+            raise InvalidArgument(
+                f"connector type '{CONNECTOR_TYPE}' serves only resource type "
+                f"'{RESOURCE_TYPE}', not '{resource_type}'",
+                field="resource_type",
+            )
+
+    def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
+        """The cluster name, from the name itself or from the connector's server URL."""
+        self._check_type(resource_type)
+        server, name = cluster_identity(connector.config)
+        wanted = raw.strip()
+        if wanted == name or ("://" in wanted and same_server(wanted, server)):
+            return name
+        raise InvalidArgument(
+            f"connector '{connector.name}' serves only kubernetes cluster '{name}' "
+            f"({server}); resource_id '{wanted}' names another cluster",
+            field="resource_id",
+        )
+
+    def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
+        self._check_type(resource_type)
+        return cluster_identity(connector.config)[1]
+
+    async def discover(
+        self, connector: Connector, resource_type: str, resource_id: str | None
+    ) -> list[str]:
+        """Prove the credentials work with GET /version; the one resource is the cluster."""
+        self._check_type(resource_type)
+        if resource_id is not None:
+            self.canonical_resource_id(connector, resource_type, resource_id)
+        settings = ClusterSettings.from_connector(connector)
+        await fetch_version(settings, self.context.request_timeout)
+        return [settings.cluster_name]
+
+    async def mint(
+        self, connector: Connector, resource_type: str, resource_id: str
+    ) -> ClientCredential:
+        """The stored credential for the cluster; long-lived, so no expiry."""
+        self._check_type(resource_type)
+        name = self.canonical_resource_id(connector, resource_type, resource_id)
+        settings = ClusterSettings.from_connector(connector)
+        config = settings.client_config()
+        method = self.spec.auth_method(connector.auth_method)
+        secret_names = method.secret_names if method is not None else frozenset()
+        return ClientCredential(
+            connector_type=CONNECTOR_TYPE,
+            auth_method=connector.auth_method,
+            resource_type=RESOURCE_TYPE,
+            resource_id=name,
+            config=config,
+            secret_names=frozenset(k for k in config if k in secret_names),
+            expires_at=None,
+            issued_at=self.context.clock.now(),
+        )
+
+    def auto_configure(
+        self, options: AutoConfigureOptions, env: Mapping[str, str]
+    ) -> AutoConfigured:
+        """A configuration from a kubeconfig context (the ``context`` option or the current)."""
+        return kubeconfig.auto_configure(options, env)

@@ -1,0 +1,384 @@
+"""A stand-in Kubernetes API server that really authenticates every request.
+
+No real API server is obtainable here, so tests talk to this one: aiohttp
+over TLS on a loopback port, serving the few read-only endpoints clients
+need (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/api/v1/namespaces``) with
+complete objects, because kubernetes-asyncio and kubectl validate them.
+
+Every request must authenticate, in the order the real server tries:
+
+* a client certificate signed by ``client_ca`` (the user is its CN);
+* ``Authorization: Bearer`` checked against the static ``tokens`` map, then
+  against ``token_validator`` (sync or async; used to accept EKS tokens via
+  moto STS or Google tokens via the test token server);
+* ``Authorization: Basic`` checked against ``basic``.
+
+Anything else gets a 401 ``Status`` object. The server runs its own event
+loop in a background thread so synchronous tests (and daemons started as
+subprocesses) can use it as easily as async ones::
+
+    with KubeApiServer(tokens={"t0ken": "alice"}) as api:
+        api.url, api.ca_pem, api.count(401), api.users
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import inspect
+import ssl
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from tests.servers.tls import CertificateAuthority, IssuedCert, issue_cert, make_ca
+
+#: Checks one bearer token; returns the user name, or None to refuse it.
+TokenValidator = Callable[[str], "str | Awaitable[str | None] | None"]
+
+START_TIMEOUT = 10.0
+
+VERSION_INFO: dict[str, str] = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0-broker-test",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2024-04-17T00:00:00Z",
+    "goVersion": "go1.22.2",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request as the server saw it (never the credential itself)."""
+
+    method: str
+    path: str
+    status: int
+    #: Who it authenticated as, or None.
+    user: str | None
+    #: How: "certificate", "token", "validator", "basic", or None.
+    via: str | None
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    return web.json_response(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        },
+        status=code,
+    )
+
+
+class KubeApiServer:
+    """The test API server; start with :meth:`start` or as a context manager.
+
+    ``tls=False`` serves plain HTTP (like ``kubectl proxy`` on loopback).
+    ``fail_with`` may be set at any time to answer every authenticated
+    request with that status (e.g. 500 or 503) to test error handling.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokens: Mapping[str, str] | None = None,
+        basic: Mapping[str, str] | None = None,
+        client_ca: CertificateAuthority | None = None,
+        token_validator: TokenValidator | None = None,
+        ca: CertificateAuthority | None = None,
+        tls: bool = True,
+    ) -> None:
+        self.tokens = dict(tokens or {})
+        self.basic = dict(basic or {})
+        self.client_ca = client_ca
+        self.token_validator = token_validator
+        self.tls = tls
+        self.ca = ca or make_ca("broker test kube-apiserver CA")
+        self._server_cert: IssuedCert = issue_cert(self.ca, "kube-apiserver")
+        self.fail_with: int | None = None
+        self.requests: list[SeenRequest] = []
+        self.port = 0
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- what tests read ------------------------------------------------------
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_pem(self) -> str:
+        """The PEM of the CA that signed the server certificate."""
+        return self.ca.cert_pem
+
+    def count(self, status: int | None = None) -> int:
+        """How many requests were answered (with ``status``, if given)."""
+        with self._lock:
+            return sum(1 for r in self.requests if status is None or r.status == status)
+
+    @property
+    def statuses(self) -> Counter[int]:
+        with self._lock:
+            return Counter(r.status for r in self.requests)
+
+    @property
+    def users(self) -> list[str]:
+        """The users of authenticated requests, in order."""
+        with self._lock:
+            return [r.user for r in self.requests if r.user is not None]
+
+    def write_kubeconfig(
+        self,
+        path: Path,
+        *,
+        token: str | None = None,
+        exec_command: list[str] | None = None,
+        exec_env: Mapping[str, str] | None = None,
+        cluster: str = "test-cluster",
+    ) -> Path:
+        """A kubeconfig pointing at this server (token or exec plugin user), for kubectl."""
+        user: dict[str, Any] = {}
+        if token is not None:
+            user["token"] = token
+        if exec_command is not None:
+            user["exec"] = {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": exec_command[0],
+                "args": exec_command[1:],
+                "env": [{"name": k, "value": v} for k, v in (exec_env or {}).items()],
+                "interactiveMode": "Never",
+            }
+        cluster_entry: dict[str, Any] = {"server": self.url}
+        if self.tls:
+            cluster_entry["certificate-authority-data"] = self.ca.cert_pem_base64
+        document = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": cluster, "cluster": cluster_entry}],
+            "users": [{"name": "test-user", "user": user}],
+            "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": "test-user"}}],
+            "current-context": cluster,
+        }
+        path.write_text(yaml.safe_dump(document))
+        path.chmod(0o600)
+        return path
+
+    # -- lifecycle ----------------------------------------------------------------
+    def start(self) -> KubeApiServer:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, failure), name="kube-api", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(START_TIMEOUT):
+            raise TimeoutError(f"kube API test server not ready after {START_TIMEOUT}s")
+        if failure:
+            raise RuntimeError("kube API test server failed to start") from failure[0]
+        return self
+
+    def stop(self) -> None:
+        loop, runner, thread = self._loop, self._runner, self._thread
+        if loop is not None and runner is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(START_TIMEOUT)
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(START_TIMEOUT)
+        self._loop = self._runner = self._thread = None
+
+    def __enter__(self) -> KubeApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        # Clients ask with and without the trailing slash (kubernetes-asyncio: /version/).
+        for path, handler in (
+            ("/version", self._version),
+            ("/api", self._api),
+            ("/apis", self._apis),
+            ("/api/v1", self._api_v1),
+            ("/api/v1/namespaces", self._namespaces),
+        ):
+            app.router.add_get(path, handler)
+            app.router.add_get(path + "/", handler)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, "127.0.0.1", 0, ssl_context=self._ssl_context() if self.tls else None
+        )
+        await site.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert = self._server_cert
+        # load_cert_chain reads files only: write them to a private temp dir, then forget.
+        with tempfile.TemporaryDirectory(prefix="kube-api-") as tmp:
+            cert_path, key_path = cert.write(Path(tmp), "server")
+            context.load_cert_chain(cert_path, key_path)
+        if self.client_ca is not None:
+            # Like kube-apiserver: a client certificate is optional, but one that is
+            # presented must chain to the client CA or the handshake fails.
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.load_verify_locations(cadata=self.client_ca.cert_pem)
+        return context
+
+    # -- authentication -------------------------------------------------------------
+    async def _authenticate(self, request: web.Request) -> tuple[str | None, str | None]:
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        if peercert:
+            for rdn in peercert.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return str(value), "certificate"
+        header = request.headers.get("Authorization", "")
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() == "bearer" and credential:
+            if credential in self.tokens:
+                return self.tokens[credential], "token"
+            if self.token_validator is not None:
+                user = await self._validate(credential)
+                if user:
+                    return user, "validator"
+            return None, None
+        if scheme.lower() == "basic" and credential:
+            try:
+                decoded = base64.b64decode(credential, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return None, None
+            name, sep, password = decoded.partition(":")
+            if sep and name in self.basic and self.basic[name] == password:
+                return name, "basic"
+        return None, None
+
+    async def _validate(self, token: str) -> str | None:
+        validator = self.token_validator
+        assert validator is not None
+        if inspect.iscoroutinefunction(validator):
+            return await validator(token)  # type: ignore[no-any-return]
+        # Sync validators may block (e.g. an HTTP call to moto): keep the loop free.
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, validator, token)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _guard(
+        self, request: web.Request, body: Callable[[], dict[str, Any]]
+    ) -> web.Response:
+        user, via = await self._authenticate(request)
+        if user is None:
+            response = _status(401, "Unauthorized", "Unauthorized")
+        elif self.fail_with is not None:
+            response = _status(self.fail_with, "InternalError", "injected failure")
+        else:
+            response = web.json_response(body())
+        with self._lock:
+            self.requests.append(
+                SeenRequest(request.method, request.path, response.status, user, via)
+            )
+        return response
+
+    # -- endpoints ------------------------------------------------------------------
+    async def _version(self, request: web.Request) -> web.Response:
+        return await self._guard(request, lambda: dict(VERSION_INFO))
+
+    async def _api(self, request: web.Request) -> web.Response:
+        return await self._guard(
+            request,
+            lambda: {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}
+                ],
+            },
+        )
+
+    async def _apis(self, request: web.Request) -> web.Response:
+        return await self._guard(
+            request, lambda: {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+        )
+
+    async def _api_v1(self, request: web.Request) -> web.Response:
+        return await self._guard(
+            request,
+            lambda: {
+                "kind": "APIResourceList",
+                "groupVersion": "v1",
+                "resources": [
+                    {
+                        "name": "namespaces",
+                        "singularName": "namespace",
+                        "namespaced": False,
+                        "kind": "Namespace",
+                        "verbs": ["get", "list"],
+                        "shortNames": ["ns"],
+                    }
+                ],
+            },
+        )
+
+    async def _namespaces(self, request: web.Request) -> web.Response:
+        return await self._guard(
+            request,
+            lambda: {
+                "kind": "NamespaceList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": "1"},
+                "items": [
+                    {
+                        "metadata": {
+                            "name": "default",
+                            "uid": "00000000-0000-0000-0000-000000000001",
+                            "resourceVersion": "1",
+                            "creationTimestamp": "2024-01-01T00:00:00Z",
+                        },
+                        "spec": {"finalizers": ["kubernetes"]},
+                        "status": {"phase": "Active"},
+                    }
+                ],
+            },
+        )
