@@ -45,7 +45,9 @@ def parse_value(spec: AttributeSpec, raw: Value) -> Value:
         try:
             return int(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise InvalidArgument(f"attribute '{name}' must be a whole number", field=name) from None
+            raise InvalidArgument(
+                f"attribute '{name}' must be a whole number", field=name
+            ) from None
     if kind is AttrKind.LIST:
         return _parse_list(name, raw)
     if not isinstance(raw, str):

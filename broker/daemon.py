@@ -20,6 +20,7 @@ from broker.cache.cache import CredentialCache
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.discovery import Discovery, DiscoveryLimits
+from broker.local.endpoint import HelperEndpoint
 from broker.logs import configure
 from broker.providers.base import ProviderContext
 from broker.providers.registry import ProviderRegistry
@@ -70,10 +71,12 @@ async def run_daemon(
     )
     service = BrokerService(store, registry, cache, discovery, clock)
     server = GrpcServer(settings, service)
+    helpers = HelperEndpoint(service)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(cache.run)
             await server.start()
+            await helpers.start(settings.local_socket_path, settings.socket_group)
             log.info(
                 "daemon_ready",
                 version=__version__,
@@ -87,6 +90,7 @@ async def run_daemon(
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break
             with anyio.CancelScope(shield=True):
+                await helpers.stop()
                 await server.stop(settings.shutdown_grace_seconds)
             tg.cancel_scope.cancel()
     finally:

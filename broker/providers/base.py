@@ -61,6 +61,29 @@ class Provider(abc.ABC):
         """The ID of the one resource of a type without instances (None if it has instances)."""
         return None
 
+    async def resolve_default_resource_id(
+        self, connector: Connector, resource_type: str
+    ) -> str | None:
+        """Like :meth:`default_resource_id`, for types whose default needs an upstream call."""
+        return self.default_resource_id(connector, resource_type)
+
+    def registry_resource_id(self, connector: Connector, host: str) -> str | None:
+        """The docker-registry resource ID this connector uses for a registry host docker
+        asks about (the credential helper only knows the host), or None if it does not
+        serve that host. Providers whose IDs carry more than the host override this."""
+        if "docker-registry" not in self.spec.resource_type_names:
+            return None
+        if connector.resource_type not in (None, "docker-registry"):
+            return None
+        try:
+            rid = self.canonical_resource_id(connector, "docker-registry", host)
+        except InvalidArgument:
+            return None
+        fixed = connector.resource_id or self.default_resource_id(connector, "docker-registry")
+        if fixed is not None and fixed != rid:
+            return None
+        return rid
+
     # -- upstream ---------------------------------------------------------
     @abc.abstractmethod
     async def discover(
@@ -96,7 +119,8 @@ class Provider(abc.ABC):
         method = self.spec.auth_method(connector.auth_method)
         if method is not None and method.implicit and not self.context.enable_implicit_auth:
             raise InvalidArgument(
-                f"auth method '{connector.auth_method}' uses the daemon's own credentials and is "
-                "disabled; start the daemon with BROKER_ENABLE_IMPLICIT_AUTH_METHODS=true to allow it",
+                f"auth method '{connector.auth_method}' uses the daemon's own credentials and "
+                "is disabled; start the daemon with BROKER_ENABLE_IMPLICIT_AUTH_METHODS=true "
+                "to allow it",
                 field="auth_method",
             )

@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Debian packages the test servers and real clients need: command -> package.
+APT_NEEDS := docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo
+
+.PHONY: run install test test-deps lint proto bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install  ## start the daemon in the foreground (SQLite + Unix socket under ./.broker)
+	$(BIN)/broker serve
+
+test-deps:
+	@missing=""; for pair in $(APT_NEEDS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+proto: install  ## regenerate broker/api/v1 from protos/
+	$(PY) scripts/genproto.py
+
+lint: install
+	$(PY) scripts/genproto.py --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install test-deps lint  ## install everything the tests need and run the suite
+	$(BIN)/pytest -q
+
+bench: install test-deps
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,486 @@
+"""`broker connector ...`: types, register, list, describe, update, delete, verify."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import grpc
+import typer
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from broker.api.v1 import broker_pb2 as pb
+from broker.attributes import render_value
+from broker.cli import render
+from broker.cli.client import connect
+from broker.cli.options import Output, OutputOpt, SocketOpt, parse_pairs, parse_time
+from broker.model import AutoConfigureOptions
+
+app = typer.Typer(no_args_is_help=True, help="Register, inspect and verify connectors.")
+
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", "-l", help="K=V (repeatable)")]
+ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
+ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
+
+
+def _ts(value: Any) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _type_json(t: pb.ConnectorType) -> dict[str, Any]:
+    return {
+        "connector_type": t.connector_type,
+        "name": t.name,
+        "description": t.description,
+        "resource_types": [
+            {
+                "resource_type": rt.resource_type,
+                "name": rt.name,
+                "description": rt.description,
+                "supports_instances": rt.supports_instances,
+                "id_formats": list(rt.id_formats),
+            }
+            for rt in t.resource_types
+        ],
+        "auth_methods": [
+            {
+                "auth_method": m.auth_method,
+                "name": m.name,
+                "description": m.description,
+                "implicit": m.implicit,
+                "requires_expires_at": m.requires_expires_at,
+                "min_expiration_seconds": m.min_expiration_seconds
+                if m.HasField("min_expiration_seconds")
+                else None,
+                "max_expiration_seconds": m.max_expiration_seconds
+                if m.HasField("max_expiration_seconds")
+                else None,
+                "default_expiration_seconds": m.default_expiration_seconds
+                if m.HasField("default_expiration_seconds")
+                else None,
+                "attributes": [
+                    {
+                        "name": a.name,
+                        "description": a.description,
+                        "kind": a.kind,
+                        "required": a.required,
+                        "secret": a.secret,
+                        "default": a.default_value if a.HasField("default_value") else None,
+                    }
+                    for a in m.attributes
+                ],
+            }
+            for m in t.auth_methods
+        ],
+        "supports_auto_configuration": t.supports_auto_configuration,
+    }
+
+
+@app.command("list-types")
+def list_types(
+    connector_type: Annotated[str | None, typer.Option("--type", "-t")] = None,
+    resource_type: ResourceTypeOpt = None,
+    auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List connector types with their resource types and auth methods."""
+    with connect(socket) as stub:
+        reply = stub.ListConnectorTypes(
+            pb.ListConnectorTypesRequest(
+                connector_type=connector_type or "",
+                resource_type=resource_type or "",
+                auth_method=auth_method or "",
+            )
+        )
+    if output is Output.json:
+        render.print_json(
+            [
+                {
+                    "connector_type": t.connector_type,
+                    "name": t.name,
+                    "resource_types": [rt.resource_type for rt in t.resource_types],
+                    "auth_methods": [m.auth_method for m in t.auth_methods],
+                    "supports_auto_configuration": t.supports_auto_configuration,
+                }
+                for t in reply.connector_types
+            ]
+        )
+        return
+    render.print_table(
+        None,
+        ["TYPE", "NAME", "RESOURCE TYPES", "AUTH METHODS", "AUTO-CONFIGURE"],
+        [
+            (
+                t.connector_type,
+                t.name,
+                "\n".join(rt.resource_type for rt in t.resource_types),
+                "\n".join(m.auth_method for m in t.auth_methods),
+                "yes" if t.supports_auto_configuration else "no",
+            )
+            for t in reply.connector_types
+        ],
+    )
+
+
+@app.command("describe-type")
+def describe_type(
+    connector_type: str,
+    resource_type: ResourceTypeOpt = None,
+    auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Describe a connector type, or one of its resource types or auth methods."""
+    with connect(socket) as stub:
+        t = stub.DescribeConnectorType(
+            pb.DescribeConnectorTypeRequest(
+                connector_type=connector_type,
+                resource_type=resource_type or "",
+                auth_method=auth_method or "",
+            )
+        )
+    data = _type_json(t)
+    if output is Output.json:
+        render.print_json(data)
+        return
+    render.console.print(f"[bold]{t.name}[/bold] ({t.connector_type}): {t.description}")
+    if not auth_method:
+        render.print_table(
+            "Resource types",
+            ["RESOURCE TYPE", "INSTANCES", "ID FORMATS", "DESCRIPTION"],
+            [
+                (
+                    r["resource_type"],
+                    "many" if r["supports_instances"] else "one",
+                    "\n".join(r["id_formats"]),
+                    r["description"],
+                )
+                for r in data["resource_types"]
+            ],
+        )
+    if resource_type and not auth_method:
+        return
+    for m in data["auth_methods"]:
+        bounds = (
+            f"expiration {m['min_expiration_seconds']}..{m['max_expiration_seconds']}s, "
+            f"default {m['default_expiration_seconds']}s"
+            if m["default_expiration_seconds"]
+            else "mints no tokens"
+        )
+        render.print_table(
+            f"Auth method {m['auth_method']}: {m['description']} ({bounds})",
+            ["ATTRIBUTE", "KIND", "REQUIRED", "SECRET", "DEFAULT", "DESCRIPTION"],
+            [
+                (
+                    a["name"],
+                    a["kind"],
+                    "yes" if a["required"] else "",
+                    "yes" if a["secret"] else "",
+                    a["default"],
+                    a["description"],
+                )
+                for a in m["attributes"]
+            ],
+        )
+
+
+def _auto_configure(
+    connector_type: str,
+    auth_method: str | None,
+    resource_type: str | None,
+    resource_id: str | None,
+    options: dict[str, str],
+) -> tuple[str, dict[str, str], str | None, str | None, Any]:
+    """Read the caller's own environment (kubeconfig, ~/.aws, ADC): it runs here, not in the
+    daemon, because the daemon may run as another user on another host."""
+    from broker.providers.base import ProviderContext
+    from broker.providers.registry import ProviderRegistry
+
+    provider = ProviderRegistry.discover(ProviderContext()).get(connector_type)
+    found = provider.auto_configure(
+        AutoConfigureOptions(
+            auth_method=auth_method,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            options={k: v for k, v in options.items() if v},
+        ),
+        dict(os.environ),
+    )
+    config = {k: render_value(v) for k, v in found.config.items()}
+    return (
+        found.auth_method,
+        config,
+        resource_type or found.resource_type,
+        resource_id or found.resource_id,
+        found.expires_at,
+    )
+
+
+@app.command()
+def register(
+    name: str,
+    attributes: Annotated[
+        list[str] | None, typer.Argument(help="KEY=VALUE config attributes; KEY=@file reads a file")
+    ] = None,
+    connector_type: Annotated[str, typer.Option("--type", "-t", help="Connector type")] = "",
+    auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    label: LabelOpt = None,
+    expiration_seconds: Annotated[int | None, typer.Option("--expiration-seconds")] = None,
+    expires_at: Annotated[str | None, typer.Option("--expires-at", help="RFC 3339 or +12h")] = None,
+    description: Annotated[str, typer.Option("--description")] = "",
+    auto_configure: Annotated[
+        bool, typer.Option("--auto-configure", help="Read credentials from this environment")
+    ] = False,
+    context: Annotated[str | None, typer.Option("--context", help="kubeconfig context")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="AWS region")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Store without checking")] = False,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Register a connector; prints the resources it reaches."""
+    if not connector_type:
+        raise typer.BadParameter("--type is required", param_hint="--type")
+    config = parse_pairs(attributes, "attribute", files=True)
+    expiry = parse_time(expires_at, "expires_at")
+    if auto_configure:
+        auth_method, found, resource_type, resource_id, found_expiry = _auto_configure(
+            connector_type,
+            auth_method,
+            resource_type,
+            resource_id,
+            {"context": context or "", "profile": profile or "", "region": region or ""},
+        )
+        config = {**found, **config}
+        expiry = expiry or found_expiry
+    with connect(socket) as stub:
+        reply = stub.RegisterConnector(
+            pb.RegisterConnectorRequest(
+                name=name,
+                connector_type=connector_type,
+                auth_method=auth_method or "",
+                resource_type=resource_type or "",
+                resource_id=resource_id,
+                config=config,
+                labels=parse_pairs(label, "label"),
+                expiration_seconds=expiration_seconds,
+                expires_at=_ts(expiry),
+                no_verify=no_verify,
+                description=description,
+            )
+        )
+    if output is Output.json:
+        render.print_json(
+            {
+                "connector": render.connector_json(reply.connector),
+                "resources": [render.resource_json(r) for r in reply.resources],
+            }
+        )
+        return
+    render.console.print(f"Registered connector '{reply.connector.name}'.")
+    if reply.resources:
+        render.print_resources(reply.resources)
+
+
+@app.command("list")
+def list_connectors(
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    connector_type: Annotated[str | None, typer.Option("--type", "-t")] = None,
+    auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    label: LabelOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List connectors, filtered."""
+    with connect(socket) as stub:
+        reply = stub.ListConnectors(
+            pb.ListConnectorsRequest(
+                name=name or "",
+                connector_type=connector_type or "",
+                auth_method=auth_method or "",
+                resource_type=resource_type or "",
+                resource_id=resource_id or "",
+                labels=parse_pairs(label, "label"),
+            )
+        )
+    if output is Output.json:
+        render.print_json([render.connector_json(c) for c in reply.connectors])
+    else:
+        render.print_connectors(reply.connectors)
+
+
+@app.command()
+def describe(
+    name: str,
+    show_secrets: Annotated[bool, typer.Option("--show-secrets")] = False,
+    client: Annotated[
+        bool, typer.Option("--client", help="Show the client credential it would issue")
+    ] = False,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Describe a connector (secrets [HIDDEN] unless --show-secrets)."""
+    with connect(socket) as stub:
+        if client:
+            cred = stub.GetCredentials(
+                pb.GetCredentialsRequest(
+                    connector=name,
+                    resource_type=resource_type or "",
+                    resource_id=resource_id or "",
+                    hide_secrets=not show_secrets,
+                )
+            )
+            if output is Output.json:
+                render.print_json(render.credential_json(cred))
+            else:
+                render.print_credential(cred)
+            return
+        c = stub.GetConnector(pb.GetConnectorRequest(name=name, show_secrets=show_secrets))
+    if output is Output.json:
+        render.print_json(render.connector_json(c))
+    else:
+        render.print_connector(c)
+
+
+@app.command()
+def update(
+    name: str,
+    attributes: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE to set")] = None,
+    remove_attr: Annotated[list[str] | None, typer.Option("--remove-attr")] = None,
+    auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    label: LabelOpt = None,
+    remove_label: Annotated[list[str] | None, typer.Option("--remove-label")] = None,
+    expiration_seconds: Annotated[int | None, typer.Option("--expiration-seconds")] = None,
+    expires_at: Annotated[str | None, typer.Option("--expires-at")] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    multi_type: Annotated[bool, typer.Option("--multi-type", help="Serve every type")] = False,
+    multi_instance: Annotated[
+        bool, typer.Option("--multi-instance", help="Drop the resource ID")
+    ] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify")] = False,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Change a connector (its type cannot change); every update bumps its revision."""
+    with connect(socket) as stub:
+        reply = stub.UpdateConnector(
+            pb.UpdateConnectorRequest(
+                name=name,
+                auth_method=auth_method,
+                resource_type=resource_type,
+                resource_id=resource_id,
+                config=parse_pairs(attributes, "attribute", files=True),
+                remove_attributes=remove_attr or [],
+                labels=parse_pairs(label, "label"),
+                remove_labels=remove_label or [],
+                expiration_seconds=expiration_seconds,
+                expires_at=_ts(parse_time(expires_at, "expires_at")),
+                description=description,
+                clear_resource_type=multi_type,
+                clear_resource_id=multi_instance,
+                no_verify=no_verify,
+            )
+        )
+    if output is Output.json:
+        render.print_json(
+            {
+                "connector": render.connector_json(reply.connector),
+                "resources": [render.resource_json(r) for r in reply.resources],
+            }
+        )
+        return
+    render.console.print(
+        f"Updated connector '{reply.connector.name}' (revision {reply.connector.revision})."
+    )
+    if reply.resources:
+        render.print_resources(reply.resources)
+
+
+@app.command()
+def delete(name: str, socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
+    """Delete a connector; watchers of its credentials get a `deleted` event."""
+    with connect(socket) as stub:
+        c = stub.DeleteConnector(pb.DeleteConnectorRequest(name=name))
+    if output is Output.json:
+        render.print_json(render.connector_json(c))
+    else:
+        render.console.print(f"Deleted connector '{c.name}'.")
+
+
+@app.command()
+def verify(
+    name: str,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Check a connector's credentials and list what they reach; exit 1 on any error."""
+    with connect(socket) as stub:
+        reply = stub.VerifyConnector(
+            pb.VerifyConnectorRequest(
+                name=name, resource_type=resource_type or "", resource_id=resource_id or ""
+            )
+        )
+    if output is Output.json:
+        render.print_json([render.resource_json(r) for r in reply.resources])
+    else:
+        render.print_resources(reply.resources)
+    if not reply.ok:
+        raise typer.Exit(1)
+
+
+@app.command("list-resources")
+def list_resources(
+    connector_type: Annotated[str | None, typer.Option("--connector-type", "--type", "-t")] = None,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    label: LabelOpt = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    exclude_errors: Annotated[bool, typer.Option("--exclude-errors")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-connector seconds")] = 0.0,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Bypass the cache")] = False,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """What every matching connector reaches, asked concurrently."""
+    from broker.cli.progress import collect
+
+    request = pb.ListResourcesRequest(
+        connector_type=connector_type or "",
+        resource_type=resource_type or "",
+        resource_id=resource_id or "",
+        labels=parse_pairs(label, "label"),
+        exclude_errors=exclude_errors,
+        timeout_seconds=timeout,
+        refresh=refresh,
+        name=name or "",
+    )
+    with connect(socket) as stub:
+        stream = stub.ListResources(request)
+        try:
+            results = collect(stream, live=output is Output.table and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            stream.cancel()
+            raise
+        except grpc.RpcError:
+            raise
+    results.sort(key=lambda r: (r.connector, r.resource_type))
+    if output is Output.json:
+        render.print_json([render.resource_json(r) for r in results])
+    else:
+        render.print_resources(results)

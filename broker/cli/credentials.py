@@ -1,0 +1,83 @@
+"""`broker credentials get|watch`: client credentials for one resource."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from broker.api.v1 import broker_pb2 as pb
+from broker.cli import render
+from broker.cli.client import connect
+from broker.cli.options import Output, OutputOpt, SocketOpt
+
+app = typer.Typer(no_args_is_help=True, help="Get or watch client credentials.")
+
+ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
+ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
+
+_KINDS = {
+    pb.CredentialEvent.ISSUED: "issued",
+    pb.CredentialEvent.RENEWED: "renewed",
+    pb.CredentialEvent.UPDATED: "updated",
+    pb.CredentialEvent.DELETED: "deleted",
+    pb.CredentialEvent.ERROR: "error",
+}
+
+
+@app.command()
+def get(
+    name: str,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Print the client credential for one resource (secrets included: that is its job)."""
+    with connect(socket) as stub:
+        cred = stub.GetCredentials(
+            pb.GetCredentialsRequest(
+                connector=name, resource_type=resource_type or "", resource_id=resource_id or ""
+            )
+        )
+    if output is Output.json:
+        render.print_json(render.credential_json(cred))
+    else:
+        render.print_credential(cred)
+
+
+@app.command()
+def watch(
+    name: str,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Stream the credential, then each renewal, until the connector is deleted (or Ctrl-C)."""
+    with connect(socket) as stub:
+        stream = stub.WatchCredentials(
+            pb.WatchCredentialsRequest(
+                connector=name, resource_type=resource_type or "", resource_id=resource_id or ""
+            )
+        )
+        try:
+            for event in stream:
+                kind = _KINDS.get(event.kind, "error")
+                cred = (
+                    render.credential_json(event.credential)
+                    if event.HasField("credential")
+                    else None
+                )
+                if output is Output.json:
+                    line = {"event": kind, "credential": cred, "error": event.error or None}
+                    sys.stdout.write(json.dumps(line) + "\n")
+                    sys.stdout.flush()
+                else:
+                    expiry = cred["expires_at"] if cred else None
+                    detail = event.error or f"expires_at={expiry or 'never'}"
+                    render.console.print(f"{kind}: {detail}")
+        except KeyboardInterrupt:
+            stream.cancel()

@@ -1,0 +1,132 @@
+"""The `broker` command: the daemon (`serve`) and its client."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+
+from broker import __version__
+from broker.cli import connector, credentials, login, render
+from broker.cli.client import connect, rpc_error
+from broker.cli.options import Output, OutputOpt, SocketOpt
+from broker.errors import BrokerError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="credential-broker: short-lived, least-privilege credentials for one resource at a time.",
+)
+app.add_typer(connector.app, name="connector")
+app.add_typer(credentials.app, name="credentials")
+app.add_typer(login.login_app, name="login")
+app.add_typer(login.logout_app, name="logout")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
+app.add_typer(config_app, name="config")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    socket: Annotated[Path | None, typer.Option("--socket")] = None,
+    tcp: Annotated[str | None, typer.Option("--tcp", help="HOST:PORT")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option("--tls-client-ca")] = None,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="Plain TCP, loopback only")
+    ] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="HOST:PORT")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level")] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM / SIGINT."""
+    import anyio
+
+    from broker.config import load_settings
+    from broker.daemon import run_daemon
+
+    settings = load_settings(
+        config,
+        overrides={
+            "data_dir": data_dir,
+            "socket": socket,
+            "tcp": tcp,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "tls_client_ca": tls_client_ca,
+            "insecure": insecure,
+            "metrics": metrics,
+            "log_level": log_level,
+        },
+    )
+    anyio.run(run_daemon, settings)
+
+
+@app.command()
+def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
+    """The daemon's health, uptime, version, connectors, cache and subscribers."""
+    from broker.api.v1 import broker_pb2 as pb
+
+    with connect(socket) as stub:
+        st = stub.GetStatus(pb.GetStatusRequest())
+    data = {
+        "health": st.health,
+        "version": st.version,
+        "uptime_seconds": round(st.uptime_seconds, 1),
+        "connectors": st.connectors,
+        "cached_credentials": st.cached_credentials,
+        "subscribers": st.subscribers,
+        "connector_types": list(st.connector_types),
+    }
+    if output is Output.json:
+        render.print_json(data)
+    else:
+        render.print_table("Daemon", ["PROPERTY", "VALUE"], list(data.items()))
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """The effective configuration (file < env < defaults), secrets hidden."""
+    from broker.config import describe, load_settings, setting_fields
+
+    data = describe(load_settings(config))
+    if output is Output.json:
+        render.print_json(data)
+        return
+    docs = {f.name: f.metadata["doc"] for f in setting_fields()}
+    render.print_table(
+        None, ["SETTING", "VALUE", "MEANING"], [(k, v, docs[k]) for k, v in data.items()]
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    """Entry point: one clear line on stderr and a non-zero exit for every error."""
+    try:
+        app()
+    except BrokerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    except grpc.RpcError as exc:
+        err = rpc_error(exc, None)
+        print(f"error: {err.message}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Daemon settings: defaults, then a TOML file, then ``BROKER_*`` env, then CLI flags.
+
+Every setting is declared once below with its default and meaning; the
+README table and ``broker config show`` are generated from these
+declarations. Unknown keys and bad values are refused with the key named.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from broker.errors import InvalidArgument
+
+ENV_PREFIX = "BROKER_"
+
+
+def _doc(text: str, default: Any = MISSING, secret: bool = False) -> Any:
+    if default is MISSING:
+        return field(metadata={"doc": text, "secret": secret})
+    return field(default=default, metadata={"doc": text, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The daemon's effective configuration."""
+
+    data_dir: Path = _doc("Directory for the store, the secret key and the socket", Path(".broker"))
+    socket: Path | None = _doc("gRPC Unix socket (default: DATA_DIR/broker.sock)", None)
+    socket_group: str | None = _doc("Group owning the sockets (mode 0660)", None)
+    local_socket: Path | None = _doc(
+        "Unix socket of the helper endpoint for docker/kubectl/aws helpers "
+        "(default: DATA_DIR/helper.sock)",
+        None,
+    )
+    tcp: str | None = _doc("Also serve gRPC on HOST:PORT (TLS required unless insecure)", None)
+    tls_cert: Path | None = _doc("PEM certificate for the TCP listener", None)
+    tls_key: Path | None = _doc("PEM private key for the TCP listener", None)
+    tls_client_ca: Path | None = _doc("PEM CA bundle: require client certificates (mTLS)", None)
+    insecure: bool = _doc("Allow TCP without TLS, only on a loopback address", False)
+    database: Path | None = _doc("SQLite database file (default: DATA_DIR/broker.db)", None)
+    secret_key_file: Path | None = _doc(
+        "File with the base64 key encrypting secrets (default: DATA_DIR/secret.key)", None
+    )
+    enable_implicit_auth_methods: bool = _doc(
+        "Allow auth methods that use the daemon's own cloud identity", False
+    )
+    log_level: str = _doc("debug, info, warning or error", "info")
+    log_format: str = _doc("auto (JSON unless a TTY), json or console", "auto")
+    metrics: str | None = _doc("Serve Prometheus metrics on HOST:PORT", None)
+    shutdown_grace_seconds: float = _doc("Time in-flight calls get to finish on shutdown", 10.0)
+    request_timeout_seconds: float = _doc("Bound on one upstream call", 10.0)
+    cache_max_entries: int = _doc("Credentials kept in the cache at most", 10_000)
+    cache_idle_seconds: float = _doc(
+        "Unwatched credentials unused this long are dropped and not renewed", 900.0
+    )
+    discovery_timeout_seconds: float = _doc("Per-connector discovery timeout", 10.0)
+    discovery_concurrency: int = _doc("Discovery calls in flight at once, in all", 64)
+    discovery_per_provider: int = _doc("Discovery calls in flight at once per connector type", 16)
+    discovery_cache_ttl_seconds: float = _doc("How long a resource listing is reused", 60.0)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.data_dir / "broker.sock"
+
+    @property
+    def local_socket_path(self) -> Path:
+        return self.local_socket or self.data_dir / "helper.sock"
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.data_dir / "broker.db"
+
+
+def setting_fields() -> list[Any]:
+    return list(fields(Settings))
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Turn TOML/env/CLI input into the declared type, naming the key on error."""
+    optional = "None" in annotation
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        raise InvalidArgument(f"setting '{name}' must not be empty", field=name)
+    base = annotation.replace(" | None", "")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            number = int(value)
+            if number <= 0:
+                raise ValueError
+            return number
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            seconds = float(value)
+            if seconds < 0:
+                raise ValueError
+            return seconds
+        if base == "Path":
+            if not isinstance(value, str | Path):
+                raise ValueError
+            return Path(value).expanduser()
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise InvalidArgument(
+            f"setting '{name}' must be {_kind_words(base)}, got {value!r}", field=name
+        ) from None
+
+
+def _kind_words(base: str) -> str:
+    return {
+        "bool": "true or false",
+        "int": "a positive whole number",
+        "float": "a non-negative number",
+        "Path": "a path",
+    }.get(base, "text")
+
+
+def _validate(settings: Settings) -> Settings:
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise InvalidArgument(
+            "setting 'log_level' must be debug, info, warning or error, "
+            f"got '{settings.log_level}'",
+            field="log_level",
+        )
+    if settings.log_format not in ("auto", "json", "console"):
+        raise InvalidArgument(
+            f"setting 'log_format' must be auto, json or console, got '{settings.log_format}'",
+            field="log_format",
+        )
+    for key in ("tcp", "metrics"):
+        value = getattr(settings, key)
+        if value is not None:
+            parse_host_port(key, value)
+    if settings.tcp:
+        has_tls = settings.tls_cert is not None and settings.tls_key is not None
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise InvalidArgument("settings 'tls_cert' and 'tls_key' go together", field="tls_cert")
+        if not has_tls:
+            host, _ = parse_host_port("tcp", settings.tcp)
+            if not settings.insecure:
+                raise InvalidArgument(
+                    "setting 'tcp' needs TLS (tls_cert and tls_key); plain TCP is only allowed "
+                    "on loopback with 'insecure' set",
+                    field="tcp",
+                )
+            if not is_loopback(host):
+                raise InvalidArgument(
+                    f"setting 'tcp': plain TCP is refused on non-loopback address '{host}'; "
+                    "configure tls_cert and tls_key",
+                    field="tcp",
+                )
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise InvalidArgument(
+            "setting 'tls_client_ca' needs tls_cert/tls_key", field="tls_client_ca"
+        )
+    return settings
+
+
+def parse_host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"setting '{key}' must be HOST:PORT, got '{value}'", field=key)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
+    known = {f.name: f for f in fields(Settings)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise InvalidArgument(f"unknown setting '{key}' in {source}", field=key)
+        changes[name] = _coerce(name, str(known[name].type), value)
+    return replace(settings, **changes)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < TOML file < BROKER_* env < explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    path = config_file or (Path(env["BROKER_CONFIG"]) if env.get("BROKER_CONFIG") else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise InvalidArgument(f"config file {path} does not exist", field="config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(
+                f"config file {path} is not valid TOML: {exc}", field="config"
+            ) from None
+        nested = [k for k, v in data.items() if isinstance(v, dict)]
+        if nested:
+            raise InvalidArgument(
+                f"unknown section '[{nested[0]}]' in {path}: settings are top-level keys",
+                field=nested[0],
+            )
+        settings = _apply(settings, data, str(path))
+    known = {f.name for f in fields(Settings)}
+    from_env = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in known
+    }
+    settings = _apply(settings, from_env, "environment")
+    settings = _apply(
+        settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags"
+    )
+    return _validate(settings)
+
+
+def describe(settings: Settings, *, show_secrets: bool = False) -> dict[str, Any]:
+    """The effective settings as plain data (for ``broker config show``)."""
+    out: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.metadata.get("secret") and value is not None and not show_secrets:
+            value = "[HIDDEN]"
+        out[f.name] = str(value) if isinstance(value, Path) else value
+    return out

@@ -1,0 +1,151 @@
+"""Model <-> protobuf conversion, in one place so the wire shape stays consistent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from broker.api.v1 import broker_pb2 as pb
+from broker.attributes import render_value
+from broker.errors import InvalidArgument
+from broker.model import (
+    HIDDEN,
+    AuthMethodSpec,
+    ClientCredential,
+    Connector,
+    ConnectorTypeSpec,
+    TypeResources,
+    Value,
+)
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value.astimezone(UTC))
+    return out
+
+
+def from_ts(message: object, name: str) -> datetime | None:
+    """A Timestamp field as an aware datetime; None when unset."""
+    if not message.HasField(name):  # type: ignore[attr-defined]
+        return None
+    stamp: Timestamp = getattr(message, name)
+    if stamp.seconds < 0 or stamp.seconds > 253402300799:
+        raise InvalidArgument(f"'{name}' is out of range", field=name)
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def render_config(
+    config: Mapping[str, Value], secret_names: frozenset[str], show_secrets: bool
+) -> dict[str, str]:
+    return {
+        key: (HIDDEN if key in secret_names and not show_secrets else render_value(value))
+        for key, value in sorted(config.items())
+    }
+
+
+def auth_method(spec: AuthMethodSpec) -> pb.AuthMethod:
+    attrs = [
+        pb.AttributeSpec(
+            name=a.name,
+            description=a.description,
+            kind=a.kind.value,
+            required=a.required,
+            secret=a.secret,
+            default_value=None if a.default is None else render_value(a.default),
+        )
+        for a in spec.attributes
+    ]
+    return pb.AuthMethod(
+        auth_method=spec.auth_method,
+        name=spec.name,
+        description=spec.description,
+        attributes=attrs,
+        min_expiration_seconds=spec.min_expiration_seconds,
+        max_expiration_seconds=spec.max_expiration_seconds,
+        default_expiration_seconds=spec.default_expiration_seconds,
+        implicit=spec.implicit,
+        requires_expires_at=spec.requires_expires_at,
+    )
+
+
+def connector_type(spec: ConnectorTypeSpec) -> pb.ConnectorType:
+    return pb.ConnectorType(
+        connector_type=spec.connector_type,
+        name=spec.name,
+        description=spec.description,
+        resource_types=[
+            pb.ResourceType(
+                resource_type=rt.resource_type,
+                name=rt.name,
+                description=rt.description,
+                supports_instances=rt.supports_instances,
+                id_formats=list(rt.id_formats),
+            )
+            for rt in spec.resource_types
+        ],
+        auth_methods=[auth_method(m) for m in spec.auth_methods],
+        supports_auto_configuration=spec.supports_auto_configuration,
+    )
+
+
+def connector(
+    c: Connector,
+    *,
+    resource_types: tuple[str, ...],
+    scope: str,
+    secret_names: frozenset[str],
+    show_secrets: bool = False,
+) -> pb.Connector:
+    return pb.Connector(
+        id=c.id,
+        name=c.name,
+        connector_type=c.connector_type,
+        auth_method=c.auth_method,
+        resource_types=list(resource_types),
+        resource_id=c.resource_id,
+        scope=scope,
+        expiration_seconds=c.expiration_seconds,
+        expires_at=ts(c.expires_at),
+        labels=dict(c.labels),
+        config=render_config(c.config, secret_names, show_secrets),
+        secret_attributes=sorted(secret_names & set(c.config)),
+        created_at=ts(c.created_at),
+        updated_at=ts(c.updated_at),
+        revision=c.revision,
+        description=c.description,
+    )
+
+
+def credential(
+    connector_name: str, revision: int, cred: ClientCredential, *, hide_secrets: bool = False
+) -> pb.Credential:
+    return pb.Credential(
+        connector=connector_name,
+        connector_type=cred.connector_type,
+        auth_method=cred.auth_method,
+        resource_type=cred.resource_type,
+        resource_id=cred.resource_id,
+        config=render_config(cred.config, cred.secret_names, not hide_secrets),
+        secret_attributes=sorted(cred.secret_names & set(cred.config)),
+        expires_at=ts(cred.expires_at),
+        session_policy=cred.session_policy,
+        issued_at=ts(cred.issued_at),
+        connector_revision=revision,
+    )
+
+
+def resource_result(
+    connector_name: str, connector_type_name: str, r: TypeResources
+) -> pb.ResourceResult:
+    return pb.ResourceResult(
+        connector=connector_name,
+        connector_type=connector_type_name,
+        resource_type=r.resource_type,
+        resource_ids=list(r.resource_ids),
+        error=r.error,
+    )

@@ -1,0 +1,134 @@
+"""gRPC server lifecycle: listeners, health, reflection, ordered shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker.api.v1 import broker_pb2, broker_pb2_grpc
+from broker.config import Settings
+from broker.errors import FailedPrecondition, InvalidArgument
+from broker.rpc.servicer import BrokerServicer
+from broker.service import BrokerService
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
+#: Requests beyond this are refused by gRPC before they reach the broker.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SOCKET_MODE = 0o660
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the directory; remove a stale socket, refuse to steal a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if path.exists() or path.is_symlink():
+        import socket
+
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise FailedPrecondition(f"another daemon is already listening on {path}")
+        finally:
+            probe.close()
+
+
+def secure_socket(path: Path, group: str | None) -> None:
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise InvalidArgument(
+                f"setting 'socket_group': no group '{group}'", field="socket_group"
+            ) from None
+        os.chown(path, -1, gid)
+    os.chmod(path, SOCKET_MODE)
+
+
+class GrpcServer:
+    """Owns the grpc.aio server and its health status."""
+
+    def __init__(self, settings: Settings, service: BrokerService) -> None:
+        self._settings = settings
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        broker_pb2_grpc.add_BrokerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            BrokerServicer(service, str(settings.local_socket_path.resolve())), self._server
+        )
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
+        self.tcp_port: int | None = None
+
+    async def start(self) -> None:
+        settings = self._settings
+        sock = settings.socket_path
+        prepare_socket_path(sock)
+        old = os.umask(0o117)
+        try:
+            self._server.add_insecure_port(f"unix://{sock.resolve()}")
+        finally:
+            os.umask(old)
+        if settings.tcp:
+            self.tcp_port = self._add_tcp(settings)
+        await self._server.start()
+        secure_socket(sock, settings.socket_group)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("grpc_listening", socket=str(sock), tcp=settings.tcp, tcp_port=self.tcp_port)
+
+    def _add_tcp(self, settings: Settings) -> int:
+        assert settings.tcp is not None
+        if settings.tls_cert and settings.tls_key:
+            try:
+                key = settings.tls_key.read_bytes()
+                cert = settings.tls_cert.read_bytes()
+                client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"cannot read TLS file: {exc.filename}: {exc.strerror}", field="tls_cert"
+                ) from None
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            port = self._server.add_secure_port(settings.tcp, creds)
+        else:
+            port = self._server.add_insecure_port(settings.tcp)
+        if port == 0:
+            raise FailedPrecondition(f"cannot listen on {settings.tcp}")
+        return port
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING first, so load balancers and clients move away; then drain."""
+        with contextlib.suppress(Exception):
+            await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        with contextlib.suppress(FileNotFoundError):
+            self._settings.socket_path.unlink()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()

@@ -1,0 +1,306 @@
+"""The gRPC servicer: turns requests into service calls and answers into messages.
+
+Every method runs inside :func:`_guard`, which maps typed errors to status
+codes with their message, and anything unexpected to INTERNAL with a
+reference (details only in the daemon log, never a secret to the caller).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from broker.api.v1 import broker_pb2 as pb
+from broker.api.v1 import broker_pb2_grpc as pb_grpc
+from broker.connectors import ConnectorDraft, scope_of, served_types
+from broker.errors import BrokerError, InvalidArgument
+from broker.model import Connector
+from broker.rpc import convert
+from broker.rpc.status import status_for
+from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
+from broker.store.base import ConnectorFilter
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Any, Ctx], Awaitable[T]]
+
+_EVENT_KINDS = {
+    "issued": pb.CredentialEvent.ISSUED,
+    "renewed": pb.CredentialEvent.RENEWED,
+    "updated": pb.CredentialEvent.UPDATED,
+    "deleted": pb.CredentialEvent.DELETED,
+    "error": pb.CredentialEvent.ERROR,
+}
+
+
+def _guard(method: Handler[T]) -> Handler[T]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: Ctx) -> T:
+        try:
+            return await method(self, request, context)
+        except BrokerError as exc:
+            await context.abort(status_for(exc), exc.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("rpc_internal_error", method=method.__name__, ref=ref)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def caller_of(context: Ctx) -> str:
+    """Who is calling, as far as the transport tells: peer address and mTLS identity."""
+    peer = context.peer() or "unknown"
+    auth = context.auth_context()
+    names = list(auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or [])
+    if names:
+        return f"{peer} ({names[0].decode(errors='replace')})"
+    return peer
+
+
+def _text(value: str) -> str | None:
+    return value or None
+
+
+class BrokerServicer(pb_grpc.BrokerServiceServicer):
+    def __init__(self, service: BrokerService, helper_socket: str = "") -> None:
+        self._service = service
+        self._helper_socket = helper_socket
+
+    def _connector(self, c: Connector, *, show_secrets: bool = False) -> pb.Connector:
+        provider = self._service.provider(c)
+        return convert.connector(
+            c,
+            resource_types=served_types(provider, c),
+            scope=scope_of(provider, c),
+            secret_names=self._service.secret_names(c),
+            show_secrets=show_secrets,
+        )
+
+    @_guard
+    async def ListConnectorTypes(
+        self, request: pb.ListConnectorTypesRequest, context: Ctx
+    ) -> pb.ListConnectorTypesResponse:
+        specs = self._service.list_types(
+            _text(request.connector_type), _text(request.resource_type), _text(request.auth_method)
+        )
+        return pb.ListConnectorTypesResponse(
+            connector_types=[convert.connector_type(s) for s in specs]
+        )
+
+    @_guard
+    async def DescribeConnectorType(
+        self, request: pb.DescribeConnectorTypeRequest, context: Ctx
+    ) -> pb.ConnectorType:
+        spec = self._service.describe_type(
+            request.connector_type, _text(request.resource_type), _text(request.auth_method)
+        )
+        return convert.connector_type(spec)
+
+    @_guard
+    async def RegisterConnector(
+        self, request: pb.RegisterConnectorRequest, context: Ctx
+    ) -> pb.RegisterConnectorResponse:
+        if not request.connector_type:
+            raise InvalidArgument("connector_type is required", field="connector_type")
+        draft = ConnectorDraft(
+            name=request.name,
+            connector_type=request.connector_type,
+            auth_method=_text(request.auth_method),
+            resource_type=_text(request.resource_type),
+            resource_id=request.resource_id if request.HasField("resource_id") else None,
+            config=dict(request.config),
+            labels=dict(request.labels),
+            expiration_seconds=request.expiration_seconds
+            if request.HasField("expiration_seconds")
+            else None,
+            expires_at=convert.from_ts(request, "expires_at"),
+            description=request.description,
+        )
+        connector, results = await self._service.register(draft, verify=not request.no_verify)
+        return pb.RegisterConnectorResponse(
+            connector=self._connector(connector),
+            resources=[
+                convert.resource_result(connector.name, connector.connector_type, r)
+                for r in results
+            ],
+        )
+
+    @_guard
+    async def UpdateConnector(
+        self, request: pb.UpdateConnectorRequest, context: Ctx
+    ) -> pb.UpdateConnectorResponse:
+        def opt(name: str) -> Any:
+            return getattr(request, name) if request.HasField(name) else None
+
+        change = ConnectorUpdate(
+            auth_method=opt("auth_method"),
+            resource_type=opt("resource_type"),
+            resource_id=opt("resource_id"),
+            config=dict(request.config),
+            remove_attributes=list(request.remove_attributes),
+            labels=dict(request.labels),
+            remove_labels=list(request.remove_labels),
+            expiration_seconds=opt("expiration_seconds"),
+            expires_at=convert.from_ts(request, "expires_at"),
+            description=opt("description"),
+            clear_resource_type=request.clear_resource_type,
+            clear_resource_id=request.clear_resource_id,
+            clear_expiration_seconds=request.clear_expiration_seconds,
+            clear_expires_at=request.clear_expires_at,
+        )
+        connector, results = await self._service.update(
+            request.name, change, verify=not request.no_verify
+        )
+        return pb.UpdateConnectorResponse(
+            connector=self._connector(connector),
+            resources=[
+                convert.resource_result(connector.name, connector.connector_type, r)
+                for r in results
+            ],
+        )
+
+    @_guard
+    async def DeleteConnector(
+        self, request: pb.DeleteConnectorRequest, context: Ctx
+    ) -> pb.Connector:
+        return self._connector(await self._service.delete(request.name))
+
+    @_guard
+    async def GetConnector(self, request: pb.GetConnectorRequest, context: Ctx) -> pb.Connector:
+        connector = await self._service.get(request.name)
+        if request.show_secrets:
+            log.info("secrets_shown", connector=connector.name, caller=caller_of(context))
+        return self._connector(connector, show_secrets=request.show_secrets)
+
+    @_guard
+    async def ListConnectors(
+        self, request: pb.ListConnectorsRequest, context: Ctx
+    ) -> pb.ListConnectorsResponse:
+        connectors = await self._service.list_connectors(_filter(request))
+        return pb.ListConnectorsResponse(connectors=[self._connector(c) for c in connectors])
+
+    @_guard
+    async def VerifyConnector(
+        self, request: pb.VerifyConnectorRequest, context: Ctx
+    ) -> pb.VerifyConnectorResponse:
+        connector = await self._service.get(request.name)
+        results = await self._service.verify(
+            request.name, _text(request.resource_type), _text(request.resource_id)
+        )
+        return pb.VerifyConnectorResponse(
+            resources=[
+                convert.resource_result(connector.name, connector.connector_type, r)
+                for r in results
+            ],
+            ok=all(r.error is None for r in results),
+        )
+
+    @_guard
+    async def ListResources(self, request: pb.ListResourcesRequest, context: Ctx) -> None:
+        async with self._service.list_resources(
+            _filter(request),
+            exclude_errors=request.exclude_errors,
+            unit_timeout=request.timeout_seconds or None,
+            refresh=request.refresh,
+        ) as results:
+            async for item in results:
+                await context.write(
+                    convert.resource_result(
+                        item.connector.name, item.connector.connector_type, item.result
+                    )
+                )
+
+    @_guard
+    async def GetCredentials(
+        self, request: pb.GetCredentialsRequest, context: Ctx
+    ) -> pb.Credential:
+        issued = await self._service.get_credentials(
+            request.connector,
+            _text(request.resource_type),
+            _text(request.resource_id),
+            caller=caller_of(context),
+        )
+        return convert.credential(
+            issued.connector.name,
+            issued.connector.revision,
+            issued.credential,
+            hide_secrets=request.hide_secrets,
+        )
+
+    @_guard
+    async def WatchCredentials(self, request: pb.WatchCredentialsRequest, context: Ctx) -> None:
+        events = self._service.watch_credentials(
+            request.connector,
+            _text(request.resource_type),
+            _text(request.resource_id),
+            caller=caller_of(context),
+        )
+        async for event in events:
+            await context.write(_event(event))
+
+    @_guard
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.Status:
+        st = await self._service.status()
+        return pb.Status(
+            version=st.version,
+            health="SERVING",
+            uptime_seconds=st.uptime_seconds,
+            connectors=st.connectors,
+            cached_credentials=st.cached_credentials,
+            subscribers=st.subscribers,
+            connector_types=st.connector_types,
+            helper_socket=self._helper_socket,
+        )
+
+    @_guard
+    async def SetPreferredConnector(
+        self, request: pb.SetPreferredConnectorRequest, context: Ctx
+    ) -> pb.SetPreferredConnectorResponse:
+        if request.resource_type != "docker-registry":
+            raise InvalidArgument(
+                "preferred connectors exist only for resource type 'docker-registry'",
+                field="resource_type",
+            )
+        if not request.resource_id:
+            raise InvalidArgument(
+                "resource_id (the registry host) is required", field="resource_id"
+            )
+        await self._service.set_preferred_registry_connector(
+            request.resource_id, request.connector or None
+        )
+        return pb.SetPreferredConnectorResponse()
+
+
+def _event(event: IssuedEvent) -> pb.CredentialEvent:
+    message = pb.CredentialEvent(kind=_EVENT_KINDS[event.kind], error=event.error or "")
+    if event.issued is not None:
+        message.credential.CopyFrom(
+            convert.credential(
+                event.issued.connector.name,
+                event.issued.connector.revision,
+                event.issued.credential,
+            )
+        )
+    return message
+
+
+def _filter(request: pb.ListConnectorsRequest | pb.ListResourcesRequest) -> ConnectorFilter:
+    return ConnectorFilter(
+        name=_text(request.name),
+        connector_type=_text(request.connector_type),
+        resource_type=_text(request.resource_type),
+        resource_id=_text(request.resource_id),
+        auth_method=_text(getattr(request, "auth_method", "")),
+        labels=dict(request.labels),
+    )

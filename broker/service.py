@@ -1,0 +1,552 @@
+"""The application facade every front end calls (gRPC, local helper endpoint).
+
+Flow: store -> providers -> cache -> front ends. The service validates
+requests into connectors, keeps an in-memory snapshot of the store for the
+hot path (this daemon is the store's only writer), runs discovery, and
+issues credentials through the cache, writing one audit event per issue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal, Protocol
+
+import anyio
+import structlog
+
+from broker import __version__
+from broker.cache.cache import CacheKey
+from broker.clock import Clock
+from broker.connectors import (
+    ConnectorDraft,
+    build_connector,
+    check_not_expired,
+    resolve_resource,
+    served_types,
+)
+from broker.discovery import Discovery, Found
+from broker.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from broker.model import (
+    AuthMethodSpec,
+    ClientCredential,
+    Connector,
+    ConnectorTypeSpec,
+    ResourceTypeSpec,
+    TypeResources,
+    Value,
+)
+from broker.providers.base import Provider
+from broker.providers.registry import ProviderRegistry
+from broker.store.base import ConnectorFilter, ConnectorStore
+from broker.streams.hub import WatchEvent
+
+log = structlog.get_logger(__name__)
+
+#: Store setting prefix: registry host -> the connector docker should use for it.
+PREFERRED_REGISTRY = "preferred.docker-registry."
+audit = structlog.get_logger("broker.audit")
+
+Mint = Callable[[], Awaitable[ClientCredential]]
+
+
+def registry_host(server_url: str) -> str:
+    """``https://host:port/v1/`` -> ``host:port``: what docker passes is a URL or a host."""
+    text = server_url.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    host = text.split("/", 1)[0].lower()
+    if not host:
+        raise InvalidArgument("registry server URL is empty", field="server_url")
+    return host
+
+
+class CredentialCache(Protocol):
+    """What the service needs from the renewal engine."""
+
+    async def get(self, key: CacheKey, mint: Mint) -> ClientCredential: ...
+
+    def watch(self, key: CacheKey, mint: Mint) -> AsyncIterator[WatchEvent]: ...
+
+    def invalidate_connector(
+        self, connector_id: str, event: Literal["updated", "deleted"]
+    ) -> None: ...
+
+    def stats(self) -> Mapping[str, int]: ...
+
+
+@dataclass(frozen=True)
+class ConnectorUpdate:
+    """A partial change: None leaves a field as it is; ``clear_*`` unsets it."""
+
+    auth_method: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    config: Mapping[str, Value] = field(default_factory=dict)
+    remove_attributes: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    remove_labels: Sequence[str] = ()
+    expiration_seconds: int | None = None
+    expires_at: datetime | None = None
+    description: str | None = None
+    clear_resource_type: bool = False
+    clear_resource_id: bool = False
+    clear_expiration_seconds: bool = False
+    clear_expires_at: bool = False
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A client credential together with the connector it came from."""
+
+    connector: Connector
+    credential: ClientCredential
+
+
+@dataclass(frozen=True)
+class IssuedEvent:
+    """One event of a watch, with the connector revision the credential came from."""
+
+    kind: Literal["issued", "renewed", "updated", "deleted", "error"]
+    issued: Issued | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    version: str
+    uptime_seconds: float
+    connectors: int
+    cached_credentials: int
+    subscribers: int
+    connector_types: list[str]
+
+
+@dataclass(frozen=True)
+class ListedResources:
+    connector: Connector
+    result: TypeResources
+
+
+class BrokerService:
+    """Registers, lists and verifies connectors and issues their client credentials."""
+
+    def __init__(
+        self,
+        store: ConnectorStore,
+        registry: ProviderRegistry,
+        cache: CredentialCache,
+        discovery: Discovery,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._cache = cache
+        self._discovery = discovery
+        self._clock = clock
+        self._started = time.monotonic()
+        self._by_name: dict[str, Connector] | None = None
+        self._write_lock = anyio.Lock()
+
+    # -- connector types --------------------------------------------------
+    def list_types(
+        self,
+        connector_type: str | None = None,
+        resource_type: str | None = None,
+        auth_method: str | None = None,
+    ) -> list[ConnectorTypeSpec]:
+        specs = []
+        for provider in self._registry.all():
+            spec = provider.spec
+            if connector_type and spec.connector_type != connector_type:
+                continue
+            if resource_type and spec.resource_type(resource_type) is None:
+                continue
+            if auth_method and spec.auth_method(auth_method) is None:
+                continue
+            specs.append(spec)
+        return specs
+
+    def describe_type(
+        self, connector_type: str, resource_type: str | None = None, auth_method: str | None = None
+    ) -> ConnectorTypeSpec:
+        spec = self._registry.get(connector_type).spec
+        rts: tuple[ResourceTypeSpec, ...] = spec.resource_types
+        ams: tuple[AuthMethodSpec, ...] = spec.auth_methods
+        if resource_type:
+            rt = spec.resource_type(resource_type)
+            if rt is None:
+                raise NotFound(
+                    f"connector type '{connector_type}' has no resource type '{resource_type}'",
+                    field="resource_type",
+                )
+            rts = (rt,)
+        if auth_method:
+            am = spec.auth_method(auth_method)
+            if am is None:
+                raise NotFound(
+                    f"connector type '{connector_type}' has no auth method '{auth_method}'",
+                    field="auth_method",
+                )
+            ams = (am,)
+        return replace(spec, resource_types=rts, auth_methods=ams)
+
+    def provider(self, connector: Connector) -> Provider:
+        return self._registry.get(connector.connector_type)
+
+    # -- connectors -------------------------------------------------------
+    async def _snapshot(self) -> dict[str, Connector]:
+        if self._by_name is None:
+            self._by_name = {c.name: c for c in await self._store.list()}
+        return self._by_name
+
+    async def get(self, name: str) -> Connector:
+        snapshot = await self._snapshot()
+        connector = snapshot.get(name)
+        if connector is None:
+            connector = next((c for c in snapshot.values() if c.id == name), None)
+        if connector is None:
+            raise NotFound(f"connector '{name}' not found", field="name")
+        return connector
+
+    async def list_connectors(self, flt: ConnectorFilter | None = None) -> list[Connector]:
+        flt = flt or ConnectorFilter()
+        out = []
+        for connector in sorted((await self._snapshot()).values(), key=lambda c: c.name):
+            if flt.name and flt.name != connector.name:
+                continue
+            if flt.connector_type and flt.connector_type != connector.connector_type:
+                continue
+            if flt.auth_method and flt.auth_method != connector.auth_method:
+                continue
+            if any(connector.labels.get(k) != v for k, v in flt.labels.items()):
+                continue
+            provider = self._registry.get(connector.connector_type)
+            if flt.resource_type and flt.resource_type not in served_types(provider, connector):
+                continue
+            if flt.resource_id and not self._may_serve_id(provider, connector, flt):
+                continue
+            out.append(connector)
+        return out
+
+    @staticmethod
+    def _may_serve_id(provider: Provider, connector: Connector, flt: ConnectorFilter) -> bool:
+        """Whether the connector's scope admits the ID (multi-instance ones admit any)."""
+        assert flt.resource_id is not None
+        for rt in served_types(provider, connector):
+            if flt.resource_type and rt != flt.resource_type:
+                continue
+            try:
+                canonical = provider.canonical_resource_id(connector, rt, flt.resource_id)
+            except InvalidArgument:  # not an ID of this type
+                continue
+            fixed = connector.resource_id or provider.default_resource_id(connector, rt)
+            if fixed is None or fixed == canonical:
+                return True
+        return False
+
+    async def _verify_or_refuse(self, connector: Connector, verify: bool) -> list[TypeResources]:
+        if not verify:
+            return []
+        results = await self._discovery.discover(
+            connector, connector.resource_type, connector.resource_id, refresh=True
+        )
+        if results and all(r.error for r in results):
+            details = "; ".join(f"{r.resource_type}: {r.error}" for r in results)
+            raise FailedPrecondition(
+                f"connector '{connector.name}' failed verification, nothing was stored "
+                f"(use --no-verify to store it anyway): {details}"
+            )
+        return results
+
+    async def register(
+        self, draft: ConnectorDraft, *, verify: bool = True
+    ) -> tuple[Connector, list[TypeResources]]:
+        provider = self._registry.get(draft.connector_type)
+        connector = build_connector(provider, draft, self._clock)
+        snapshot = await self._snapshot()
+        if connector.name in snapshot:
+            raise AlreadyExists(f"connector '{connector.name}' already exists", field="name")
+        results = await self._verify_or_refuse(connector, verify)
+        async with self._write_lock:
+            stored = await self._store.create(connector, self._secret_names(provider, connector))
+            snapshot[stored.name] = stored
+        log.info("connector_registered", connector=stored.name, type=stored.connector_type)
+        return stored, results
+
+    async def update(
+        self, name: str, change: ConnectorUpdate, *, verify: bool = True
+    ) -> tuple[Connector, list[TypeResources]]:
+        current = await self.get(name)
+        provider = self.provider(current)
+        config = dict(current.config)
+        auth_method = change.auth_method or current.auth_method
+        for key in change.remove_attributes:
+            if key not in config:
+                raise InvalidArgument(
+                    f"connector '{name}' has no attribute '{key}' to remove", field=key
+                )
+            del config[key]
+        config.update(change.config)
+        labels = dict(current.labels)
+        for key in change.remove_labels:
+            labels.pop(key, None)
+        labels.update(change.labels)
+        resource_type = (
+            None if change.clear_resource_type else (change.resource_type or current.resource_type)
+        )
+        if change.resource_id:
+            resource_id: str | None = change.resource_id
+        elif (
+            change.clear_resource_id
+            or change.clear_resource_type
+            or resource_type != current.resource_type
+        ):
+            resource_id = None
+        else:
+            resource_id = current.resource_id
+        draft = ConnectorDraft(
+            name=current.name,
+            connector_type=current.connector_type,
+            auth_method=auth_method,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            config=config,
+            labels=labels,
+            expiration_seconds=None
+            if change.clear_expiration_seconds
+            else (change.expiration_seconds or current.expiration_seconds),
+            expires_at=None
+            if change.clear_expires_at
+            else (change.expires_at or current.expires_at),
+            description=current.description if change.description is None else change.description,
+        )
+        connector = build_connector(provider, draft, self._clock, base=current)
+        results = await self._verify_or_refuse(connector, verify)
+        async with self._write_lock:
+            stored = await self._store.update(
+                connector, self._secret_names(provider, connector), current.revision
+            )
+            (await self._snapshot())[stored.name] = stored
+        self._cache.invalidate_connector(stored.id, "updated")
+        self._discovery.forget(stored.id)
+        log.info("connector_updated", connector=stored.name, revision=stored.revision)
+        return stored, results
+
+    async def delete(self, name: str) -> Connector:
+        current = await self.get(name)
+        async with self._write_lock:
+            deleted = await self._store.delete(current.id)
+            (await self._snapshot()).pop(deleted.name, None)
+        self._cache.invalidate_connector(deleted.id, "deleted")
+        self._discovery.forget(deleted.id)
+        log.info("connector_deleted", connector=deleted.name)
+        return deleted
+
+    @staticmethod
+    def _secret_names(provider: Provider, connector: Connector) -> frozenset[str]:
+        method = provider.spec.auth_method(connector.auth_method)
+        return method.secret_names if method else frozenset()
+
+    def secret_names(self, connector: Connector) -> frozenset[str]:
+        return self._secret_names(self.provider(connector), connector)
+
+    # -- discovery --------------------------------------------------------
+    async def verify(
+        self, name: str, resource_type: str | None = None, resource_id: str | None = None
+    ) -> list[TypeResources]:
+        connector = await self.get(name)
+        check_not_expired(connector, self._clock.now())
+        rid = None
+        if resource_type or resource_id:
+            resource_type, rid = await self._resolve_optional(connector, resource_type, resource_id)
+        return await self._discovery.discover(connector, resource_type, rid, refresh=True)
+
+    async def _resolve_optional(
+        self, connector: Connector, resource_type: str | None, resource_id: str | None
+    ) -> tuple[str, str | None]:
+        """Verify narrows to a type (all its instances) or to one resource."""
+        provider = self.provider(connector)
+        if resource_id:
+            return await resolve_resource(provider, connector, resource_type, resource_id)
+        types = served_types(provider, connector)
+        if resource_type not in types:
+            raise InvalidArgument(
+                f"connector '{connector.name}' does not serve resource type '{resource_type}' "
+                f"(it serves: {', '.join(types)})",
+                field="resource_type",
+            )
+        assert resource_type is not None
+        return resource_type, connector.resource_id
+
+    @asynccontextmanager
+    async def list_resources(
+        self,
+        flt: ConnectorFilter,
+        *,
+        exclude_errors: bool = False,
+        unit_timeout: float | None = None,
+        refresh: bool = False,
+    ) -> AsyncIterator[AsyncIterator[ListedResources]]:
+        """Stream (connector, resource type) results as they arrive, across all connectors."""
+        connectors = await self.list_connectors(replace(flt, resource_id=None))
+        rid = flt.resource_id or None
+
+        async def results() -> AsyncIterator[ListedResources]:
+            async with self._discovery.stream(
+                connectors, flt.resource_type, rid, unit_timeout=unit_timeout, refresh=refresh
+            ) as stream:
+                async for found in stream:
+                    if exclude_errors and found.result.error:
+                        continue
+                    yield ListedResources(found.connector, found.result)
+
+        yield results()
+
+    # -- credentials ------------------------------------------------------
+    async def _key_and_mint(
+        self, name: str, resource_type: str | None, resource_id: str | None
+    ) -> tuple[Connector, CacheKey, Mint]:
+        connector = await self.get(name)
+        check_not_expired(connector, self._clock.now())
+        provider = self.provider(connector)
+        rt, rid = await resolve_resource(provider, connector, resource_type, resource_id)
+        key = CacheKey(connector.id, connector.revision, rt, rid)
+
+        async def mint() -> ClientCredential:
+            check_not_expired(connector, self._clock.now())
+            return await provider.mint(connector, rt, rid)
+
+        return connector, key, mint
+
+    async def get_credentials(
+        self,
+        name: str,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        caller: str = "unknown",
+    ) -> Issued:
+        connector, key, mint = await self._key_and_mint(name, resource_type, resource_id)
+        credential = await self._cache.get(key, mint)
+        self._audit(connector, credential, caller)
+        return Issued(connector, credential)
+
+    def _audit(self, connector: Connector, credential: ClientCredential, caller: str) -> None:
+        audit.info(
+            "credential_issued",
+            connector=connector.name,
+            connector_type=connector.connector_type,
+            resource_type=credential.resource_type,
+            resource_id=credential.resource_id,
+            expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
+            caller=caller,
+        )
+
+    async def watch_credentials(
+        self,
+        name: str,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        caller: str = "unknown",
+    ) -> AsyncIterator[IssuedEvent]:
+        """The current credential, each renewal, and update/delete events (then the end)."""
+        connector, key, mint = await self._key_and_mint(name, resource_type, resource_id)
+        updated = False
+        while True:
+            async for event in self._cache.watch(key, mint):
+                if event.kind in ("issued", "renewed") and event.credential is not None:
+                    self._audit(connector, event.credential, caller)
+                    kind: Literal["issued", "renewed", "updated"] = event.kind
+                    if updated and event.kind == "issued":
+                        kind, updated = "updated", False
+                    yield IssuedEvent(kind, Issued(connector, event.credential))
+                elif event.kind == "error":
+                    yield IssuedEvent("error", error=event.error)
+                elif event.kind == "deleted":
+                    yield IssuedEvent("deleted")
+                    return
+                elif event.kind == "updated":
+                    break
+            else:
+                return
+            try:
+                connector, key, mint = await self._key_and_mint(
+                    connector.name, key.resource_type, key.resource_id
+                )
+            except NotFound:
+                yield IssuedEvent("deleted")
+                return
+            except Exception as exc:
+                yield IssuedEvent("error", error=str(exc))
+                return
+            updated = True
+
+    # -- docker registries (credential helper) ----------------------------
+    async def registry_connector(self, server_url: str) -> tuple[str, str]:
+        """The connector serving a registry host docker asks about, and its resource ID.
+
+        Several candidates and no preference recorded by ``broker login docker`` is an
+        error that names them; none is NotFound ("credentials not found" to docker).
+        """
+        host = registry_host(server_url)
+        candidates: list[tuple[Connector, str]] = []
+        for connector in await self.list_connectors():
+            rid = self.provider(connector).registry_resource_id(connector, host)
+            if rid is not None:
+                candidates.append((connector, rid))
+        preferred = await self._store.get_setting(PREFERRED_REGISTRY + host)
+        for connector, rid in candidates:
+            if connector.name == preferred:
+                return connector.name, rid
+        if not candidates:
+            raise NotFound(f"no connector serves registry '{host}'", field="server_url")
+        if len(candidates) > 1:
+            names = ", ".join(c.name for c, _ in candidates)
+            raise FailedPrecondition(
+                f"several connectors serve registry '{host}' ({names}); choose one with "
+                f"`broker login docker NAME --resource-id {host}`"
+            )
+        connector, rid = candidates[0]
+        return connector.name, rid
+
+    async def registry_usernames(self) -> dict[str, str]:
+        """``list`` for docker: registry URL -> user name, for long-lived docker connectors."""
+        out: dict[str, str] = {}
+        for connector in await self.list_connectors(ConnectorFilter(connector_type="docker")):
+            rid = await self.provider(connector).resolve_default_resource_id(
+                connector, "docker-registry"
+            )
+            if rid:
+                out[rid] = str(connector.config.get("username", ""))
+        return out
+
+    async def set_preferred_registry_connector(self, host: str, name: str | None) -> None:
+        """Record (or clear) which connector answers docker for a registry host."""
+        if name is not None:
+            connector = await self.get(name)
+            rid = self.provider(connector).registry_resource_id(connector, registry_host(host))
+            if rid is None:
+                raise InvalidArgument(
+                    f"connector '{name}' does not serve registry '{host}'", field="resource_id"
+                )
+        await self._store.set_setting(PREFERRED_REGISTRY + registry_host(host), name)
+
+    # -- status -----------------------------------------------------------
+    async def status(self) -> DaemonStatus:
+        stats = self._cache.stats()
+        return DaemonStatus(
+            version=__version__,
+            uptime_seconds=time.monotonic() - self._started,
+            connectors=len(await self._snapshot()),
+            cached_credentials=int(stats.get("entries", 0)),
+            subscribers=int(stats.get("subscribers", 0)),
+            connector_types=[p.spec.connector_type for p in self._registry.all()],
+        )
+
+
+__all__ = ["BrokerService", "ConnectorUpdate", "Found", "Issued", "IssuedEvent"]

@@ -1,0 +1,119 @@
+"""Runs the real daemon as a subprocess on a temp Unix socket, and drives it.
+
+``Daemon.cli(...)`` runs the real `broker` command; ``Daemon.stub()`` gives a
+gRPC stub on the same socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from broker.api.v1 import broker_pb2_grpc as pb_grpc
+
+BROKER = [sys.executable, "-m", "broker.cli.main"]
+
+
+def _clean_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AWS_", "GOOGLE_"))}
+    env.update(extra or {})
+    return env
+
+
+class Daemon:
+    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.socket = data_dir / "broker.sock"
+        self.log_path = data_dir.parent / f"{data_dir.name}-daemon.log"
+        self.env = _clean_env(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*BROKER, "serve", "--data-dir", str(self.data_dir), "--log-level", "debug", *extra],
+            stdout=log,
+            stderr=log,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if self.socket.exists() and self._healthy():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"daemon not ready after {timeout}s:\n{self.log()}")
+
+    def _healthy(self) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(
+        self, *args: str, check: bool = True, env: Mapping[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**self.env, "BROKER_SOCKET": str(self.socket), **(env or {})}
+        result = subprocess.run(
+            [*BROKER, *args], capture_output=True, text=True, env=full_env, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"broker {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def cli_json(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
+        return json.loads(self.cli(*args, "--output", "json", env=env).stdout)
+
+    @contextmanager
+    def stub(self) -> Iterator[pb_grpc.BrokerServiceStub]:
+        with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+            yield pb_grpc.BrokerServiceStub(channel)
+
+
+@contextmanager
+def running_daemon(data_dir: Path, *extra: str, env: Mapping[str, str] | None = None) -> Iterator[Daemon]:
+    daemon = Daemon(data_dir, env)
+    daemon.start(*extra)
+    try:
+        yield daemon
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.stop()
+        if daemon.proc and daemon.proc.returncode not in (0, None, -signal.SIGTERM):
+            print(daemon.log())

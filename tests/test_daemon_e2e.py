@@ -1,0 +1,211 @@
+"""The real daemon, driven through the real `broker` CLI, against a real docker-registry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from broker.api.v1 import broker_pb2 as pb
+from tests.daemon import Daemon, running_daemon
+from tests.servers.registry import RegistryServer, start_registry
+
+SECRET = "s3cr3t-Pa55word-zz9"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    with start_registry(tmp_path_factory.mktemp("reg"), users={"alice": SECRET}) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    with start_registry(tmp_path_factory.mktemp("tlsreg"), users={"bob": SECRET}, tls=True) as r:
+        yield r
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    with running_daemon(tmp_path / "data") as d:
+        yield d
+
+
+def test_register_describe_get_update_delete_docker(daemon: Daemon, registry: RegistryServer) -> None:
+    reg = daemon.cli_json(
+        "connector", "register", "local", "--type", "docker", "--label", "env=dev",
+        "username=alice", f"password={SECRET}", f"registry=http://{registry.address}/v2/",
+    )
+    assert reg["connector"]["resource_id"] is None or reg["connector"]["resource_id"] == registry.address
+    assert reg["resources"] == [{
+        "connector": "local", "connector_type": "docker", "resource_type": "docker-registry",
+        "resource_ids": [registry.address], "error": None,
+    }]
+
+    listed = daemon.cli_json("connector", "list")
+    assert [c["name"] for c in listed] == ["local"]
+    described = daemon.cli_json("connector", "describe", "local")
+    assert described["config"]["password"] == "[HIDDEN]"
+    assert described["labels"] == {"env": "dev"}
+    assert set(described) >= {"name", "id", "connector_type", "auth_method", "resource_types",
+                              "resource_id", "expiration_seconds", "expires_at", "labels", "config"}
+    shown = daemon.cli_json("connector", "describe", "local", "--show-secrets")
+    assert shown["config"]["password"] == SECRET
+
+    cred = daemon.cli_json("credentials", "get", "local", "--resource-type", "docker-registry")
+    assert cred == {
+        "connector": "local", "connector_type": "docker", "auth_method": "password",
+        "resource_type": "docker-registry", "resource_id": registry.address, "expires_at": None,
+        "config": cred["config"], "session_policy": None,
+    }
+    assert cred["config"]["username"] == "alice"
+    assert cred["config"]["password"] == SECRET
+
+    updated = daemon.cli_json("connector", "update", "local", "--label", "env=prod", "--remove-label", "nope")
+    assert updated["connector"]["labels"] == {"env": "prod"}
+    assert updated["connector"]["revision"] == described["revision"] + 1
+
+    table = daemon.cli("connector", "list").stdout
+    assert "local" in table and "docker" in table
+
+    daemon.cli("connector", "delete", "local")
+    missing = daemon.cli("connector", "describe", "local", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: connector 'local' not found"
+    assert "Traceback" not in missing.stderr
+    assert SECRET not in daemon.log()
+
+
+def test_wrong_password_refused_and_nothing_stored(daemon: Daemon, registry: RegistryServer) -> None:
+    result = daemon.cli(
+        "connector", "register", "bad", "--type", "docker", "username=alice",
+        "password=wrong-password-123", f"registry={registry.address}", check=False,
+    )
+    assert result.returncode == 1
+    assert "refused the credentials" in result.stderr
+    assert "wrong-password-123" not in result.stderr
+    assert daemon.cli_json("connector", "list") == []
+    # --no-verify stores it; verify then reports the refusal per type and exits 1.
+    daemon.cli("connector", "register", "bad", "--type", "docker", "username=alice",
+               "password=wrong-password-123", f"registry={registry.address}", "--no-verify")
+    verify = daemon.cli("connector", "verify", "bad", "--output", "json", check=False)
+    assert verify.returncode == 1
+    assert "refused the credentials" in verify.stdout
+
+
+def test_tls_registry_with_ca_file_and_insecure(daemon: Daemon, tls_registry: RegistryServer, tmp_path: Path) -> None:
+    assert tls_registry.ca is not None
+    ca_file = tls_registry.ca.write(tmp_path)
+    daemon.cli("connector", "register", "tls", "--type", "docker", "username=bob",
+               f"password={SECRET}", f"registry=https://{tls_registry.address}",
+               f"certificate_authority=@{ca_file}")
+    no_ca = daemon.cli("connector", "register", "tls2", "--type", "docker", "username=bob",
+                       f"password={SECRET}", f"registry=https://{tls_registry.address}", check=False)
+    assert no_ca.returncode == 1
+    assert "certificate" in no_ca.stderr.lower()
+    daemon.cli("connector", "register", "tls3", "--type", "docker", "username=bob",
+               f"password={SECRET}", f"registry=https://{tls_registry.address}", "insecure=true")
+    assert [c["name"] for c in daemon.cli_json("connector", "list")] == ["tls", "tls3"]
+
+
+def test_restart_keeps_connectors_and_secrets_encrypted(tmp_path: Path, registry: RegistryServer) -> None:
+    data = tmp_path / "data"
+    with running_daemon(data) as d:
+        d.cli("connector", "register", "keep", "--type", "docker", "username=alice",
+              f"password={SECRET}", f"registry={registry.address}")
+        assert d.stop() == 0
+    raw = b"".join(p.read_bytes() for p in data.iterdir() if p.name.startswith("broker.db"))
+    assert SECRET.encode() not in raw
+    assert b"alice" in raw
+    assert stat.S_IMODE((data / "secret.key").stat().st_mode) == 0o600
+    with running_daemon(data) as d:
+        cred = d.cli_json("credentials", "get", "keep")
+        assert cred["config"]["password"] == SECRET
+        mode = stat.S_IMODE(d.socket.stat().st_mode)
+        assert mode == 0o660
+
+
+def test_health_reflection_and_status(daemon: Daemon) -> None:
+    with grpc.insecure_channel(f"unix://{daemon.socket}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="broker.v1.BrokerService"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in responses[0].list_services_response.service}
+        assert "broker.v1.BrokerService" in names
+        assert "grpc.health.v1.Health" in names
+    status = daemon.cli_json("status")
+    assert status["health"] == "SERVING"
+    assert {"docker", "kubernetes"} <= set(status["connector_types"])
+
+
+def test_sigterm_drains_in_flight_and_exits_cleanly(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    with daemon.stub() as stub:
+        future = stub.ListConnectors.future(pb.ListConnectorsRequest())
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert future.result(timeout=10).connectors is not None
+    assert daemon.proc.wait(15) == 0
+    assert not daemon.socket.exists()
+    assert "daemon_stopped" in daemon.log()
+
+
+def test_cli_reports_a_missing_daemon(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "nothing")
+    result = d.cli("connector", "list", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: daemon not running at {d.socket}")
+
+
+def test_tcp_without_tls_refused_off_loopback(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "data")
+    with pytest.raises(RuntimeError, match="TLS"):
+        d.start("--tcp", "0.0.0.0:0", "--insecure", timeout=10)
+    d2 = Daemon(tmp_path / "data2")
+    with pytest.raises(RuntimeError, match="tls_cert"):
+        d2.start("--tcp", "127.0.0.1:0", timeout=10)
+
+
+def test_kubernetes_connector_verify_and_auto_configure(daemon: Daemon, tmp_path: Path) -> None:
+    from tests.servers.kube_api import KubeApiServer
+
+    with KubeApiServer(tokens={"good-token-123": "alice"}) as api:
+        ca = tmp_path / "ca.pem"
+        ca.write_text(api.ca_pem)
+        reg = daemon.cli_json(
+            "connector", "register", "k", "--type", "kubernetes", "--auth-method", "token",
+            f"server={api.url}", "token=good-token-123", f"certificate_authority=@{ca}",
+            "cluster_name=dev",
+        )
+        assert reg["resources"][0]["resource_ids"] == ["dev"]
+        bad = daemon.cli(
+            "connector", "register", "k2", "--type", "kubernetes", "--auth-method", "token",
+            f"server={api.url}", "token=bad-token-456", f"certificate_authority=@{ca}", check=False,
+        )
+        assert bad.returncode == 1
+        assert "refused the credentials" in bad.stderr
+        assert "bad-token-456" not in bad.stderr
+
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", token="good-token-123")
+        auto = daemon.cli_json(
+            "connector", "register", "auto", "--type", "kubernetes", "--auto-configure",
+            env={"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)},
+        )
+        assert auto["connector"]["auth_method"] == "token"
+        assert auto["connector"]["config"]["token"] == "[HIDDEN]"
+        assert auto["resources"][0]["error"] is None
+        cred = daemon.cli_json("credentials", "get", "auto")
+        assert cred["connector_type"] == "kubernetes"
+        assert cred["config"]["token"] == "good-token-123"
+        assert cred["config"]["server"] == api.url
+        assert "good-token-123" not in daemon.log()
