@@ -1,0 +1,294 @@
+"""The ``gcp`` connector type: Google credentials in, short-lived access tokens out.
+
+Every resource type is reached with an OAuth2 access token (cloud-platform
+scope) minted from the stored credential; what differs is the wrapping:
+
+* gcp-generic, gcs-bucket -> a ``gcp`` ``oauth2-token`` credential (token, project_id);
+* kubernetes-cluster -> a ``kubernetes`` ``token`` credential (server, CA and
+  cluster name from the GKE API, the token as bearer);
+* docker-registry -> a ``docker`` ``password`` credential (``oauth2accesstoken``
+  and the token, for the registry host).
+
+``generate_temporary_tokens=false`` (user and service accounts) hands out the
+key file itself where a consumer can use one: gcp-generic and gcs-bucket get a
+``gcp`` credential of the connector's own method, registries get docker's
+``_json_key`` login for a service account key. GKE clusters always get a
+token: kubectl cannot use a key file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+import aiohttp
+
+from broker.errors import ConnectorExpired, FailedPrecondition, InvalidArgument
+from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
+from broker.providers.base import Provider
+from broker.providers.gcp import autoconfig, discovery, ids, tokens
+from broker.providers.gcp.api import Endpoints, GoogleApi
+from broker.providers.gcp.keys import SERVICE_ACCOUNT
+from broker.providers.gcp.settings import KEY_ATTRIBUTES, GcpSettings
+from broker.providers.gcp.spec import (
+    AUTH_EXTERNAL,
+    AUTH_IMPERSONATION,
+    AUTH_TOKEN,
+    CONNECTOR_TYPE,
+    RT_GCS,
+    RT_GENERIC,
+    RT_GKE,
+    RT_REGISTRY,
+    SPEC,
+    TOKEN_LIFETIME,
+)
+from broker.providers.http import client_session
+
+#: The docker user name Google registries take with an access token as password.
+REGISTRY_TOKEN_USER = "oauth2accesstoken"
+#: The docker user name Google registries take with a service account key as password.
+REGISTRY_KEY_USER = "_json_key"
+
+
+class GcpProvider(Provider):
+    """Service accounts, user accounts, tokens, impersonation and federation for Google Cloud."""
+
+    spec = SPEC
+
+    _session: aiohttp.ClientSession | None = None
+    _endpoints: Endpoints | None = None
+
+    # -- configuration ------------------------------------------------------
+    def settings(self, connector: Connector) -> GcpSettings:
+        return GcpSettings.from_connector(connector, self.context.env)
+
+    def endpoints(self) -> Endpoints:
+        if self._endpoints is None:
+            self._endpoints = Endpoints.from_env(self.context.env)
+        return self._endpoints
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = client_session(timeout=self.context.request_timeout)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- validation -------------------------------------------------------
+    def validate(self, connector: Connector) -> None:
+        self.settings(connector)
+
+    def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
+        _check_type(resource_type)
+        project = self.settings(connector).project
+        if resource_type == RT_GENERIC:
+            return ids.canonical_project(raw, project)
+        if resource_type == RT_GCS:
+            return ids.canonical_bucket(raw)
+        if resource_type == RT_GKE:
+            return ids.parse_cluster(raw, project).canonical
+        return ids.parse_registry(raw, project).canonical
+
+    def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
+        _check_type(resource_type)
+        return self.settings(connector).project if resource_type == RT_GENERIC else None
+
+    # -- tokens -------------------------------------------------------------
+    async def access_token(self, connector: Connector) -> tokens.AccessToken:
+        """One fresh access token for the connector's identity (one upstream attempt)."""
+        self.implicit_allowed(connector)
+        settings = self.settings(connector)
+        now = self.context.clock.now()
+        timeout = self.context.request_timeout
+        session = self._http()
+        if settings.auth_method == AUTH_TOKEN:
+            return _stored_token(connector, settings, now)
+        if settings.key is None:  # implicit without an ADC file: the metadata server
+            return await tokens.metadata_token(
+                session, self.endpoints().metadata_host, now=now, request_timeout=timeout
+            )
+        token = await tokens.key_token(session, settings.key, now=now, request_timeout=timeout)
+        target = settings.target
+        if settings.auth_method == AUTH_EXTERNAL:
+            target = settings.key.impersonation_target
+        if target is None:
+            return token
+        lifetime = TOKEN_LIFETIME
+        if settings.auth_method == AUTH_IMPERSONATION:
+            lifetime = connector.expiration_seconds or TOKEN_LIFETIME
+        return await tokens.impersonate(
+            session,
+            self.endpoints().iamcredentials,
+            token,
+            target,
+            lifetime,
+            request_timeout=timeout,
+        )
+
+    # -- upstream ---------------------------------------------------------
+    async def discover(
+        self, connector: Connector, resource_type: str, resource_id: str | None
+    ) -> list[str]:
+        _check_type(resource_type)
+        settings = self.settings(connector)
+        project = settings.project
+        canonical = (
+            self.canonical_resource_id(connector, resource_type, resource_id)
+            if resource_id
+            else None
+        )
+        token = await self.access_token(connector)  # proves the credentials work
+        if resource_type == RT_GENERIC:
+            return [project]
+        api = GoogleApi(self._http(), token.value, self.context.request_timeout)
+        urls = self.endpoints()
+        if resource_type == RT_GCS:
+            if canonical:
+                return [await discovery.get_bucket(api, urls, canonical)]
+            return await discovery.list_buckets(api, urls, project)
+        if resource_type == RT_GKE:
+            clusters = await discovery.list_clusters(api, urls, project)
+            if canonical:
+                ref = ids.parse_cluster(canonical, project)
+                discovery.find_cluster(clusters, ref, project)
+                return [canonical]
+            return discovery.cluster_ids(clusters)
+        if canonical:
+            ref_r = ids.parse_registry(canonical, project)
+            return [await discovery.check_registry(api, urls, ref_r)]
+        return await discovery.list_registries(api, urls, project)
+
+    async def mint(
+        self, connector: Connector, resource_type: str, resource_id: str
+    ) -> ClientCredential:
+        _check_type(resource_type)
+        self.implicit_allowed(connector)
+        settings = self.settings(connector)
+        canonical = self.canonical_resource_id(connector, resource_type, resource_id)
+        issued = self.context.clock.now()
+        if not settings.generate_tokens:
+            handed = self._key_credential(connector, settings, resource_type, canonical, issued)
+            if handed is not None:
+                return handed
+        token = await self.access_token(connector)
+        if resource_type in (RT_GENERIC, RT_GCS):
+            return ClientCredential(
+                connector_type=CONNECTOR_TYPE,
+                auth_method=AUTH_TOKEN,
+                resource_type=resource_type,
+                resource_id=canonical,
+                config={"token": token.value, "project_id": settings.project},
+                secret_names=frozenset({"token"}),
+                expires_at=token.expires_at,
+                issued_at=issued,
+            )
+        if resource_type == RT_GKE:
+            ref = ids.parse_cluster(canonical, settings.project)
+            api = GoogleApi(self._http(), token.value, self.context.request_timeout)
+            clusters = await discovery.list_clusters(api, self.endpoints(), settings.project)
+            cluster = discovery.find_cluster(clusters, ref, settings.project)
+            server, ca, location = discovery.cluster_access(cluster, ref)
+            return ClientCredential(
+                connector_type="kubernetes",
+                auth_method="token",
+                resource_type=resource_type,
+                resource_id=canonical,
+                config={
+                    "server": server,
+                    "certificate_authority": ca,
+                    "cluster_name": f"gke_{settings.project}_{location}_{ref.name}",
+                    "token": token.value,
+                },
+                secret_names=frozenset({"token"}),
+                expires_at=token.expires_at,
+                issued_at=issued,
+            )
+        registry = ids.parse_registry(canonical, settings.project)
+        return _docker_credential(
+            canonical, registry.host, REGISTRY_TOKEN_USER, token.value, token.expires_at, issued
+        )
+
+    def _key_credential(
+        self,
+        connector: Connector,
+        settings: GcpSettings,
+        resource_type: str,
+        canonical: str,
+        issued: datetime,
+    ) -> ClientCredential | None:
+        """The key file itself as client credential, where a consumer can use one."""
+        key = settings.key
+        if key is None or connector.auth_method not in KEY_ATTRIBUTES:
+            return None
+        field = KEY_ATTRIBUTES[connector.auth_method][0]
+        text = json.dumps(dict(key.data))
+        if resource_type in (RT_GENERIC, RT_GCS):
+            config: dict[str, Value] = {field: text, "project_id": settings.project}
+            return ClientCredential(
+                connector_type=CONNECTOR_TYPE,
+                auth_method=connector.auth_method,
+                resource_type=resource_type,
+                resource_id=canonical,
+                config=config,
+                secret_names=frozenset({field}),
+                expires_at=None,
+                issued_at=issued,
+            )
+        if resource_type == RT_REGISTRY and key.type == SERVICE_ACCOUNT:
+            host = ids.parse_registry(canonical, settings.project).host
+            return _docker_credential(canonical, host, REGISTRY_KEY_USER, text, None, issued)
+        return None
+
+    # -- local environment --------------------------------------------------
+    def auto_configure(
+        self, options: AutoConfigureOptions, env: Mapping[str, str]
+    ) -> AutoConfigured:
+        return autoconfig.auto_configure(options, env)
+
+
+def _check_type(resource_type: str) -> None:
+    if SPEC.resource_type(resource_type) is None:
+        raise InvalidArgument(
+            f"connector type 'gcp' has no resource type '{resource_type}' "
+            f"(it offers: {', '.join(SPEC.resource_type_names)})",
+            field="resource_type",
+        )
+
+
+def _stored_token(connector: Connector, settings: GcpSettings, now: datetime) -> tokens.AccessToken:
+    expires_at = connector.expires_at
+    if expires_at is None:
+        raise FailedPrecondition(
+            f"connector '{connector.name}' stores an OAuth2 token without expires_at"
+        )
+    if expires_at <= now:
+        raise ConnectorExpired(
+            f"connector '{connector.name}' OAuth2 token expired at {expires_at.isoformat()}; "
+            "update it with a fresh token"
+        )
+    assert settings.token is not None
+    return tokens.AccessToken(settings.token, expires_at, f"connector '{connector.name}' token")
+
+
+def _docker_credential(
+    canonical: str,
+    host: str,
+    username: str,
+    password: str,
+    expires_at: datetime | None,
+    issued: datetime,
+) -> ClientCredential:
+    return ClientCredential(
+        connector_type="docker",
+        auth_method="password",
+        resource_type=RT_REGISTRY,
+        resource_id=canonical,
+        config={"username": username, "password": password, "registry": host},
+        secret_names=frozenset({"password"}),
+        expires_at=expires_at,
+        issued_at=issued,
+    )

@@ -1,0 +1,118 @@
+"""A gcp connector's configuration read once into typed settings.
+
+``validate`` (register time) and ``mint``/``discover`` (later) read the
+configuration through the same code, so a connector that registered cleanly
+is read the same way when it is used. The project is the ``project_id``
+attribute or, when omitted, the one the key file names; with neither,
+nothing can be scoped and registration fails naming ``project_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from broker.attributes import parse_value
+from broker.errors import InvalidArgument
+from broker.model import AttributeSpec, AttrKind, Connector, Value
+from broker.providers.gcp import adc
+from broker.providers.gcp.ids import check_project
+from broker.providers.gcp.keys import (
+    AUTHORIZED_USER,
+    EXTERNAL_ACCOUNT,
+    SERVICE_ACCOUNT,
+    KeyFile,
+    check_principal,
+    parse_key,
+)
+from broker.providers.gcp.spec import (
+    AUTH_EXTERNAL,
+    AUTH_IMPERSONATION,
+    AUTH_IMPLICIT,
+    AUTH_SERVICE,
+    AUTH_TOKEN,
+    AUTH_USER,
+)
+
+#: Which attribute holds the key file, and its type, per auth method.
+KEY_ATTRIBUTES: dict[str, tuple[str, str]] = {
+    AUTH_USER: ("user_account_json", AUTHORIZED_USER),
+    AUTH_SERVICE: ("service_account_json", SERVICE_ACCOUNT),
+    AUTH_IMPERSONATION: ("service_account_json", SERVICE_ACCOUNT),
+    AUTH_EXTERNAL: ("external_account_json", EXTERNAL_ACCOUNT),
+}
+_GENERATE = AttributeSpec("generate_temporary_tokens", "", kind=AttrKind.BOOL)
+
+
+@dataclass(frozen=True)
+class GcpSettings:
+    """What a connector's attributes mean, checked."""
+
+    connector: str
+    auth_method: str
+    project: str
+    #: The key file (implicit: the daemon's ADC file; None means the metadata server).
+    key: KeyFile | None = None
+    #: The stored OAuth2 token (oauth2-token only).
+    token: str | None = None
+    #: The service account to impersonate (impersonation only).
+    target: str | None = None
+    generate_tokens: bool = True
+
+    @classmethod
+    def from_connector(cls, connector: Connector, env: Mapping[str, str]) -> GcpSettings:
+        """Read and check ``connector``; ``env`` is the daemon's (implicit ADC lookup)."""
+        config = connector.config
+        method = connector.auth_method
+        key: KeyFile | None = None
+        token = target = None
+        if method in KEY_ATTRIBUTES:
+            field, kind = KEY_ATTRIBUTES[method]
+            key = parse_key(_required(config, field, method), field, kind)
+        elif method == AUTH_IMPLICIT:
+            key = adc.load_adc(env, field="auth_method")
+        elif method == AUTH_TOKEN:
+            token = _required(config, "token", method).strip()
+        else:
+            raise InvalidArgument(
+                f"connector type 'gcp' has no auth method '{method}'", field="auth_method"
+            )
+        if method == AUTH_IMPERSONATION:
+            target = check_principal(_required(config, "target_principal", method))
+        project = _text(config, "project_id")
+        if project is None and key is not None:
+            project = key.project
+        if project is None and method == AUTH_IMPLICIT:
+            project = adc.env_project(env)
+        if project is None:
+            raise InvalidArgument(
+                f"attribute 'project_id' is required for connector '{connector.name}': "
+                "its credentials name no project",
+                field="project_id",
+            )
+        generate = parse_value(_GENERATE, config.get("generate_temporary_tokens", True))
+        return cls(
+            connector=connector.name,
+            auth_method=method,
+            project=check_project(project),
+            key=key,
+            token=token,
+            target=target,
+            generate_tokens=generate is True,
+        )
+
+
+def _text(config: Mapping[str, Value], name: str) -> str | None:
+    value = config.get(name)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _required(config: Mapping[str, Value], name: str, method: str) -> str:
+    value = config.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(
+            f"attribute '{name}' is required for auth method '{method}'", field=name
+        )
+    return value
