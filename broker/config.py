@@ -179,7 +179,7 @@ def _validate(settings: Settings) -> Settings:
 def parse_host_port(key: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InvalidArgument(f"setting '{key}' must be HOST:PORT, got '{value}'", field=key)
     return host, int(port)
 

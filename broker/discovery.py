@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import anyio
 import structlog
 from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from broker.clock import Clock
 from broker.connectors import check_not_expired, served_types
@@ -163,17 +164,18 @@ class Discovery:
         """Results as they arrive; leaving the block cancels whatever is still running."""
         send, receive = anyio.create_memory_object_stream[Found](math.inf)
 
-        async def unit(connector: Connector, rt: str) -> None:
-            result = await self.discover_one(
-                connector, rt, resource_id, unit_timeout=unit_timeout, refresh=refresh
-            )
-            await send.send(Found(connector, result))
+        async def unit(connector: Connector, rt: str, out: MemoryObjectSendStream[Found]) -> None:
+            async with out:
+                result = await self.discover_one(
+                    connector, rt, resource_id, unit_timeout=unit_timeout, refresh=refresh
+                )
+                await out.send(Found(connector, result))
 
         async with anyio.create_task_group() as tg:
             async with send:
                 for connector in connectors:
                     for rt in self._types(connector, resource_type):
-                        tg.start_soon(unit, connector, rt)
+                        tg.start_soon(unit, connector, rt, send.clone())
             try:
                 async with receive:
                     yield receive

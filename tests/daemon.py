@@ -40,13 +40,13 @@ class Daemon:
 
     def start(self, *extra: str, timeout: float = 20.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [*BROKER, "serve", "--data-dir", str(self.data_dir), "--log-level", "debug", *extra],
-            stdout=log,
-            stderr=log,
-            env=self.env,
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*BROKER, "serve", "--data-dir", str(self.data_dir), "--log-level", "debug", *extra],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -169,7 +169,7 @@ def test_cli_reports_a_missing_daemon(tmp_path: Path) -> None:
 
 def test_tcp_without_tls_refused_off_loopback(tmp_path: Path) -> None:
     d = Daemon(tmp_path / "data")
-    with pytest.raises(RuntimeError, match="TLS"):
+    with pytest.raises(RuntimeError, match="refused on non-loopback"):
         d.start("--tcp", "0.0.0.0:0", "--insecure", timeout=10)
     d2 = Daemon(tmp_path / "data2")
     with pytest.raises(RuntimeError, match="tls_cert"):
