@@ -42,7 +42,15 @@ class Daemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*BROKER, "serve", "--data-dir", str(self.data_dir), "--log-level", "debug", *extra],
+                [
+                    *BROKER,
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--log-level",
+                    "debug",
+                    *extra,
+                ],
                 stdout=log,
                 stderr=log,
                 env=self.env,
@@ -84,7 +92,11 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def cli(
-        self, *args: str, check: bool = True, env: Mapping[str, str] | None = None, timeout: float = 60
+        self,
+        *args: str,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
         full_env = {**self.env, "BROKER_SOCKET": str(self.socket), **(env or {})}
         result = subprocess.run(
@@ -107,7 +119,9 @@ class Daemon:
 
 
 @contextmanager
-def running_daemon(data_dir: Path, *extra: str, env: Mapping[str, str] | None = None) -> Iterator[Daemon]:
+def running_daemon(
+    data_dir: Path, *extra: str, env: Mapping[str, str] | None = None
+) -> Iterator[Daemon]:
     daemon = Daemon(data_dir, env)
     daemon.start(*extra)
     try:

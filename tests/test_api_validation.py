@@ -36,8 +36,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                     name="kube",
                     connector_type="kubernetes",
                     auth_method="token",
-                    config={"server": "https://127.0.0.1:1", "token": "t0k", "insecure": "true",
-                            "cluster_name": "prod"},
+                    config={
+                        "server": "https://127.0.0.1:1",
+                        "token": "t0k",
+                        "insecure": "true",
+                        "cluster_name": "prod",
+                    },
                     no_verify=True,
                 )
             )
@@ -58,30 +62,72 @@ def _register(**kw: Any) -> pb.RegisterConnectorRequest:
 
 REGISTER_CASES = [
     ("unknown type", _register(connector_type="nope"), CODE.NOT_FOUND, "connector type 'nope'"),
-    ("wrong auth method", _register(auth_method="token"), CODE.INVALID_ARGUMENT, "auth method 'token'"),
-    ("unknown attribute", _register(config={"username": "u", "password": "p", "colour": "red"}),
-     CODE.INVALID_ARGUMENT, "unknown attribute 'colour'"),
-    ("missing attribute", _register(config={"username": "u"}), CODE.INVALID_ARGUMENT,
-     "attribute 'password' is required"),
-    ("bad bool", _register(config={"username": "u", "password": "p", "insecure": "maybe"}),
-     CODE.INVALID_ARGUMENT, "'insecure' must be true or false"),
-    ("bad pem", _register(config={"username": "u", "password": "p", "certificate_authority": "xx"}),
-     CODE.INVALID_ARGUMENT, "certificate_authority"),
-    ("expiration on a method that mints nothing", _register(expiration_seconds=900),
-     CODE.INVALID_ARGUMENT, "expiration_seconds"),
+    (
+        "wrong auth method",
+        _register(auth_method="token"),
+        CODE.INVALID_ARGUMENT,
+        "auth method 'token'",
+    ),
+    (
+        "unknown attribute",
+        _register(config={"username": "u", "password": "p", "colour": "red"}),
+        CODE.INVALID_ARGUMENT,
+        "unknown attribute 'colour'",
+    ),
+    (
+        "missing attribute",
+        _register(config={"username": "u"}),
+        CODE.INVALID_ARGUMENT,
+        "attribute 'password' is required",
+    ),
+    (
+        "bad bool",
+        _register(config={"username": "u", "password": "p", "insecure": "maybe"}),
+        CODE.INVALID_ARGUMENT,
+        "'insecure' must be true or false",
+    ),
+    (
+        "bad pem",
+        _register(config={"username": "u", "password": "p", "certificate_authority": "xx"}),
+        CODE.INVALID_ARGUMENT,
+        "certificate_authority",
+    ),
+    (
+        "expiration on a method that mints nothing",
+        _register(expiration_seconds=900),
+        CODE.INVALID_ARGUMENT,
+        "expiration_seconds",
+    ),
     ("bad name", _register(name="bad name!"), CODE.INVALID_ARGUMENT, "connector name"),
     ("duplicate", _register(name="hub"), CODE.ALREADY_EXISTS, "connector 'hub' already exists"),
-    ("unknown resource type", _register(resource_type="s3-bucket"), CODE.INVALID_ARGUMENT,
-     "resource type 's3-bucket'"),
+    (
+        "unknown resource type",
+        _register(resource_type="s3-bucket"),
+        CODE.INVALID_ARGUMENT,
+        "resource type 's3-bucket'",
+    ),
     ("id without type", _register(resource_id="r.example"), CODE.INVALID_ARGUMENT, "resource_id"),
-    ("malformed registry", _register(config={"username": "u", "password": "p", "registry": "a b"}),
-     CODE.INVALID_ARGUMENT, "registry"),
-    ("kubernetes without token or cert",
-     _register(connector_type="kubernetes", auth_method="token", config={"server": "https://k:6443"}),
-     CODE.INVALID_ARGUMENT, "token"),
+    (
+        "malformed registry",
+        _register(config={"username": "u", "password": "p", "registry": "a b"}),
+        CODE.INVALID_ARGUMENT,
+        "registry",
+    ),
+    (
+        "kubernetes without token or cert",
+        _register(
+            connector_type="kubernetes", auth_method="token", config={"server": "https://k:6443"}
+        ),
+        CODE.INVALID_ARGUMENT,
+        "token",
+    ),
     ("bad label", _register(labels={"bad key!": "v"}), CODE.INVALID_ARGUMENT, "label"),
-    ("oversized attribute", _register(config={"username": "u" * 300_000, "password": "p"}),
-     CODE.INVALID_ARGUMENT, "'username' is larger"),
+    (
+        "oversized attribute",
+        _register(config={"username": "u" * 300_000, "password": "p"}),
+        CODE.INVALID_ARGUMENT,
+        "'username' is larger",
+    ),
 ]
 
 
@@ -91,7 +137,9 @@ def _snapshot(daemon: Daemon) -> list[tuple[str, int]]:
     return [(c.name, c.revision) for c in reply.connectors]
 
 
-@pytest.mark.parametrize(("case", "request_", "code", "text"), REGISTER_CASES, ids=[c[0] for c in REGISTER_CASES])
+@pytest.mark.parametrize(
+    ("case", "request_", "code", "text"), REGISTER_CASES, ids=[c[0] for c in REGISTER_CASES]
+)
 def test_register_rejects_bad_input(
     daemon: Daemon, case: str, request_: pb.RegisterConnectorRequest, code: CODE, text: str
 ) -> None:
@@ -105,19 +153,42 @@ def test_register_rejects_bad_input(
 
 
 CREDENTIAL_CASES = [
-    ("unknown connector", pb.GetCredentialsRequest(connector="ghost"), CODE.NOT_FOUND, "connector 'ghost'"),
-    ("type outside scope", pb.GetCredentialsRequest(connector="hub", resource_type="kubernetes-cluster"),
-     CODE.INVALID_ARGUMENT, "does not serve resource type 'kubernetes-cluster'"),
-    ("other registry", pb.GetCredentialsRequest(connector="hub", resource_id="other.example"),
-     CODE.INVALID_ARGUMENT, "registry.example:5000"),
-    ("malformed registry id", pb.GetCredentialsRequest(connector="hub", resource_id="::bad::"),
-     CODE.INVALID_ARGUMENT, "resource_id"),
-    ("other cluster", pb.GetCredentialsRequest(connector="kube", resource_id="staging"),
-     CODE.INVALID_ARGUMENT, "prod"),
+    (
+        "unknown connector",
+        pb.GetCredentialsRequest(connector="ghost"),
+        CODE.NOT_FOUND,
+        "connector 'ghost'",
+    ),
+    (
+        "type outside scope",
+        pb.GetCredentialsRequest(connector="hub", resource_type="kubernetes-cluster"),
+        CODE.INVALID_ARGUMENT,
+        "does not serve resource type 'kubernetes-cluster'",
+    ),
+    (
+        "other registry",
+        pb.GetCredentialsRequest(connector="hub", resource_id="other.example"),
+        CODE.INVALID_ARGUMENT,
+        "registry.example:5000",
+    ),
+    (
+        "malformed registry id",
+        pb.GetCredentialsRequest(connector="hub", resource_id="::bad::"),
+        CODE.INVALID_ARGUMENT,
+        "resource_id",
+    ),
+    (
+        "other cluster",
+        pb.GetCredentialsRequest(connector="kube", resource_id="staging"),
+        CODE.INVALID_ARGUMENT,
+        "prod",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "request_", "code", "text"), CREDENTIAL_CASES, ids=[c[0] for c in CREDENTIAL_CASES])
+@pytest.mark.parametrize(
+    ("case", "request_", "code", "text"), CREDENTIAL_CASES, ids=[c[0] for c in CREDENTIAL_CASES]
+)
 def test_get_credentials_rejects_bad_input(
     daemon: Daemon, case: str, request_: pb.GetCredentialsRequest, code: CODE, text: str
 ) -> None:
@@ -129,18 +200,36 @@ def test_get_credentials_rejects_bad_input(
 
 UPDATE_CASES = [
     ("unknown connector", pb.UpdateConnectorRequest(name="ghost"), CODE.NOT_FOUND, "ghost"),
-    ("remove a required attribute", pb.UpdateConnectorRequest(name="hub", remove_attributes=["password"], no_verify=True),
-     CODE.INVALID_ARGUMENT, "'password' is required"),
-    ("remove a missing attribute", pb.UpdateConnectorRequest(name="hub", remove_attributes=["nope"], no_verify=True),
-     CODE.INVALID_ARGUMENT, "no attribute 'nope'"),
-    ("unknown attribute", pb.UpdateConnectorRequest(name="hub", config={"colour": "red"}, no_verify=True),
-     CODE.INVALID_ARGUMENT, "colour"),
-    ("wrong auth method", pb.UpdateConnectorRequest(name="hub", auth_method="token", no_verify=True),
-     CODE.INVALID_ARGUMENT, "auth method 'token'"),
+    (
+        "remove a required attribute",
+        pb.UpdateConnectorRequest(name="hub", remove_attributes=["password"], no_verify=True),
+        CODE.INVALID_ARGUMENT,
+        "'password' is required",
+    ),
+    (
+        "remove a missing attribute",
+        pb.UpdateConnectorRequest(name="hub", remove_attributes=["nope"], no_verify=True),
+        CODE.INVALID_ARGUMENT,
+        "no attribute 'nope'",
+    ),
+    (
+        "unknown attribute",
+        pb.UpdateConnectorRequest(name="hub", config={"colour": "red"}, no_verify=True),
+        CODE.INVALID_ARGUMENT,
+        "colour",
+    ),
+    (
+        "wrong auth method",
+        pb.UpdateConnectorRequest(name="hub", auth_method="token", no_verify=True),
+        CODE.INVALID_ARGUMENT,
+        "auth method 'token'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "request_", "code", "text"), UPDATE_CASES, ids=[c[0] for c in UPDATE_CASES])
+@pytest.mark.parametrize(
+    ("case", "request_", "code", "text"), UPDATE_CASES, ids=[c[0] for c in UPDATE_CASES]
+)
 def test_update_rejects_bad_input(
     daemon: Daemon, case: str, request_: pb.UpdateConnectorRequest, code: CODE, text: str
 ) -> None:
@@ -167,18 +256,23 @@ def test_garbage_bytes_get_a_clean_error_and_the_daemon_survives(daemon: Daemon)
 
 def test_describe_type_narrows_and_names_unknowns(daemon: Daemon) -> None:
     with daemon.stub() as stub:
-        t = stub.DescribeConnectorType(pb.DescribeConnectorTypeRequest(connector_type="kubernetes", auth_method="token"))
+        t = stub.DescribeConnectorType(
+            pb.DescribeConnectorTypeRequest(connector_type="kubernetes", auth_method="token")
+        )
         assert [m.auth_method for m in t.auth_methods] == ["token"]
         secret = {a.name for a in t.auth_methods[0].attributes if a.secret}
         assert "token" in secret
         with pytest.raises(grpc.RpcError) as info:
-            stub.DescribeConnectorType(pb.DescribeConnectorTypeRequest(connector_type="docker", resource_type="nope"))
+            stub.DescribeConnectorType(
+                pb.DescribeConnectorTypeRequest(connector_type="docker", resource_type="nope")
+            )
         assert info.value.code() == CODE.NOT_FOUND
         assert "resource type 'nope'" in info.value.details()
 
 
 def test_list_filters(daemon: Daemon) -> None:
     with daemon.stub() as stub:
+
         def names(**kw: Any) -> list[str]:
             return [c.name for c in stub.ListConnectors(pb.ListConnectorsRequest(**kw)).connectors]
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,37 +37,72 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
 
 
-def test_register_describe_get_update_delete_docker(daemon: Daemon, registry: RegistryServer) -> None:
+def test_register_describe_get_update_delete_docker(
+    daemon: Daemon, registry: RegistryServer
+) -> None:
     reg = daemon.cli_json(
-        "connector", "register", "local", "--type", "docker", "--label", "env=dev",
-        "username=alice", f"password={SECRET}", f"registry=http://{registry.address}/v2/",
+        "connector",
+        "register",
+        "local",
+        "--type",
+        "docker",
+        "--label",
+        "env=dev",
+        "username=alice",
+        f"password={SECRET}",
+        f"registry=http://{registry.address}/v2/",
     )
-    assert reg["connector"]["resource_id"] is None or reg["connector"]["resource_id"] == registry.address
-    assert reg["resources"] == [{
-        "connector": "local", "connector_type": "docker", "resource_type": "docker-registry",
-        "resource_ids": [registry.address], "error": None,
-    }]
+    assert (
+        reg["connector"]["resource_id"] is None
+        or reg["connector"]["resource_id"] == registry.address
+    )
+    assert reg["resources"] == [
+        {
+            "connector": "local",
+            "connector_type": "docker",
+            "resource_type": "docker-registry",
+            "resource_ids": [registry.address],
+            "error": None,
+        }
+    ]
 
     listed = daemon.cli_json("connector", "list")
     assert [c["name"] for c in listed] == ["local"]
     described = daemon.cli_json("connector", "describe", "local")
     assert described["config"]["password"] == "[HIDDEN]"
     assert described["labels"] == {"env": "dev"}
-    assert set(described) >= {"name", "id", "connector_type", "auth_method", "resource_types",
-                              "resource_id", "expiration_seconds", "expires_at", "labels", "config"}
+    assert set(described) >= {
+        "name",
+        "id",
+        "connector_type",
+        "auth_method",
+        "resource_types",
+        "resource_id",
+        "expiration_seconds",
+        "expires_at",
+        "labels",
+        "config",
+    }
     shown = daemon.cli_json("connector", "describe", "local", "--show-secrets")
     assert shown["config"]["password"] == SECRET
 
     cred = daemon.cli_json("credentials", "get", "local", "--resource-type", "docker-registry")
     assert cred == {
-        "connector": "local", "connector_type": "docker", "auth_method": "password",
-        "resource_type": "docker-registry", "resource_id": registry.address, "expires_at": None,
-        "config": cred["config"], "session_policy": None,
+        "connector": "local",
+        "connector_type": "docker",
+        "auth_method": "password",
+        "resource_type": "docker-registry",
+        "resource_id": registry.address,
+        "expires_at": None,
+        "config": cred["config"],
+        "session_policy": None,
     }
     assert cred["config"]["username"] == "alice"
     assert cred["config"]["password"] == SECRET
 
-    updated = daemon.cli_json("connector", "update", "local", "--label", "env=prod", "--remove-label", "nope")
+    updated = daemon.cli_json(
+        "connector", "update", "local", "--label", "env=prod", "--remove-label", "nope"
+    )
     assert updated["connector"]["labels"] == {"env": "prod"}
     assert updated["connector"]["revision"] == described["revision"] + 1
 
@@ -85,43 +117,99 @@ def test_register_describe_get_update_delete_docker(daemon: Daemon, registry: Re
     assert SECRET not in daemon.log()
 
 
-def test_wrong_password_refused_and_nothing_stored(daemon: Daemon, registry: RegistryServer) -> None:
+def test_wrong_password_refused_and_nothing_stored(
+    daemon: Daemon, registry: RegistryServer
+) -> None:
     result = daemon.cli(
-        "connector", "register", "bad", "--type", "docker", "username=alice",
-        "password=wrong-password-123", f"registry={registry.address}", check=False,
+        "connector",
+        "register",
+        "bad",
+        "--type",
+        "docker",
+        "username=alice",
+        "password=wrong-password-123",
+        f"registry={registry.address}",
+        check=False,
     )
     assert result.returncode == 1
     assert "refused the credentials" in result.stderr
     assert "wrong-password-123" not in result.stderr
     assert daemon.cli_json("connector", "list") == []
     # --no-verify stores it; verify then reports the refusal per type and exits 1.
-    daemon.cli("connector", "register", "bad", "--type", "docker", "username=alice",
-               "password=wrong-password-123", f"registry={registry.address}", "--no-verify")
+    daemon.cli(
+        "connector",
+        "register",
+        "bad",
+        "--type",
+        "docker",
+        "username=alice",
+        "password=wrong-password-123",
+        f"registry={registry.address}",
+        "--no-verify",
+    )
     verify = daemon.cli("connector", "verify", "bad", "--output", "json", check=False)
     assert verify.returncode == 1
     assert "refused the credentials" in verify.stdout
 
 
-def test_tls_registry_with_ca_file_and_insecure(daemon: Daemon, tls_registry: RegistryServer, tmp_path: Path) -> None:
+def test_tls_registry_with_ca_file_and_insecure(
+    daemon: Daemon, tls_registry: RegistryServer, tmp_path: Path
+) -> None:
     assert tls_registry.ca is not None
     ca_file = tls_registry.ca.write(tmp_path)
-    daemon.cli("connector", "register", "tls", "--type", "docker", "username=bob",
-               f"password={SECRET}", f"registry=https://{tls_registry.address}",
-               f"certificate_authority=@{ca_file}")
-    no_ca = daemon.cli("connector", "register", "tls2", "--type", "docker", "username=bob",
-                       f"password={SECRET}", f"registry=https://{tls_registry.address}", check=False)
+    daemon.cli(
+        "connector",
+        "register",
+        "tls",
+        "--type",
+        "docker",
+        "username=bob",
+        f"password={SECRET}",
+        f"registry=https://{tls_registry.address}",
+        f"certificate_authority=@{ca_file}",
+    )
+    no_ca = daemon.cli(
+        "connector",
+        "register",
+        "tls2",
+        "--type",
+        "docker",
+        "username=bob",
+        f"password={SECRET}",
+        f"registry=https://{tls_registry.address}",
+        check=False,
+    )
     assert no_ca.returncode == 1
     assert "certificate" in no_ca.stderr.lower()
-    daemon.cli("connector", "register", "tls3", "--type", "docker", "username=bob",
-               f"password={SECRET}", f"registry=https://{tls_registry.address}", "insecure=true")
+    daemon.cli(
+        "connector",
+        "register",
+        "tls3",
+        "--type",
+        "docker",
+        "username=bob",
+        f"password={SECRET}",
+        f"registry=https://{tls_registry.address}",
+        "insecure=true",
+    )
     assert [c["name"] for c in daemon.cli_json("connector", "list")] == ["tls", "tls3"]
 
 
-def test_restart_keeps_connectors_and_secrets_encrypted(tmp_path: Path, registry: RegistryServer) -> None:
+def test_restart_keeps_connectors_and_secrets_encrypted(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
     data = tmp_path / "data"
     with running_daemon(data) as d:
-        d.cli("connector", "register", "keep", "--type", "docker", "username=alice",
-              f"password={SECRET}", f"registry={registry.address}")
+        d.cli(
+            "connector",
+            "register",
+            "keep",
+            "--type",
+            "docker",
+            "username=alice",
+            f"password={SECRET}",
+            f"registry={registry.address}",
+        )
         assert d.stop() == 0
     raw = b"".join(p.read_bytes() for p in data.iterdir() if p.name.startswith("broker.db"))
     assert SECRET.encode() not in raw
@@ -140,7 +228,11 @@ def test_health_reflection_and_status(daemon: Daemon) -> None:
         reply = health.Check(health_pb2.HealthCheckRequest(service="broker.v1.BrokerService"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        responses = list(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
         names = {s.name for s in responses[0].list_services_response.service}
         assert "broker.v1.BrokerService" in names
         assert "grpc.health.v1.Health" in names
@@ -183,14 +275,31 @@ def test_kubernetes_connector_verify_and_auto_configure(daemon: Daemon, tmp_path
         ca = tmp_path / "ca.pem"
         ca.write_text(api.ca_pem)
         reg = daemon.cli_json(
-            "connector", "register", "k", "--type", "kubernetes", "--auth-method", "token",
-            f"server={api.url}", "token=good-token-123", f"certificate_authority=@{ca}",
+            "connector",
+            "register",
+            "k",
+            "--type",
+            "kubernetes",
+            "--auth-method",
+            "token",
+            f"server={api.url}",
+            "token=good-token-123",
+            f"certificate_authority=@{ca}",
             "cluster_name=dev",
         )
         assert reg["resources"][0]["resource_ids"] == ["dev"]
         bad = daemon.cli(
-            "connector", "register", "k2", "--type", "kubernetes", "--auth-method", "token",
-            f"server={api.url}", "token=bad-token-456", f"certificate_authority=@{ca}", check=False,
+            "connector",
+            "register",
+            "k2",
+            "--type",
+            "kubernetes",
+            "--auth-method",
+            "token",
+            f"server={api.url}",
+            "token=bad-token-456",
+            f"certificate_authority=@{ca}",
+            check=False,
         )
         assert bad.returncode == 1
         assert "refused the credentials" in bad.stderr
@@ -198,7 +307,12 @@ def test_kubernetes_connector_verify_and_auto_configure(daemon: Daemon, tmp_path
 
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", token="good-token-123")
         auto = daemon.cli_json(
-            "connector", "register", "auto", "--type", "kubernetes", "--auto-configure",
+            "connector",
+            "register",
+            "auto",
+            "--type",
+            "kubernetes",
+            "--auto-configure",
             env={"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)},
         )
         assert auto["connector"]["auth_method"] == "token"

@@ -42,11 +42,29 @@ def daemon(
     with running_daemon(home / "data", env={"HOME": str(home)}) as d:
         ca = home / "kube-ca.pem"
         ca.write_text(kube.ca_pem)
-        d.cli("connector", "register", "reg", "--type", "docker", "username=carol",
-              f"password={SECRET}", f"registry={registry.address}")
-        d.cli("connector", "register", "kube", "--type", "kubernetes", "--auth-method", "token",
-              f"server={kube.url}", "token=kube-Token-42", f"certificate_authority=@{ca}",
-              "cluster_name=dev")
+        d.cli(
+            "connector",
+            "register",
+            "reg",
+            "--type",
+            "docker",
+            "username=carol",
+            f"password={SECRET}",
+            f"registry={registry.address}",
+        )
+        d.cli(
+            "connector",
+            "register",
+            "kube",
+            "--type",
+            "kubernetes",
+            "--auth-method",
+            "token",
+            f"server={kube.url}",
+            "token=kube-Token-42",
+            f"certificate_authority=@{ca}",
+            "cluster_name=dev",
+        )
         yield d
 
 
@@ -58,8 +76,12 @@ def _helper_env(daemon: Daemon, **extra: str) -> dict[str, str]:
 
 def _docker_helper(daemon: Daemon, action: str, stdin: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "docker-credential-broker"), action], input=stdin, capture_output=True,
-        text=True, env=_helper_env(daemon), timeout=30,
+        [str(BIN / "docker-credential-broker"), action],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=_helper_env(daemon),
+        timeout=30,
     )
 
 
@@ -67,14 +89,21 @@ def test_docker_helper_protocol(daemon: Daemon, registry: RegistryServer) -> Non
     got = _docker_helper(daemon, "get", f"http://{registry.address}\n")
     assert got.returncode == 0, got.stdout + got.stderr
     assert json.loads(got.stdout) == {
-        "ServerURL": f"http://{registry.address}", "Username": "carol", "Secret": SECRET,
+        "ServerURL": f"http://{registry.address}",
+        "Username": "carol",
+        "Secret": SECRET,
     }
     unknown = _docker_helper(daemon, "get", "unknown.example:5000")
     assert unknown.returncode == 1
     assert unknown.stdout.strip() == "credentials not found in native keychain"
     listed = _docker_helper(daemon, "list", "")
     assert json.loads(listed.stdout) == {registry.address: "carol"}
-    assert _docker_helper(daemon, "store", json.dumps({"ServerURL": "x", "Username": "u", "Secret": "s"})).returncode == 0
+    assert (
+        _docker_helper(
+            daemon, "store", json.dumps({"ServerURL": "x", "Username": "u", "Secret": "s"})
+        ).returncode
+        == 0
+    )
     assert _docker_helper(daemon, "erase", "x").returncode == 0
     bad = _docker_helper(daemon, "store", "not json")
     assert bad.returncode == 1
@@ -82,38 +111,70 @@ def test_docker_helper_protocol(daemon: Daemon, registry: RegistryServer) -> Non
 
 def test_docker_helper_when_daemon_down(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "docker-credential-broker"), "get"], input="r.example", capture_output=True,
-        text=True, env={**os.environ, "BROKER_HELPER_SOCKET": str(tmp_path / "none.sock")}, timeout=30,
+        [str(BIN / "docker-credential-broker"), "get"],
+        input="r.example",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BROKER_HELPER_SOCKET": str(tmp_path / "none.sock")},
+        timeout=30,
     )
     assert result.returncode == 1
     assert "not running" in result.stdout
 
 
-def test_skopeo_reads_through_the_helper(daemon: Daemon, registry: RegistryServer, tmp_path: Path) -> None:
+def test_skopeo_reads_through_the_helper(
+    daemon: Daemon, registry: RegistryServer, tmp_path: Path
+) -> None:
     # Push an image with skopeo using explicit credentials, then read it back via the helper.
     src = tmp_path / "img"
     _make_oci_image(src)
     push = subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", f"--dest-creds=carol:{SECRET}",
-         f"oci:{src}:v1", f"docker://{registry.address}/demo/app:v1"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "skopeo",
+            "copy",
+            "--dest-tls-verify=false",
+            f"--dest-creds=carol:{SECRET}",
+            f"oci:{src}:v1",
+            f"docker://{registry.address}/demo/app:v1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert push.returncode == 0, push.stderr
     auth = tmp_path / "auth.json"
     auth.write_text(json.dumps({"credHelpers": {registry.address: "broker"}}))
     env = {**_helper_env(daemon), "PATH": f"{BIN}:{os.environ['PATH']}"}
     inspect = subprocess.run(
-        ["skopeo", "inspect", "--authfile", str(auth), "--tls-verify=false",
-         f"docker://{registry.address}/demo/app:v1"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            "skopeo",
+            "inspect",
+            "--authfile",
+            str(auth),
+            "--tls-verify=false",
+            f"docker://{registry.address}/demo/app:v1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["Name"].endswith("demo/app")
     # Without the helper the registry refuses.
     anon = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", "--authfile", str(tmp_path / "empty.json"),
-         f"docker://{registry.address}/demo/app:v1"],
-        capture_output=True, text=True, env={**env, "REGISTRY_AUTH_FILE": str(tmp_path / "empty.json")}, timeout=60,
+        [
+            "skopeo",
+            "inspect",
+            "--tls-verify=false",
+            "--authfile",
+            str(tmp_path / "empty.json"),
+            f"docker://{registry.address}/demo/app:v1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "REGISTRY_AUTH_FILE": str(tmp_path / "empty.json")},
+        timeout=60,
     )
     assert anon.returncode != 0
 
@@ -141,33 +202,71 @@ def _make_oci_image(path: Path) -> None:
         tar.addfile(info, io.BytesIO(body))
     layer = gzip.compress(raw.getvalue(), mtime=0)
     layer_digest = put(layer)
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]},
-    }).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()],
+            },
+        }
+    ).encode()
     config_digest = put(config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + config_digest, "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + layer_digest, "size": len(layer)}],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": "sha256:" + layer_digest,
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
     manifest_digest = put(manifest)
     (path / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (path / "index.json").write_text(json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + manifest_digest,
-                       "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
-    }))
+    (path / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + manifest_digest,
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+                    }
+                ],
+            }
+        )
+    )
 
 
-def test_kubectl_through_the_exec_plugin(daemon: Daemon, kube: KubeApiServer, tmp_path: Path) -> None:
+def test_kubectl_through_the_exec_plugin(
+    daemon: Daemon, kube: KubeApiServer, tmp_path: Path
+) -> None:
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "other", "cluster": {"server": "https://other.example"}}],
-        "users": [], "contexts": [], "current-context": "",
-        "preferences": {"colors": True},
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "other", "cluster": {"server": "https://other.example"}}],
+                "users": [],
+                "contexts": [],
+                "current-context": "",
+                "preferences": {"colors": True},
+            }
+        )
+    )
     daemon.cli("login", "kubernetes", "kube", "--kubeconfig", str(kubeconfig), "--context", "dev")
     doc = yaml.safe_load(kubeconfig.read_text())
     assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600
@@ -181,7 +280,10 @@ def test_kubectl_through_the_exec_plugin(daemon: Daemon, kube: KubeApiServer, tm
     before = kube.count(200)
     result = subprocess.run(
         ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"],
-        capture_output=True, text=True, timeout=60, env={**daemon.env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**daemon.env, "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["gitVersion"].startswith("v1.30")
@@ -190,27 +292,44 @@ def test_kubectl_through_the_exec_plugin(daemon: Daemon, kube: KubeApiServer, tm
 
 def test_exec_plugin_formats_and_errors(daemon: Daemon) -> None:
     plugin = str(BIN / "broker-kubectl-credential")
-    out = subprocess.run([plugin, "kube"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30)
+    out = subprocess.run(
+        [plugin, "kube"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30
+    )
     cred = json.loads(out.stdout)
     assert cred["apiVersion"] == "client.authentication.k8s.io/v1"
     assert cred["kind"] == "ExecCredential"
     assert cred["status"]["token"] == "kube-Token-42"
-    info = json.dumps({"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential", "spec": {}})
-    beta = subprocess.run([plugin, "kube"], capture_output=True, text=True,
-                          env=_helper_env(daemon, KUBERNETES_EXEC_INFO=info), timeout=30)
+    info = json.dumps(
+        {"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential", "spec": {}}
+    )
+    beta = subprocess.run(
+        [plugin, "kube"],
+        capture_output=True,
+        text=True,
+        env=_helper_env(daemon, KUBERNETES_EXEC_INFO=info),
+        timeout=30,
+    )
     assert json.loads(beta.stdout)["apiVersion"] == "client.authentication.k8s.io/v1beta1"
-    missing = subprocess.run([plugin, "ghost"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30)
+    missing = subprocess.run(
+        [plugin, "ghost"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30
+    )
     assert missing.returncode == 1
     assert "connector 'ghost' not found" in missing.stderr
-    wrong = subprocess.run([plugin, "reg"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30)
+    wrong = subprocess.run(
+        [plugin, "reg"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30
+    )
     assert wrong.returncode == 1
     assert "does not serve resource type 'kubernetes-cluster'" in wrong.stderr
 
 
-def test_login_docker_edits_config_and_records_preference(daemon: Daemon, registry: RegistryServer, tmp_path: Path) -> None:
+def test_login_docker_edits_config_and_records_preference(
+    daemon: Daemon, registry: RegistryServer, tmp_path: Path
+) -> None:
     config_dir = tmp_path / "docker"
     config_dir.mkdir()
-    (config_dir / "config.json").write_text(json.dumps({"auths": {"x.example": {}}, "credsStore": "desktop"}))
+    (config_dir / "config.json").write_text(
+        json.dumps({"auths": {"x.example": {}}, "credsStore": "desktop"})
+    )
     daemon.cli("login", "docker", "reg", "--config", str(config_dir))
     data = json.loads((config_dir / "config.json").read_text())
     assert data["credHelpers"] == {registry.address: "broker"}
@@ -219,8 +338,16 @@ def test_login_docker_edits_config_and_records_preference(daemon: Daemon, regist
     daemon.cli("login", "docker", "reg", "--config", str(config_dir))
     assert json.loads((config_dir / "config.json").read_text()) == data
     # A second connector for the same host: the preference recorded by login decides.
-    daemon.cli("connector", "register", "reg2", "--type", "docker", "username=carol",
-               f"password={SECRET}", f"registry={registry.address}")
+    daemon.cli(
+        "connector",
+        "register",
+        "reg2",
+        "--type",
+        "docker",
+        "username=carol",
+        f"password={SECRET}",
+        f"registry={registry.address}",
+    )
     got = _docker_helper(daemon, "get", registry.address)
     assert got.returncode == 0, got.stdout
     daemon.cli("logout", "docker", "reg", "--config", str(config_dir))
@@ -231,12 +358,22 @@ def test_login_docker_edits_config_and_records_preference(daemon: Daemon, regist
     daemon.cli("connector", "delete", "reg2")
 
 
-def test_docker_cli_login_calls_store(daemon: Daemon, registry: RegistryServer, tmp_path: Path) -> None:
+def test_docker_cli_login_calls_store(
+    daemon: Daemon, registry: RegistryServer, tmp_path: Path
+) -> None:
     config_dir = tmp_path / "dockercfg"
     daemon.cli("login", "docker", "reg", "--config", str(config_dir))
-    env = {**_helper_env(daemon), "PATH": f"{BIN}:{os.environ['PATH']}", "DOCKER_CONFIG": str(config_dir)}
+    env = {
+        **_helper_env(daemon),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "DOCKER_CONFIG": str(config_dir),
+    }
     result = subprocess.run(
         ["docker", "login", "--username", "carol", "--password-stdin", registry.address],
-        input=SECRET, capture_output=True, text=True, env=env, timeout=60,
+        input=SECRET,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert "Login Succeeded" in result.stdout, result.stderr
