@@ -118,7 +118,7 @@ def login_docker(
         helpers[key] = "broker"
     write_private(path, json.dumps(data, indent=2) + "\n")
     if helper_socket:
-        write_private(POINTER_FILE.expanduser(), helper_socket + "\n")
+        write_private(Path(POINTER_FILE).expanduser(), helper_socket + "\n")
     render.console.print(f"docker now asks credential-broker ('{name}') for {host} ({path}).")
 
 

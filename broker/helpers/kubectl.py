@@ -8,12 +8,11 @@ real expiry (kubectl keeps no margin of its own). The apiVersion follows
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from broker.helpers.client import HelperError, call, fail, socket_path
+from broker.helpers.client import HelperError, call, fail, parse_args, socket_path
 
 DEFAULT_API_VERSION = "client.authentication.k8s.io/v1"
 
@@ -30,20 +29,18 @@ def requested_api_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="broker-kubectl-credential", description="kubectl exec credential plugin"
+    connector, opts = parse_args(
+        sys.argv[1:] if argv is None else argv,
+        "broker-kubectl-credential",
+        ("--resource-id", "--socket"),
     )
-    parser.add_argument("connector")
-    parser.add_argument("--resource-id", default=None, help="cluster name")
-    parser.add_argument("--socket", default=None, help="the daemon's helper socket")
-    args = parser.parse_args(argv)
     request = {
-        "connector": args.connector,
-        "resource_id": args.resource_id,
+        "connector": connector,
+        "resource_id": opts.get("resource_id"),
         "api_version": requested_api_version(),
     }
     try:
-        answer = call(socket_path(args.socket), "POST", "/v1/exec-credential", request)
+        answer = call(socket_path(opts.get("socket")), "POST", "/v1/exec-credential", request)
     except HelperError as exc:
         fail(exc.message)
     sys.stdout.write(json.dumps(answer) + "\n")
