@@ -283,7 +283,7 @@ async def test_implicit_uses_the_injected_environment(
     profile_env = {"HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
     aws2 = provider(enable_implicit_auth=True, env=profile_env)
     conn2 = aws_connector(aws2, "implicit", region=REGION, endpoint_url=moto.url, profile_name="ci")
-    assert await aws2.discover(conn2, "kubernetes-cluster", None) == EXPECTED["kubernetes-cluster"]
+    assert await aws2.discover(conn2, "s3-bucket", None) == EXPECTED["s3-bucket"]
 
     nothing = provider(enable_implicit_auth=True, env={"AWS_EC2_METADATA_DISABLED": "true"})
     conn3 = aws_connector(nothing, "implicit", region=REGION, endpoint_url=moto.url)

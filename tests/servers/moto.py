@@ -1,8 +1,9 @@
 """moto on loopback for AWS tests: STS, IAM, S3, EKS and ECR behind one endpoint.
 
 One server per test session (:func:`shared_moto`), reset before each test by
-the :func:`moto` fixture. It runs in the test process (a werkzeug thread) for
-three reasons a subprocess cannot offer:
+a module's ``moto`` fixture built on :func:`moto_for_test`. It runs in the
+test process (a werkzeug thread, shut down at exit) for three reasons a
+subprocess cannot offer:
 
 * every request is recorded (:attr:`MotoServer.requests`), so tests see the
   exact parameters the broker sent (e.g. the ``PolicyArns`` shape);
@@ -13,12 +14,15 @@ three reasons a subprocess cannot offer:
 
 Auth enforcement is off after a reset; :meth:`MotoServer.enable_auth` turns
 moto's signature and IAM policy checks on (set up users and roles first, or
-use an admin user's keys). :func:`verify_eks_token` checks an EKS bearer
-token the way the EKS authenticator does and asks moto's STS who signed it.
+use an admin user's keys). moto's EKS signature check fails for every GET,
+so EKS calls need auth off. :func:`verify_eks_token` checks an EKS bearer
+token the way the EKS authenticator does and asks moto's STS who signed it
+(synchronous: run it in a thread from async code).
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import hmac
@@ -251,6 +255,7 @@ def _start() -> MotoServer:
     wsgi = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     thread = threading.Thread(target=wsgi.serve_forever, name="moto", daemon=True)
     thread.start()
+    atexit.register(wsgi.shutdown)
     server = MotoServer(url=f"http://127.0.0.1:{wsgi.server_port}")
     holder.append(server)
     _patch_ecr_expiry(server)

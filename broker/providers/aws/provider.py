@@ -1,0 +1,381 @@
+"""The ``aws`` connector type: six auth methods, four resource types, down-scoped STS sessions.
+
+Two kinds of credentials are in play for every connector. The *working*
+credentials are the connector's own reach (its keys, or the role it assumes
+with no session policy): discovery and lookups such as DescribeCluster use
+them. The *client* credentials are what a consumer receives: minted per
+resource, as short-lived and as narrowly scoped as the auth method allows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from broker.errors import InvalidArgument, NotFound
+from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
+from broker.providers.aws import ids, resources, sts
+from broker.providers.aws.autoconfig import auto_configure
+from broker.providers.aws.eks_token import eks_token
+from broker.providers.aws.failures import Call, aws_call
+from broker.providers.aws.policy import (
+    SessionPolicy,
+    check_policy,
+    configured_arns,
+    needs_account,
+    session_policy,
+)
+from broker.providers.aws.session import AwsClients, AwsCredentials, ImplicitChain
+from broker.providers.aws.settings import (
+    check_type,
+    default_duration,
+    fingerprint,
+    optional,
+    region_of,
+    required,
+    where_of,
+)
+from broker.providers.aws.spec import (
+    AUTH_FEDERATION_TOKEN,
+    AUTH_IMPLICIT,
+    AUTH_SECRET_KEY,
+    AUTH_SESSION_TOKEN,
+    AUTH_STS_TOKEN,
+    RT_ECR,
+    RT_EKS,
+    RT_GENERIC,
+    RT_S3,
+    SPEC,
+)
+from broker.providers.base import Provider, ProviderContext
+
+_ACCESS_KEY_RE = re.compile(r"^\w{16,128}$")
+#: Working role sessions are reused while this much of their life is left.
+_REUSE_MARGIN = timedelta(minutes=5)
+#: Bound on the per-connector caches (accounts, working role sessions).
+_CACHE_LIMIT = 512
+_T = TypeVar("_T")
+
+
+class AwsProvider(Provider):
+    """Amazon Web Services: generic access, S3 buckets, EKS clusters and ECR registries."""
+
+    spec = SPEC
+
+    def __init__(self, context: ProviderContext | None = None, *, page_size: int = 0) -> None:
+        super().__init__(context)
+        self._clients = AwsClients(self.context.request_timeout)
+        self._implicit = ImplicitChain(self.context.env)
+        self._page_size = page_size or resources.DEFAULT_PAGE_SIZE
+        self._accounts: dict[str, str] = {}
+        self._working: dict[str, AwsCredentials] = {}
+
+    # -- validation -------------------------------------------------------
+    def validate(self, connector: Connector) -> None:
+        config = connector.config
+        ids.check_region(region_of(connector))
+        key_id = optional(connector, "aws_access_key_id")
+        if key_id is not None and not _ACCESS_KEY_RE.match(key_id):
+            raise InvalidArgument(
+                "attribute 'aws_access_key_id' is not an AWS access key ID "
+                "(16-128 letters and digits)",
+                field="aws_access_key_id",
+            )
+        role_arn = optional(connector, "role_arn")
+        if role_arn is not None:
+            ids.check_role_arn(role_arn)
+        policy = optional(connector, "policy")
+        if policy is not None:
+            check_policy(policy)
+        configured_arns(config)
+        if connector.auth_method == AUTH_IMPLICIT and role_arn is None:
+            for name in ("policy", "policy_arns"):
+                if config.get(name):
+                    raise InvalidArgument(
+                        f"attribute '{name}' applies only with role_arn: without a role, "
+                        "implicit auth mints with GetSessionToken, which takes no session "
+                        "policy",
+                        field=name,
+                    )
+
+    def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
+        check_type(resource_type)
+        region = region_of(connector)
+        if resource_type == RT_GENERIC:
+            return ids.canonical_region(raw, region, connector.name)
+        if resource_type == RT_S3:
+            return ids.canonical_bucket(raw)
+        if resource_type == RT_EKS:
+            return ids.canonical_cluster(raw, region, connector.name)
+        return ids.canonical_registry(raw, region, connector.name)
+
+    def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
+        check_type(resource_type)
+        if resource_type == RT_GENERIC:
+            return region_of(connector)
+        if resource_type == RT_ECR:
+            account = self._accounts.get(fingerprint(connector))
+            return ids.ecr_host(account, region_of(connector)) if account else None
+        return None
+
+    async def resolve_default_resource_id(
+        self, connector: Connector, resource_type: str
+    ) -> str | None:
+        """docker-registry's ID holds the account, which only GetCallerIdentity knows."""
+        if resource_type == RT_ECR:
+            self.implicit_allowed(connector)
+            account = await self._account(connector, await self._base(connector))
+            return ids.ecr_host(account, region_of(connector))
+        return self.default_resource_id(connector, resource_type)
+
+    # -- discovery --------------------------------------------------------
+    async def discover(
+        self, connector: Connector, resource_type: str, resource_id: str | None
+    ) -> list[str]:
+        self.implicit_allowed(connector)
+        check_type(resource_type)
+        rid = (
+            self.canonical_resource_id(connector, resource_type, resource_id)
+            if resource_id
+            else None
+        )
+        where = where_of(connector)
+        base = await self._base(connector)
+        identity = await sts.caller_identity(self._clients, where, base)
+        working = await self._working_credentials(connector, base)
+        if resource_type == RT_GENERIC:
+            return [where.region]
+        if resource_type == RT_S3:
+            if rid:
+                await resources.head_bucket(self._clients, where, working, rid)
+                return [rid]
+            return await resources.list_buckets(self._clients, where, working)
+        if resource_type == RT_EKS:
+            if rid:
+                account = await self._account(connector, base, identity.account)
+                await resources.describe_cluster(self._clients, where, working, account, rid)
+                return [rid]
+            return await resources.list_clusters(self._clients, where, working, self._page_size)
+        registry = await resources.registry_id(self._clients, where, working)
+        host = ids.ecr_host(registry, where.region)
+        if rid and ids.registry_account(rid) != registry:
+            raise NotFound(
+                f"connector '{connector.name}' reaches ECR registry {host}, not {rid}",
+                field="resource_id",
+            )
+        await resources.count_repositories(self._clients, where, working, registry, self._page_size)
+        return [rid or host]
+
+    # -- minting ----------------------------------------------------------
+    async def mint(
+        self, connector: Connector, resource_type: str, resource_id: str
+    ) -> ClientCredential:
+        self.implicit_allowed(connector)
+        rid = self.canonical_resource_id(connector, resource_type, resource_id)
+        where = where_of(connector)
+        base = await self._base(connector)
+        if resource_type in (RT_GENERIC, RT_S3):
+            session, policy = await self._client_session(connector, resource_type, rid, base)
+            now = self.context.clock.now()
+            return _aws_credential(connector, resource_type, rid, session, policy, now)
+        # Look the resource up before minting: no session is issued for a missing one.
+        account = await self._account(connector, base)
+        if resource_type == RT_EKS:
+            working = await self._working_credentials(connector, base)
+            cluster = await resources.describe_cluster(self._clients, where, working, account, rid)
+            ca_pem = cluster.certificate_authority()
+            session, policy = await self._client_session(connector, resource_type, rid, base)
+            now = self.context.clock.now()
+            token, expires_at = eks_token(session, rid, where.region, where.endpoint_url, now)
+            return ClientCredential(
+                connector_type="kubernetes",
+                auth_method="token",
+                resource_type=resource_type,
+                resource_id=rid,
+                config={
+                    "server": cluster.endpoint,
+                    "certificate_authority": ca_pem,
+                    "cluster_name": cluster.arn,
+                    "token": token,
+                },
+                secret_names=frozenset({"token"}),
+                expires_at=expires_at,
+                session_policy=policy.audit_text,
+                issued_at=now,
+            )
+        if ids.registry_account(rid) != account:
+            raise InvalidArgument(
+                f"connector '{connector.name}' works in AWS account {account}; resource_id "
+                f"'{rid}' is another account's registry",
+                field="resource_id",
+            )
+        session, policy = await self._client_session(connector, resource_type, rid, base)
+        login = await resources.ecr_login(self._clients, where, session)
+        return ClientCredential(
+            connector_type="docker",
+            auth_method="password",
+            resource_type=resource_type,
+            resource_id=rid,
+            config={
+                "username": login.username,
+                "password": login.password,
+                "registry": login.registry or rid,
+            },
+            secret_names=frozenset({"password"}),
+            expires_at=_earliest(login.expires_at, session.expires_at),
+            session_policy=policy.audit_text,
+            issued_at=self.context.clock.now(),
+        )
+
+    async def _client_session(
+        self, connector: Connector, resource_type: str, rid: str, base: AwsCredentials
+    ) -> tuple[AwsCredentials, SessionPolicy]:
+        """The credentials a client receives, and the session policy they carry."""
+        method = connector.auth_method
+        where = where_of(connector)
+        if method in (AUTH_SECRET_KEY, AUTH_STS_TOKEN):
+            return base, SessionPolicy()
+        duration = connector.expiration_seconds or default_duration(method)
+        role_arn = optional(connector, "role_arn")
+        if method == AUTH_SESSION_TOKEN or (method == AUTH_IMPLICIT and role_arn is None):
+            if base.session_token is not None:  # implicit: already temporary, hand it through
+                return base, SessionPolicy()
+            return await sts.session_token(self._clients, where, base, duration), SessionPolicy()
+        account = (
+            await self._account(connector, base)
+            if needs_account(connector.config, resource_type)
+            else None
+        )
+        policy = session_policy(connector.config, resource_type, rid, where.region, account)
+        if method == AUTH_FEDERATION_TOKEN:
+            if policy.audit_text is None:
+                raise InvalidArgument(
+                    f"connector '{connector.name}' uses federation-token, whose tokens have "
+                    f"no permissions without a session policy; {RT_GENERIC} has no generated "
+                    "policy, so set 'policy' or 'policy_arns' on the connector",
+                    field="policy",
+                )
+            token = await sts.federation_token(self._clients, where, base, duration, policy)
+            return token, policy
+        assert role_arn is not None
+        return (
+            await sts.assume_role(self._clients, where, base, role_arn, duration, policy),
+            policy,
+        )
+
+    # -- credentials behind the scenes ----------------------------------------
+    async def _base(self, connector: Connector) -> AwsCredentials:
+        """The connector's own stored keys, or the daemon's for implicit auth."""
+        if connector.auth_method == AUTH_IMPLICIT:
+            call = Call(connector.name, "(daemon credentials)", "resolve credentials")
+            async with aws_call(call):
+                return await self._implicit.credentials(optional(connector, "profile_name"))
+        token = optional(connector, "aws_session_token")
+        return AwsCredentials(
+            access_key_id=required(connector, "aws_access_key_id"),
+            secret_access_key=required(connector, "aws_secret_access_key"),
+            session_token=token,
+            expires_at=connector.expires_at if token else None,
+            reusable=True,
+        )
+
+    async def _working_credentials(
+        self, connector: Connector, base: AwsCredentials
+    ) -> AwsCredentials:
+        """The connector's full reach: its keys, or its role assumed without a session policy."""
+        role_arn = optional(connector, "role_arn")
+        if role_arn is None:
+            return base
+        key = fingerprint(connector)
+        cached = self._working.get(key)
+        now = self.context.clock.now()
+        if cached and cached.expires_at and cached.expires_at - now > _REUSE_MARGIN:
+            return cached
+        creds = await sts.assume_role(
+            self._clients,
+            where_of(connector),
+            base,
+            role_arn,
+            default_duration(connector.auth_method),
+            SessionPolicy(),
+        )
+        creds = replace(creds, reusable=True)
+        _bounded_put(self._working, key, creds)
+        return creds
+
+    async def _account(
+        self, connector: Connector, base: AwsCredentials, known: str | None = None
+    ) -> str:
+        """The account the connector's resources live in (the role's, when it assumes one)."""
+        key = fingerprint(connector)
+        account = self._accounts.get(key)
+        if account is None:
+            role_arn = optional(connector, "role_arn")
+            if role_arn is not None:
+                account = ids.account_of_role(role_arn)
+            else:
+                account = (
+                    known
+                    or (await sts.caller_identity(self._clients, where_of(connector), base)).account
+                )
+            _bounded_put(self._accounts, key, account)
+        return account
+
+    # -- local environment --------------------------------------------------
+    def auto_configure(
+        self, options: AutoConfigureOptions, env: Mapping[str, str]
+    ) -> AutoConfigured:
+        return auto_configure(options, env, self.context.clock.now())
+
+    async def aclose(self) -> None:
+        self._working.clear()
+        self._accounts.clear()
+        await self._clients.aclose()
+
+
+def _aws_credential(
+    connector: Connector,
+    resource_type: str,
+    rid: str,
+    session: AwsCredentials,
+    policy: SessionPolicy,
+    now: datetime,
+) -> ClientCredential:
+    config: dict[str, Value] = {
+        "region": region_of(connector),
+        "aws_access_key_id": session.access_key_id,
+        "aws_secret_access_key": session.secret_access_key,
+    }
+    secrets = {"aws_secret_access_key"}
+    if session.session_token is not None:
+        config["aws_session_token"] = session.session_token
+        secrets.add("aws_session_token")
+    endpoint = optional(connector, "endpoint_url")
+    if endpoint is not None:
+        config["endpoint_url"] = endpoint
+    return ClientCredential(
+        connector_type="aws",
+        auth_method=AUTH_STS_TOKEN if session.session_token is not None else AUTH_SECRET_KEY,
+        resource_type=resource_type,
+        resource_id=rid,
+        config=config,
+        secret_names=frozenset(secrets),
+        expires_at=session.expires_at,
+        session_policy=policy.audit_text,
+        issued_at=now,
+    )
+
+
+def _bounded_put(cache: dict[str, _T], key: str, value: _T) -> None:
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > _CACHE_LIMIT:
+        cache.pop(next(iter(cache)))
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

@@ -1,0 +1,66 @@
+"""Reading an aws connector's configuration the same way everywhere in the provider."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from broker.errors import InvalidArgument
+from broker.model import Connector
+from broker.providers.aws.session import Endpoint
+from broker.providers.aws.spec import SPEC
+
+
+def check_type(resource_type: str) -> None:
+    if SPEC.resource_type(resource_type) is None:
+        raise InvalidArgument(
+            f"connector type 'aws' has no resource type '{resource_type}' "
+            f"(it offers: {', '.join(SPEC.resource_type_names)})",
+            field="resource_type",
+        )
+
+
+def default_duration(method: str) -> int:
+    spec = SPEC.auth_method(method)
+    assert spec is not None and spec.default_expiration_seconds is not None
+    return spec.default_expiration_seconds
+
+
+def where_of(connector: Connector) -> Endpoint:
+    return Endpoint(connector.name, region_of(connector), optional(connector, "endpoint_url"))
+
+
+def region_of(connector: Connector) -> str:
+    return required(connector, "region")
+
+
+def optional(connector: Connector, name: str) -> str | None:
+    value = connector.config.get(name)
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value).strip() or None
+
+
+def required(connector: Connector, name: str) -> str:
+    value = optional(connector, name)
+    if value is None:
+        raise InvalidArgument(
+            f"attribute '{name}' is required for connector '{connector.name}'", field=name
+        )
+    return value
+
+
+def fingerprint(connector: Connector) -> str:
+    """A cache key that changes with any configuration change.
+
+    Not the ID and revision: a connector being registered has no ID yet, and
+    one being updated is verified with its new configuration at the old revision.
+    """
+    material = json.dumps(
+        [connector.name, connector.auth_method, dict(connector.config)],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
