@@ -21,7 +21,9 @@ from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.discovery import Discovery, DiscoveryLimits
 from broker.local.endpoint import HelperEndpoint
+from broker.local.sdk import SdkEndpoints
 from broker.logs import configure
+from broker.notify import Notifier
 from broker.providers.base import ProviderContext
 from broker.providers.registry import ProviderRegistry
 from broker.rpc.server import GrpcServer
@@ -70,28 +72,44 @@ async def run_daemon(
         ),
     )
     service = BrokerService(store, registry, cache, discovery, clock)
-    server = GrpcServer(settings, service)
+    sdk = SdkEndpoints(service, clock)
+    server = GrpcServer(settings, service, sdk)
     helpers = HelperEndpoint(service)
+    notifier = Notifier.from_env(env)
+    metrics = None
+    if settings.metrics:
+        from broker.metrics import MetricsServer
+
+        metrics = MetricsServer(settings.metrics, cache.stats)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(cache.run)
             await server.start()
             await helpers.start(settings.local_socket_path, settings.socket_group)
+            if metrics is not None:
+                await metrics.start()
             log.info(
                 "daemon_ready",
                 version=__version__,
                 connector_types=[p.spec.connector_type for p in registry.all()],
                 pid=os.getpid(),
             )
-            if on_ready is not None:
-                on_ready()
+            # Handlers first: a SIGTERM right after READY=1 must still shut down in order.
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                if on_ready is not None:
+                    on_ready()
+                notifier.ready(f"serving on {settings.socket_path}")
+                await tg.start(notifier.run_watchdog)
                 async for signum in signals:
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break
+            notifier.stopping("draining in-flight calls")
             with anyio.CancelScope(shield=True):
                 await helpers.stop()
+                await sdk.stop()
                 await server.stop(settings.shutdown_grace_seconds)
+                if metrics is not None:
+                    await metrics.stop()
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

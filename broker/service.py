@@ -72,7 +72,11 @@ class CredentialCache(Protocol):
     def watch(self, key: CacheKey, mint: Mint) -> AsyncIterator[WatchEvent]: ...
 
     def invalidate_connector(
-        self, connector_id: str, event: Literal["updated", "deleted"]
+        self,
+        connector_id: str,
+        event: Literal["updated", "deleted"],
+        *,
+        revision: int | None = None,
     ) -> None: ...
 
     def stats(self) -> Mapping[str, int]: ...
@@ -331,7 +335,7 @@ class BrokerService:
                 connector, self._secret_names(provider, connector), current.revision
             )
             (await self._snapshot())[stored.name] = stored
-        self._cache.invalidate_connector(stored.id, "updated")
+        self._cache.invalidate_connector(stored.id, "updated", revision=stored.revision)
         self._discovery.forget(stored.id)
         log.info("connector_updated", connector=stored.name, revision=stored.revision)
         return stored, results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 from datetime import UTC, datetime, timedelta
@@ -197,7 +198,7 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
         assert len({round(d, 6) for d in delays}) > 400  # jittered, not fixed
         assert min(delays) < ceiling / 2 * 1.02 and max(delays) > ceiling * 0.98
     means = [statistics.mean(policy.backoff(a, rng) for _ in range(300)) for a in range(1, 7)]
-    assert all(later > earlier * 1.7 for earlier, later in zip(means, means[1:], strict=False))
+    assert all(later > earlier * 1.7 for earlier, later in itertools.pairwise(means))
 
 
 def test_backoff_is_capped() -> None:
@@ -212,3 +213,19 @@ def test_backoff_never_passes_the_margin_of_a_credential_still_served() -> None:
     assert all(policy.backoff(9, rng, until=12.5) <= 12.5 for _ in range(100))
     assert policy.backoff(9, rng, until=-3.0) == 0.0
     assert policy.backoff(1, rng, until=1000.0) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "cap"),
+    [
+        (None, 60.0),
+        (timedelta(hours=1), 60.0),
+        (timedelta(minutes=15), 60.0),
+        (timedelta(seconds=20), 5.0),
+        (timedelta(seconds=2), 1.0),
+    ],
+)
+def test_retry_cap_scales_down_for_short_lifetimes(lifetime: timedelta | None, cap: float) -> None:
+    assert policy.retry_cap(lifetime) == cap
+    rng = random.Random(14)
+    assert all(cap / 2 <= policy.backoff(30, rng, cap=cap) <= cap for _ in range(100))

@@ -10,7 +10,7 @@ import grpc
 import typer
 
 from broker import __version__
-from broker.cli import connector, credentials, login, render
+from broker.cli import connector, credentials, env, login, render
 from broker.cli.client import connect, rpc_error
 from broker.cli.options import Output, OutputOpt, SocketOpt
 from broker.errors import BrokerError
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(connector.app, name="connector")
 app.add_typer(credentials.app, name="credentials")
 app.add_typer(login.login_app, name="login")
+app.add_typer(env.app, name="env")
 app.add_typer(login.logout_app, name="logout")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
 app.add_typer(config_app, name="config")
@@ -67,6 +68,36 @@ def serve(
     anyio.run(run_daemon, settings)
 
 
+def _health(socket: Path | None, timeout: float) -> str:
+    """The gRPC health service's answer for the whole server, e.g. SERVING or NOT_SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from broker.cli.client import default_socket
+
+    path = socket or default_socket()
+    with grpc.insecure_channel(f"unix://{path.resolve()}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=timeout
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+@app.command()
+def health(
+    socket: SocketOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait")] = 5.0,
+) -> None:
+    """Exit 0 if the daemon answers SERVING on gRPC health (for HEALTHCHECK and probes)."""
+    try:
+        state = _health(socket, timeout)
+    except grpc.RpcError as exc:
+        print(f"unhealthy: {rpc_error(exc, socket).message}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print(state)
+    if state != "SERVING":
+        raise typer.Exit(1)
+
+
 @app.command()
 def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
     """The daemon's health, uptime, version, connectors, cache and subscribers."""
@@ -75,7 +106,7 @@ def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
     with connect(socket) as stub:
         st = stub.GetStatus(pb.GetStatusRequest())
     data = {
-        "health": st.health,
+        "health": _health(socket, 5.0),
         "version": st.version,
         "uptime_seconds": round(st.uptime_seconds, 1),
         "connectors": st.connectors,

@@ -29,8 +29,8 @@ from broker.errors import (
     Unavailable,
 )
 from broker.local import formats
-from broker.rpc.server import prepare_socket_path, secure_socket
 from broker.service import BrokerService
+from broker.sockets import prepare_socket_path, secure_socket
 
 log = structlog.get_logger(__name__)
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-from pathlib import Path
 
 import grpc
 import structlog
@@ -15,50 +13,24 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from broker.config import Settings
 from broker.errors import FailedPrecondition, InvalidArgument
+from broker.local.sdk import SdkEndpoints
 from broker.rpc.servicer import BrokerServicer
 from broker.service import BrokerService
+from broker.sockets import prepare_socket_path, secure_socket
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
 #: Requests beyond this are refused by gRPC before they reach the broker.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-SOCKET_MODE = 0o660
-
-
-def prepare_socket_path(path: Path) -> None:
-    """Make the directory; remove a stale socket, refuse to steal a live one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if path.exists() or path.is_symlink():
-        import socket
-
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()
-        else:
-            raise FailedPrecondition(f"another daemon is already listening on {path}")
-        finally:
-            probe.close()
-
-
-def secure_socket(path: Path, group: str | None) -> None:
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise InvalidArgument(
-                f"setting 'socket_group': no group '{group}'", field="socket_group"
-            ) from None
-        os.chown(path, -1, gid)
-    os.chmod(path, SOCKET_MODE)
 
 
 class GrpcServer:
     """Owns the grpc.aio server and its health status."""
 
-    def __init__(self, settings: Settings, service: BrokerService) -> None:
+    def __init__(
+        self, settings: Settings, service: BrokerService, sdk: SdkEndpoints | None = None
+    ) -> None:
         self._settings = settings
         self._server = grpc.aio.server(
             options=[
@@ -68,7 +40,7 @@ class GrpcServer:
             ]
         )
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            BrokerServicer(service, str(settings.local_socket_path.resolve())), self._server
+            BrokerServicer(service, sdk, str(settings.local_socket_path.resolve())), self._server
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -18,7 +18,8 @@ import structlog
 from broker.api.v1 import broker_pb2 as pb
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.connectors import ConnectorDraft, scope_of, served_types
-from broker.errors import BrokerError, InvalidArgument
+from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
+from broker.local.sdk import SdkEndpoints
 from broker.model import Connector
 from broker.rpc import convert
 from broker.rpc.status import status_for
@@ -73,8 +74,11 @@ def _text(value: str) -> str | None:
 
 
 class BrokerServicer(pb_grpc.BrokerServiceServicer):
-    def __init__(self, service: BrokerService, helper_socket: str = "") -> None:
+    def __init__(
+        self, service: BrokerService, sdk: SdkEndpoints | None = None, helper_socket: str = ""
+    ) -> None:
         self._service = service
+        self._sdk = sdk
         self._helper_socket = helper_socket
 
     def _connector(self, c: Connector, *, show_secrets: bool = False) -> pb.Connector:
@@ -280,6 +284,30 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             request.resource_id, request.connector or None
         )
         return pb.SetPreferredConnectorResponse()
+
+    def _endpoints(self) -> SdkEndpoints:
+        if self._sdk is None:
+            raise FailedPrecondition("SDK endpoints are not enabled on this daemon")
+        return self._sdk
+
+    @_guard
+    async def CreateSdkEndpoint(
+        self, request: pb.CreateSdkEndpointRequest, context: Ctx
+    ) -> pb.SdkEndpoint:
+        grant_id, env = await self._endpoints().create(
+            request.kind,
+            request.connector,
+            _text(request.resource_type),
+            _text(request.resource_id),
+        )
+        return pb.SdkEndpoint(id=grant_id, env=env)
+
+    @_guard
+    async def RevokeSdkEndpoint(
+        self, request: pb.RevokeSdkEndpointRequest, context: Ctx
+    ) -> pb.RevokeSdkEndpointResponse:
+        await self._endpoints().revoke(request.id)
+        return pb.RevokeSdkEndpointResponse()
 
 
 def _event(event: IssuedEvent) -> pb.CredentialEvent:

@@ -478,3 +478,40 @@ class SetPreferredConnectorRequest(_message.Message):
 class SetPreferredConnectorResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CreateSdkEndpointRequest(_message.Message):
+    __slots__ = ("kind", "connector", "resource_type", "resource_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    connector: str
+    resource_type: str
+    resource_id: str
+    def __init__(self, kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ...) -> None: ...
+
+class SdkEndpoint(_message.Message):
+    __slots__ = ("id", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RevokeSdkEndpointRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeSdkEndpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -99,6 +99,16 @@ class BrokerServiceStub:
                 request_serializer=broker_dot_v1_dot_broker__pb2.SetPreferredConnectorRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.SetPreferredConnectorResponse.FromString,
                 _registered_method=True)
+        self.CreateSdkEndpoint = channel.unary_unary(
+                '/broker.v1.BrokerService/CreateSdkEndpoint',
+                request_serializer=broker_dot_v1_dot_broker__pb2.CreateSdkEndpointRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.SdkEndpoint.FromString,
+                _registered_method=True)
+        self.RevokeSdkEndpoint = channel.unary_unary(
+                '/broker.v1.BrokerService/RevokeSdkEndpoint',
+                request_serializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointResponse.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -191,6 +201,21 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSdkEndpoint(self, request, context):
+        """A loopback endpoint unmodified SDKs fetch credentials from: the AWS
+        container credentials endpoint (with a revocable authorization token) or
+        a GCE-metadata-compatible server for one gcp connector.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSdkEndpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +283,16 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.SetPreferredConnector,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.SetPreferredConnectorRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.SetPreferredConnectorResponse.SerializeToString,
+            ),
+            'CreateSdkEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSdkEndpoint,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.CreateSdkEndpointRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.SdkEndpoint.SerializeToString,
+            ),
+            'RevokeSdkEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSdkEndpoint,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -611,6 +646,60 @@ class BrokerService:
             '/broker.v1.BrokerService/SetPreferredConnector',
             broker_dot_v1_dot_broker__pb2.SetPreferredConnectorRequest.SerializeToString,
             broker_dot_v1_dot_broker__pb2.SetPreferredConnectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSdkEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/CreateSdkEndpoint',
+            broker_dot_v1_dot_broker__pb2.CreateSdkEndpointRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.SdkEndpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSdkEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/RevokeSdkEndpoint',
+            broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,
