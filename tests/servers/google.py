@@ -250,6 +250,11 @@ class GoogleServer:
         with self._lock:
             self._failures.append([path_prefix, status, times])
 
+    def heal(self) -> None:
+        """Forget every injected failure: the upstream is back."""
+        with self._lock:
+            self._failures.clear()
+
     # -- inspection ---------------------------------------------------------------
     def validate_token(self, token: str) -> str | None:
         """The principal of a live cloud-platform token issued here, else None."""
