@@ -38,6 +38,7 @@ proto: install  ## regenerate broker/api/v1 from protos/
 
 lint: install
 	$(PY) scripts/genproto.py --check
+	$(PY) scripts/settings_table.py --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
