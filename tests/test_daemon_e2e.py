@@ -99,6 +99,8 @@ def test_register_describe_get_update_delete_docker(
     }
     assert cred["config"]["username"] == "alice"
     assert cred["config"]["password"] == SECRET
+    audit = [line for line in daemon.log().splitlines() if "credential_issued" in line]
+    assert audit and '"connector": "local"' in audit[-1] and SECRET not in audit[-1]
 
     updated = daemon.cli_json(
         "connector", "update", "local", "--label", "env=prod", "--remove-label", "nope"
@@ -323,3 +325,76 @@ def test_kubernetes_connector_verify_and_auto_configure(daemon: Daemon, tmp_path
         assert cred["config"]["token"] == "good-token-123"
         assert cred["config"]["server"] == api.url
         assert "good-token-123" not in daemon.log()
+
+
+def test_tcp_with_mutual_tls(tmp_path: Path) -> None:
+    from tests.servers.ports import free_port
+    from tests.servers.tls import issue_cert, issue_client_cert, make_ca
+
+    ca = make_ca()
+    server = issue_cert(ca)
+    cert, key = server.write(tmp_path, "server")
+    ca_file = ca.write(tmp_path)
+    port = free_port()
+    with running_daemon(
+        tmp_path / "data",
+        "--tcp",
+        f"127.0.0.1:{port}",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--tls-client-ca",
+        str(ca_file),
+    ) as daemon:
+        client = issue_client_cert(ca, "ci-runner")
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca.cert_pem.encode(),
+            private_key=client.key_pem.encode(),
+            certificate_chain=client.cert_pem.encode(),
+        )
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            from broker.api.v1 import broker_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.BrokerServiceStub(channel)
+            stub.RegisterConnector(
+                pb.RegisterConnectorRequest(
+                    name="d",
+                    connector_type="docker",
+                    no_verify=True,
+                    config={"username": "u", "password": "p", "registry": "r.example"},
+                )
+            )
+            assert (
+                stub.GetCredentials(pb.GetCredentialsRequest(connector="d")).config["username"]
+                == "u"
+            )
+        anonymous = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.encode())
+        with grpc.secure_channel(f"127.0.0.1:{port}", anonymous) as channel:
+            from broker.api.v1 import broker_pb2_grpc as pb_grpc
+
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.BrokerServiceStub(channel).ListConnectors(
+                    pb.ListConnectorsRequest(), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "ci-runner" in daemon.log()  # the audit event names the mTLS identity
+
+
+def test_list_types_and_describe_type(daemon: Daemon) -> None:
+    types = {t["connector_type"]: t for t in daemon.cli_json("connector", "list-types")}
+    assert {"aws", "gcp", "docker", "kubernetes"} <= set(types)
+    assert types["docker"]["resource_types"] == ["docker-registry"]
+    assert "session-token" in types["aws"]["auth_methods"]
+    only = daemon.cli_json("connector", "list-types", "--resource-type", "s3-bucket")
+    assert [t["connector_type"] for t in only] == ["aws"]
+    iam = daemon.cli_json("connector", "describe-type", "aws", "--auth-method", "iam-role")
+    method = iam["auth_methods"][0]
+    assert method["auth_method"] == "iam-role"
+    assert (method["min_expiration_seconds"], method["default_expiration_seconds"]) == (900, 3600)
+    secret = {a["name"] for a in method["attributes"] if a["secret"]}
+    assert "aws_secret_access_key" in secret
+    table = daemon.cli("connector", "describe-type", "kubernetes").stdout
+    assert "kubernetes-cluster" in table and "token" in table
+    unknown = daemon.cli("connector", "describe-type", "nope", check=False)
+    assert unknown.returncode == 1 and "unknown connector type 'nope'" in unknown.stderr
