@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from broker.attributes import parse_value
 from broker.clock import Clock
@@ -208,7 +208,8 @@ def check_not_expired(connector: Connector, now: datetime) -> None:
     if connector.expires_at is not None and connector.expires_at <= now:
         raise ConnectorExpired(
             f"connector '{connector.name}' credentials expired at "
-            f"{connector.expires_at.isoformat()}; update it with fresh credentials"
+            f"{connector.expires_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; "
+            "update it with fresh credentials"
         )
 
 

@@ -24,7 +24,7 @@ from datetime import datetime
 
 import aiohttp
 
-from broker.errors import ConnectorExpired, FailedPrecondition, InvalidArgument
+from broker.errors import BrokerError, ConnectorExpired, FailedPrecondition, InvalidArgument
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.base import Provider
 from broker.providers.gcp import autoconfig, discovery, ids, tokens
@@ -96,6 +96,24 @@ class GcpProvider(Provider):
     def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
         _check_type(resource_type)
         return self.settings(connector).project if resource_type == RT_GENERIC else None
+
+    def registry_resource_id(self, connector: Connector, host: str) -> str | None:
+        """docker asks by host alone; Google registry IDs also carry the project (gcr.io)
+        and the repository (Artifact Registry), so the host is mapped here: a gcr.io host
+        to the connector's project on it; an Artifact Registry host only for a connector
+        fixed on a repository there (docker does not say which repository it wants)."""
+        if connector.resource_type not in (None, RT_REGISTRY):
+            return None
+        try:
+            project = self.settings(connector).project
+            if connector.resource_id is not None:
+                fixed = ids.parse_registry(connector.resource_id, project)
+                return connector.resource_id if fixed.host == host.lower() else None
+            if host.lower() in ids.GCR_HOSTS:
+                return ids.parse_registry(f"{host.lower()}/{project}", project).canonical
+        except BrokerError:
+            return None
+        return None
 
     # -- tokens -------------------------------------------------------------
     async def access_token(self, connector: Connector) -> tokens.AccessToken:
