@@ -59,9 +59,9 @@ class Settings:
     cache_idle_seconds: float = _doc(
         "Unwatched credentials unused this long are dropped and not renewed", 900.0
     )
-    discovery_timeout_seconds: float = _doc("Per-connector discovery timeout", 10.0)
-    discovery_concurrency: int = _doc("Discovery calls in flight at once, in all", 64)
-    discovery_per_provider: int = _doc("Discovery calls in flight at once per connector type", 16)
+    discovery_timeout_seconds: float = _doc("Per-connector discovery timeout", 5.0)
+    discovery_concurrency: int = _doc("Discovery calls in flight at once, in all", 128)
+    discovery_per_provider: int = _doc("Discovery calls in flight at once per connector type", 64)
     discovery_cache_ttl_seconds: float = _doc("How long a resource listing is reused", 60.0)
 
     @property

@@ -1,17 +1,18 @@
 """Concurrent resource discovery: every connector, every resource type, at once.
 
 Verify, register and list-resources share this engine. Each (connector,
-resource type) is one unit of work, bounded by a global and a per-provider
-limit and a per-connector timeout; failures become per-unit errors, never
-an exception for the whole listing. Successful results are cached per
-connector revision for a short TTL.
+resource type) is one unit of work, bounded by a per-provider and a global
+limit and a per-unit timeout; failures become per-unit errors, never an
+exception for the whole listing. Successful results are cached per connector
+revision for a short TTL. Leaving :meth:`Discovery.stream` early (the client
+went away) cancels every unit still queued or running before it returns.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import anyio
@@ -21,27 +22,41 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from broker.clock import Clock
 from broker.connectors import check_not_expired, served_types
-from broker.errors import BrokerError
+from broker.errors import BrokerError, InvalidArgument
 from broker.model import Connector, TypeResources
+from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
 
 log = structlog.get_logger(__name__)
 
+#: The resource type reported for a connector whose connector type is not installed.
+ANY_TYPE = "*"
+
 
 @dataclass(frozen=True)
 class DiscoveryLimits:
-    """Defaults sized so a burst stays under provider rate limits (ECR allows ~20 req/s)."""
+    """Defaults sized so 100 connectors answer in about two upstream round trips while one
+    burst stays bounded; lower ``per_provider_concurrency`` for rate-limited providers."""
 
     #: Units of work running at once across all providers.
-    global_concurrency: int = 64
+    global_concurrency: int = 128
     #: Units of work running at once against one connector type.
-    per_provider_concurrency: int = 16
-    #: Seconds one (connector, resource type) may take before it reports a timeout.
-    timeout: float = 10.0
+    per_provider_concurrency: int = 64
+    #: Seconds one (connector, resource type) may run before it reports a timeout.
+    timeout: float = 5.0
     #: Seconds a successful listing is reused (0 disables the cache).
     cache_ttl: float = 60.0
     #: Listings kept in the result cache.
     cache_entries: int = 4096
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: one resource type (optionally one resource) of one connector."""
+
+    connector: Connector
+    resource_type: str
+    resource_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,58 +90,105 @@ class Discovery:
             self._per_provider[connector_type] = sem
         return sem
 
+    # -- one unit -------------------------------------------------------------
     async def discover_one(
         self,
-        connector: Connector,
-        resource_type: str,
-        resource_id: str | None = None,
+        unit: Unit,
         *,
         unit_timeout: float | None = None,
         refresh: bool = False,
+        cache: bool = True,
     ) -> TypeResources:
-        """Discover one resource type of one connector; errors are returned, not raised."""
-        key: _CacheKey = (connector.id, connector.revision, resource_type, resource_id)
-        if not refresh and self.limits.cache_ttl > 0:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > self._clock.monotonic():
-                return hit[1]
+        """Discover one unit; errors are returned, not raised. Only successes are cached:
+        a failed connector is asked again next time, since the user is probably fixing it.
+        ``cache=False`` neither reads nor writes the cache (connectors not stored yet)."""
+        cache = cache and self.limits.cache_ttl > 0
+        hit = self.cached(unit) if cache and not refresh else None
+        if hit is not None:
+            return hit
         limit = unit_timeout if unit_timeout and unit_timeout > 0 else self.limits.timeout
-        result = await self._run(connector, resource_type, resource_id, limit)
-        if result.error is None and self.limits.cache_ttl > 0:
+        result = await self._run(unit, limit)
+        if cache and result.error is None:
+            key = _key(unit)
+            self._cache.pop(key, None)
             if len(self._cache) >= self.limits.cache_entries:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = (self._clock.monotonic() + self.limits.cache_ttl, result)
         return result
 
-    async def _run(
-        self, connector: Connector, resource_type: str, resource_id: str | None, limit: float
-    ) -> TypeResources:
+    def cached(self, unit: Unit) -> TypeResources | None:
+        """The unit's listing if the cache holds a live one."""
+        hit = self._cache.get(_key(unit))
+        if hit is not None and hit[0] > self._clock.monotonic():
+            return hit[1]
+        return None
+
+    async def _run(self, unit: Unit, limit: float) -> TypeResources:
+        connector, rt = unit.connector, unit.resource_type
         try:
             check_not_expired(connector, self._clock.now())
             provider = self._registry.get(connector.connector_type)
-            async with self._global, self._provider_limit(connector.connector_type):
+            # Provider slot first: units queued behind a busy provider must not hold
+            # global slots that other providers' units could use.
+            async with self._provider_limit(connector.connector_type), self._global:
+                # The timeout starts once the unit runs: waiting in the queue is not the
+                # connector's fault. Expiry cancels the provider call (and its HTTP request).
                 with anyio.fail_after(limit):
-                    ids = await provider.discover(connector, resource_type, resource_id)
+                    ids = await provider.discover(connector, rt, unit.resource_id)
         except TimeoutError:
-            return TypeResources(resource_type, error=f"timed out after {_secs(limit)}")
+            return TypeResources(
+                rt, error=f"timed out after {_secs(limit)} (raise it with --timeout)"
+            )
         except BrokerError as exc:
-            return TypeResources(resource_type, error=exc.message)
+            return TypeResources(rt, error=exc.message)
         except Exception as exc:  # a provider bug must not fail the whole listing
             log.error(
                 "discovery_failed",
                 connector=connector.name,
-                resource_type=resource_type,
+                resource_type=rt,
                 error_type=type(exc).__name__,
             )
-            return TypeResources(
-                resource_type, error=f"internal error while listing ({type(exc).__name__})"
-            )
-        unique = sorted(set(ids))
+            return TypeResources(rt, error=f"internal error while listing ({type(exc).__name__})")
+        unique = sorted({_canonical(provider, connector, rt, i) for i in ids})
         if not unique:
-            what = f"'{resource_id}'" if resource_id else "no resources"
-            return TypeResources(resource_type, error=f"{what} reachable with these credentials")
-        return TypeResources(resource_type, resource_ids=tuple(unique))
+            what = f"'{unit.resource_id}' is not" if unit.resource_id else "no resources"
+            return TypeResources(rt, error=f"{what} reachable with these credentials")
+        return TypeResources(rt, resource_ids=tuple(unique))
 
+    # -- planning -------------------------------------------------------------
+    def units(self, connector: Connector, resource_type: str | None = None) -> list[Unit]:
+        """One unit per served resource type (just ``resource_type`` if given)."""
+        try:
+            types = served_types(self._registry.get(connector.connector_type), connector)
+        except BrokerError:  # type not installed: one unit that reports it
+            return [Unit(connector, connector.resource_type or ANY_TYPE)]
+        return [Unit(connector, t) for t in types if not resource_type or t == resource_type]
+
+    def plan(
+        self,
+        connectors: Iterable[Connector],
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+    ) -> list[Unit]:
+        """The units of a listing. With ``resource_id``, only the types it is an ID of (in
+        canonical form) and only connectors whose scope admits it: another connector not
+        reaching it is no error of that connector."""
+        units: list[Unit] = []
+        for connector in connectors:
+            for unit in self.units(connector, resource_type):
+                if not resource_id:
+                    units.append(unit)
+                    continue
+                try:
+                    provider = self._registry.get(connector.connector_type)
+                    rid = provider.canonical_resource_id(connector, unit.resource_type, resource_id)
+                except BrokerError:
+                    continue
+                if connector.resource_id is None or connector.resource_id == rid:
+                    units.append(Unit(connector, unit.resource_type, rid))
+        return units
+
+    # -- fan-out --------------------------------------------------------------
     async def discover(
         self,
         connector: Connector,
@@ -136,56 +198,96 @@ class Discovery:
         unit_timeout: float | None = None,
         refresh: bool = False,
     ) -> list[TypeResources]:
-        """Every served resource type of one connector, concurrently, in type order."""
-        async with self.stream(
-            [connector], resource_type, resource_id, unit_timeout=unit_timeout, refresh=refresh
-        ) as results:
-            found = [f.result async for f in results]
-        types = self._types(connector, resource_type)
-        return sorted(found, key=lambda r: types.index(r.resource_type))
+        """Every served resource type of one connector, concurrently, in type order.
 
-    def _types(self, connector: Connector, resource_type: str | None) -> list[str]:
-        provider = self._registry.get(connector.connector_type)
-        types = list(served_types(provider, connector))
-        if resource_type:
-            types = [t for t in types if t == resource_type]
-        return types
+        For verify, register and update: always asked upstream (``refresh`` is implied)
+        and never cached, since the connector may be a draft not stored at this revision.
+        """
+        del refresh
+        units = [
+            Unit(connector, u.resource_type, resource_id)
+            for u in self.units(connector, resource_type)
+        ]
+        async with self.stream(units, unit_timeout=unit_timeout, cache=False) as results:
+            found = [f.result async for f in results]
+        order = [u.resource_type for u in units]
+        return sorted(found, key=lambda r: order.index(r.resource_type))
 
     @asynccontextmanager
     async def stream(
         self,
-        connectors: Sequence[Connector],
-        resource_type: str | None = None,
-        resource_id: str | None = None,
+        units: Sequence[Unit],
         *,
         unit_timeout: float | None = None,
         refresh: bool = False,
+        cache: bool = True,
     ) -> AsyncIterator[ObjectReceiveStream[Found]]:
-        """Results as they arrive; leaving the block cancels whatever is still running."""
+        """Results as they arrive; leaving the block cancels whatever is still queued or
+        running, and returns only once every unit has stopped."""
         send, receive = anyio.create_memory_object_stream[Found](math.inf)
+        finished = 0
 
-        async def unit(connector: Connector, rt: str, out: MemoryObjectSendStream[Found]) -> None:
+        async def run(unit: Unit, out: MemoryObjectSendStream[Found]) -> None:
+            nonlocal finished
             async with out:
                 result = await self.discover_one(
-                    connector, rt, resource_id, unit_timeout=unit_timeout, refresh=refresh
+                    unit, unit_timeout=unit_timeout, refresh=refresh, cache=cache
                 )
-                await out.send(Found(connector, result))
+                finished += 1
+                with suppress(anyio.BrokenResourceError):  # the consumer left already
+                    await out.send(Found(unit.connector, result))
 
-        async with anyio.create_task_group() as tg:
-            async with send:
-                for connector in connectors:
-                    for rt in self._types(connector, resource_type):
-                        tg.start_soon(unit, connector, rt, send.clone())
-            try:
-                async with receive:
-                    yield receive
-            finally:
-                tg.cancel_scope.cancel()
+        use_cache = cache and not refresh and self.limits.cache_ttl > 0
+        try:
+            async with anyio.create_task_group() as tg:
+                async with send:
+                    for unit in units:
+                        # Cache hits go straight out: no task, no limit slot.
+                        hit = self.cached(unit) if use_cache else None
+                        if hit is not None:
+                            finished += 1
+                            send.send_nowait(Found(unit.connector, hit))
+                        else:
+                            tg.start_soon(run, unit, send.clone())
+                try:
+                    async with receive:
+                        yield receive
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            # Logged after the task group closed: every unit has really stopped here.
+            complete = finished == len(units)
+            (log.debug if complete else log.info)(
+                "discovery_finished" if complete else "discovery_cancelled",
+                units=len(units),
+                finished=finished,
+                cancelled=len(units) - finished,
+            )
 
     def forget(self, connector_id: str) -> None:
         """Drop cached listings of a connector (updates also change the revision key)."""
         for key in [k for k in self._cache if k[0] == connector_id]:
             del self._cache[key]
+
+
+def _key(unit: Unit) -> _CacheKey:
+    c = unit.connector
+    return (c.id, c.revision, unit.resource_type, unit.resource_id)
+
+
+def _canonical(provider: Provider, connector: Connector, resource_type: str, raw: str) -> str:
+    """The canonical form of a discovered ID, so it can be fed back to get-credentials as is.
+    A provider that cannot parse its own output is a bug: keep the ID and say so."""
+    try:
+        return provider.canonical_resource_id(connector, resource_type, raw)
+    except InvalidArgument:
+        log.warning(
+            "discovered_id_not_canonical",
+            connector=connector.name,
+            resource_type=resource_type,
+            resource_id=raw,
+        )
+        return raw.strip()
 
 
 def _secs(seconds: float) -> str:

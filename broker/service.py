@@ -228,7 +228,13 @@ class BrokerService:
                 continue
             if any(connector.labels.get(k) != v for k, v in flt.labels.items()):
                 continue
-            provider = self._registry.get(connector.connector_type)
+            if not (flt.resource_type or flt.resource_id):
+                out.append(connector)
+                continue
+            try:
+                provider = self._registry.get(connector.connector_type)
+            except NotFound:  # its plugin is not installed: it serves nothing now
+                continue
             if flt.resource_type and flt.resource_type not in served_types(provider, connector):
                 continue
             if flt.resource_id and not self._may_serve_id(provider, connector, flt):
@@ -395,20 +401,17 @@ class BrokerService:
         unit_timeout: float | None = None,
         refresh: bool = False,
     ) -> AsyncIterator[AsyncIterator[ListedResources]]:
-        """Stream (connector, resource type) results as they arrive, across all connectors."""
-        connectors = await self.list_connectors(replace(flt, resource_id=None))
-        rid = flt.resource_id or None
+        """Stream (connector, resource type) results as they arrive, across all connectors.
 
-        async def results() -> AsyncIterator[ListedResources]:
-            async with self._discovery.stream(
-                connectors, flt.resource_type, rid, unit_timeout=unit_timeout, refresh=refresh
-            ) as stream:
-                async for found in stream:
-                    if exclude_errors and found.result.error:
-                        continue
-                    yield ListedResources(found.connector, found.result)
-
-        yield results()
+        The fan-out lives as long as the block: leaving it (the client hung up) cancels
+        every unit still running before this returns.
+        """
+        connectors = await self.list_connectors(flt)
+        units = self._discovery.plan(connectors, flt.resource_type, flt.resource_id)
+        async with self._discovery.stream(
+            units, unit_timeout=unit_timeout, refresh=refresh
+        ) as stream:
+            yield _listed(stream, exclude_errors)
 
     # -- credentials ------------------------------------------------------
     async def _key_and_mint(
@@ -551,6 +554,15 @@ class BrokerService:
             subscribers=int(stats.get("subscribers", 0)),
             connector_types=[p.spec.connector_type for p in self._registry.all()],
         )
+
+
+async def _listed(
+    stream: AsyncIterator[Found], exclude_errors: bool
+) -> AsyncIterator[ListedResources]:
+    """A plain filter (no task group or cancel scope), safe to abandon mid-iteration."""
+    async for found in stream:
+        if not (exclude_errors and found.result.error):
+            yield ListedResources(found.connector, found.result)
 
 
 __all__ = ["BrokerService", "ConnectorUpdate", "Found", "Issued", "IssuedEvent"]

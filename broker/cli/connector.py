@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Annotated, Any
 
-import grpc
 import typer
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -242,6 +240,9 @@ def register(
     context: Annotated[str | None, typer.Option("--context", help="kubeconfig context")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
     region: Annotated[str | None, typer.Option("--region", help="AWS region")] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", help="GCP project (auto-configure)")
+    ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Store without checking")] = False,
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
@@ -257,7 +258,12 @@ def register(
             auth_method,
             resource_type,
             resource_id,
-            {"context": context or "", "profile": profile or "", "region": region or ""},
+            {
+                "context": context or "",
+                "profile": profile or "",
+                "region": region or "",
+                "project_id": project or "",
+            },
         )
         config = {**found, **config}
         expiry = expiry or found_expiry
@@ -451,34 +457,64 @@ def list_resources(
     resource_id: ResourceIdOpt = None,
     label: LabelOpt = None,
     name: Annotated[str | None, typer.Option("--name")] = None,
-    exclude_errors: Annotated[bool, typer.Option("--exclude-errors")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Per-connector seconds")] = 0.0,
-    refresh: Annotated[bool, typer.Option("--refresh", help="Bypass the cache")] = False,
+    exclude_errors: Annotated[
+        bool, typer.Option("--exclude-errors", help="Hide connectors that failed")
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.0, help="Seconds per connector [default: the daemon's]"),
+    ] = 0.0,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Bypass the result cache")] = False,
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """What every matching connector reaches, asked concurrently."""
-    from broker.cli.progress import collect
+    """What every matching connector reaches, asked concurrently; partial results on errors.
 
+    On a terminal, progress (done / pending / failed per connector) is drawn on stderr
+    while results arrive.
+    """
+    from broker.cli.progress import collect, live_enabled
+
+    labels = parse_pairs(label, "label")
+    live = output is Output.table and live_enabled()
     request = pb.ListResourcesRequest(
         connector_type=connector_type or "",
         resource_type=resource_type or "",
         resource_id=resource_id or "",
-        labels=parse_pairs(label, "label"),
-        exclude_errors=exclude_errors,
+        labels=labels,
+        # Live progress shows failures too; they are dropped below instead.
+        exclude_errors=exclude_errors and not live,
         timeout_seconds=timeout,
         refresh=refresh,
         name=name or "",
     )
     with connect(socket) as stub:
+        expected = None
+        if live:
+            listed = stub.ListConnectors(
+                pb.ListConnectorsRequest(
+                    name=name or "",
+                    connector_type=connector_type or "",
+                    resource_type=resource_type or "",
+                    resource_id=resource_id or "",
+                    labels=labels,
+                )
+            )
+            expected = {
+                c.name: (
+                    c.connector_type,
+                    1 if resource_type else max(1, len(c.resource_types)),
+                )
+                for c in listed.connectors
+            }
         stream = stub.ListResources(request)
         try:
-            results = collect(stream, live=output is Output.table and sys.stderr.isatty())
+            results = collect(stream, expected)
         except KeyboardInterrupt:
-            stream.cancel()
+            stream.cancel()  # the daemon cancels its fan-out when the call is cancelled
             raise
-        except grpc.RpcError:
-            raise
+    if exclude_errors:
+        results = [r for r in results if not r.HasField("error")]
     results.sort(key=lambda r: (r.connector, r.resource_type))
     if output is Output.json:
         render.print_json([render.resource_json(r) for r in results])

@@ -18,7 +18,7 @@ import structlog
 from broker.api.v1 import broker_pb2 as pb
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.connectors import ConnectorDraft, scope_of, served_types
-from broker.errors import BrokerError, FailedPrecondition, InvalidArgument
+from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
 from broker.local.sdk import SdkEndpoints
 from broker.model import Connector
 from broker.rpc import convert
@@ -82,7 +82,12 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         self._helper_socket = helper_socket
 
     def _connector(self, c: Connector, *, show_secrets: bool = False) -> pb.Connector:
-        provider = self._service.provider(c)
+        try:
+            provider = self._service.provider(c)
+        except NotFound:  # its plugin is not installed: show it, secrets hidden
+            return convert.connector(
+                c, resource_types=(), scope="unknown", secret_names=frozenset(c.config)
+            )
         return convert.connector(
             c,
             resource_types=served_types(provider, c),
