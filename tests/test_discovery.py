@@ -223,7 +223,7 @@ async def test_every_failure_is_an_entry_of_its_own(
     assert errors["unreachable"].startswith(f"cannot reach slow upstream {dead}/discover")
     assert errors["buggy"] == "internal error while listing (KeyError)"
     assert errors["expired"] == (
-        f"connector 'expired' credentials expired at {expired_at.isoformat()}; "
+        f"connector 'expired' credentials expired at {expired_at.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
         "update it with fresh credentials"
     )
     assert results[("gone", "*")].error == (

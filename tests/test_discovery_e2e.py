@@ -202,7 +202,7 @@ def test_json_partial_results_errors_and_filters(
         failed(
             "mx-expired",
             "slow-resource",
-            "connector 'mx-expired' credentials expired at 2024-01-01T00:00:00+00:00; "
+            "connector 'mx-expired' credentials expired at 2024-01-01T00:00:00Z; "
             "update it with fresh credentials",
         ),
         ok("mx-ok", "slow-other"),

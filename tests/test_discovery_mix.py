@@ -125,7 +125,7 @@ def entry(
 
 def expired(name: str) -> str:
     return (
-        f"connector '{name}' credentials expired at {EXPIRED_AT.isoformat()}; "
+        f"connector '{name}' credentials expired at {EXPIRED_AT.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
         "update it with fresh credentials"
     )
 
