@@ -333,7 +333,8 @@ def test_expired_sts_token_connector(moto: MotoServer, daemon: Daemon) -> None:
     assert 0 <= updated["expires_in_seconds"] <= 3
     time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 0.1)
 
-    expected = f"connector '{name}' credentials expired at {expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    stamp = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    expected = f"connector '{name}' credentials expired at {stamp}"
     got, verify, described, table = _parallel(
         [
             lambda: daemon.cli(
