@@ -43,6 +43,7 @@ from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
 from broker.store.base import ConnectorFilter, ConnectorStore
 from broker.streams.hub import WatchEvent
+from broker.upstream_stats import UpstreamStats
 
 log = structlog.get_logger(__name__)
 
@@ -154,6 +155,8 @@ class BrokerService:
         self._started = time.monotonic()
         self._by_name: dict[str, Connector] | None = None
         self._write_lock = anyio.Lock()
+        #: Mint counts and latency per connector type, for the metrics endpoint.
+        self.upstream = UpstreamStats()
 
     # -- connector types --------------------------------------------------
     def list_types(
@@ -425,7 +428,16 @@ class BrokerService:
 
         async def mint() -> ClientCredential:
             check_not_expired(connector, self._clock.now())
-            return await provider.mint(connector, rt, rid)
+            started = self._clock.monotonic()
+            ok = False
+            try:
+                credential = await provider.mint(connector, rt, rid)
+                ok = True
+                return credential
+            finally:
+                self.upstream.observe(
+                    connector.connector_type, self._clock.monotonic() - started, ok
+                )
 
         return connector, key, mint
 
