@@ -80,14 +80,14 @@ async def run_daemon(
     if settings.metrics:
         from broker.metrics import MetricsServer
 
-        metrics = MetricsServer(settings.metrics, cache.stats)
+        metrics = MetricsServer(settings.metrics, cache.stats, service.upstream)
     try:
+        if metrics is not None:  # first, outside the task group: a plain error, no socket yet
+            await metrics.start()
         async with anyio.create_task_group() as tg:
             await tg.start(cache.run)
             await server.start()
             await helpers.start(settings.local_socket_path, settings.socket_group)
-            if metrics is not None:
-                await metrics.start()
             log.info(
                 "daemon_ready",
                 version=__version__,
@@ -108,11 +108,11 @@ async def run_daemon(
                 await helpers.stop()
                 await sdk.stop()
                 await server.stop(settings.shutdown_grace_seconds)
-                if metrics is not None:
-                    await metrics.stop()
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            if metrics is not None:
+                await metrics.stop()
             await registry.aclose()
             await store.close()
         log.info("daemon_stopped")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.config import Settings, setting_fields  # noqa: E402
+from broker.config import Settings, setting_fields
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"

@@ -15,14 +15,21 @@ from broker.errors import BrokerError, Unavailable
 from broker.rpc.status import error_for
 
 DEFAULT_SOCKET = Path(".broker/broker.sock")
+#: Where the systemd unit and the container image put the socket.
+SYSTEM_SOCKET = Path("/run/broker/broker.sock")
 
 
 def default_socket() -> Path:
+    """BROKER_SOCKET > BROKER_DATA_DIR/broker.sock > ./.broker/broker.sock > /run/broker."""
     env = os.environ.get("BROKER_SOCKET")
     if env:
         return Path(env)
     data_dir = os.environ.get("BROKER_DATA_DIR")
-    return Path(data_dir) / "broker.sock" if data_dir else DEFAULT_SOCKET
+    if data_dir:
+        return Path(data_dir) / "broker.sock"
+    if not DEFAULT_SOCKET.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return DEFAULT_SOCKET
 
 
 @contextmanager

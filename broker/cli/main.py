@@ -151,12 +151,29 @@ def main() -> None:
     except BrokerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(1)
+    except BaseExceptionGroup as group:  # the daemon's task group wraps startup errors
+        first = _first_broker_error(group)
+        if first is None:
+            raise
+        print(f"error: {first.message}", file=sys.stderr)
+        sys.exit(1)
     except grpc.RpcError as exc:
         err = rpc_error(exc, None)
         print(f"error: {err.message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _first_broker_error(group: BaseExceptionGroup[BaseException]) -> BrokerError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BrokerError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_broker_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,269 @@
+"""Deployment files, checked offline: Kubernetes manifests, Dockerfile, alert rules.
+
+Manifests are validated against the Kubernetes OpenAPI schemas shipped in the
+``kubernetes-validate`` package (strict: unknown fields are errors), for the
+oldest release with native sidecars (1.29) and the newest it knows. kubectl's
+``--dry-run=client`` cannot do this here: it downloads the schema from a live
+API server. Structural checks then hold what no schema knows: the socket
+volume is shared, the job never sees the long-lived key, the probes run a
+command that exists, the embedded config loads.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from copy import deepcopy
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from broker.config import Settings, load_settings
+from broker.metrics import COUNTERS, GAUGES
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBE = ROOT / "deploy" / "kubernetes"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+KUBE_VERSIONS = ("1.29.0", "1.37.0")
+BROKER_GID = 65532
+BIN = Path(sys.executable).parent
+#: BROKER_* variables read outside Settings (by the key loader and the clients).
+OTHER_BROKER_ENV = {"BROKER_SECRET_KEY", "BROKER_HELPER_SOCKET", "BROKER_CONFIG"}
+
+
+def documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((KUBE / name).read_text()) if d]
+
+
+def by_kind(name: str, kind: str) -> dict[str, Any]:
+    return next(d for d in documents(name) if d["kind"] == kind)
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]
+    return spec if obj["kind"] == "Pod" else spec["template"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+def mounts(container: dict[str, Any]) -> dict[str, str]:
+    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+MANIFESTS = sorted(p.name for p in KUBE.glob("*.yaml"))
+ALL_DOCS = [(name, i) for name in MANIFESTS for i, _ in enumerate(documents(name))]
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize(("name", "index"), ALL_DOCS)
+def test_manifest_is_valid_against_the_kubernetes_schema(
+    name: str, index: int, version: str
+) -> None:
+    kubernetes_validate.validate(documents(name)[index], version, strict=True)
+
+
+def test_schema_validation_rejects_a_misspelt_field() -> None:
+    job = deepcopy(by_kind("sidecar-job.yaml", "Job"))
+    pod_spec(job)["containers"][0]["volumeMount"] = []
+    with pytest.raises(kubernetes_validate.ValidationError, match="volumeMount"):
+        kubernetes_validate.validate(job, KUBE_VERSIONS[-1], strict=True)
+
+
+# -- what every manifest holds to ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_containers_are_pinned_bounded_and_unprivileged(name: str) -> None:
+    for obj in documents(name):
+        if obj["kind"] not in ("Pod", "Job", "DaemonSet"):
+            continue
+        spec = pod_spec(obj)
+        assert spec["automountServiceAccountToken"] is False
+        for cname, c in containers(spec).items():
+            image = c["image"]
+            assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), cname
+            assert "memory" in c["resources"]["requests"], cname
+            security = c["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, cname
+            assert security["capabilities"]["drop"] == ["ALL"], cname
+            for var in env_of(c):
+                if var.startswith("BROKER_"):
+                    known = {f"BROKER_{f.name.upper()}" for f in fields(Settings)}
+                    assert var in known | OTHER_BROKER_ENV, f"{cname}: unknown {var}"
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_probes_run_the_broker_health_command(name: str) -> None:
+    commands = {
+        tuple(probe["exec"]["command"])
+        for obj in documents(name)
+        if obj["kind"] in ("Pod", "Job", "DaemonSet")
+        for c in containers(pod_spec(obj)).values()
+        for key in ("startupProbe", "readinessProbe", "livenessProbe")
+        if (probe := c.get(key))
+    }
+    for command in commands:
+        assert command[:2] == ("broker", "health"), command
+        result = subprocess.run(
+            [str(BIN / command[0]), *command[1:], "--socket", "/nonexistent/broker.sock"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        # A real command with real options: it runs, and fails only for want of a daemon.
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("unhealthy:"), result.stderr
+
+
+# -- the sidecar Job -------------------------------------------------------------------
+
+
+def test_sidecar_job_shares_the_socket_and_keeps_the_key_from_the_job() -> None:
+    spec = pod_spec(by_kind("sidecar-job.yaml", "Job"))
+    cs = containers(spec)
+    broker, job = cs["broker"], cs["backup"]
+    # A native sidecar: started (and healthy) before the job, stopped after it.
+    assert broker in spec["initContainers"] and broker["restartPolicy"] == "Always"
+    assert broker["startupProbe"]["exec"]["command"][:2] == ["broker", "health"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    socket_volume = mounts(broker)["/run/broker"]
+    assert "emptyDir" in volumes[socket_volume]
+    assert mounts(job)["/run/broker"] == socket_volume
+    assert env_of(job)["BROKER_SOCKET"].startswith("/run/broker/")
+    assert env_of(job)["BROKER_HELPER_SOCKET"].startswith("/run/broker/")
+    # The sockets are 0660: the pod's fsGroup is the broker's group.
+    assert spec["securityContext"]["fsGroup"] == BROKER_GID
+    # State from a Secret, seen by the broker side only.
+    secret_volumes = {n for n, v in volumes.items() if "secret" in v}
+    assert secret_volumes
+    secret_names = {volumes[n]["secret"]["secretName"] for n in secret_volumes}
+    key_ref = env_of(broker)["BROKER_SECRET_KEY"]["secretKeyRef"]["name"]
+    assert key_ref in secret_names
+    assert not secret_volumes & set(mounts(job).values())
+    assert not any(isinstance(v, dict) and "secretKeyRef" in v for v in env_of(job).values())
+    restore = cs["restore-state"]
+    assert set(mounts(restore).values()) >= secret_volumes | {mounts(broker)["/var/lib/broker"]}
+
+
+def test_sidecar_jobs_aws_config_asks_the_broker() -> None:
+    config = by_kind("sidecar-job.yaml", "ConfigMap")["data"]["config"]
+    process = next(
+        line.split("=", 1)[1] for line in config.splitlines() if "credential_process" in line
+    )
+    argv = shlex.split(process)
+    assert argv[0] == "broker-aws-credential"
+    assert (BIN / argv[0]).exists()  # a console script this package installs
+
+
+# -- the per-node DaemonSet --------------------------------------------------------------
+
+
+def test_daemonset_serves_the_node_through_a_host_path_socket() -> None:
+    ds = by_kind("daemonset.yaml", "DaemonSet")
+    spec = pod_spec(ds)
+    broker = containers(spec)["broker"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    socket_volume = volumes[mounts(broker)["/run/broker"]]
+    assert socket_volume["hostPath"]["path"] == "/run/broker"
+    assert "hostPath" in volumes[mounts(broker)["/var/lib/broker"]]
+    security = broker["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (BROKER_GID, BROKER_GID)
+    assert security["readOnlyRootFilesystem"] is True
+    # The init container hands both host folders to the broker's user, and nothing more.
+    init = containers(spec)["host-dirs"]
+    assert set(init["securityContext"]["capabilities"]["add"]) <= {
+        "CHOWN",
+        "FOWNER",
+        "DAC_OVERRIDE",
+    }
+    assert set(mounts(init).values()) == {
+        mounts(broker)["/run/broker"],
+        mounts(broker)["/var/lib/broker"],
+    }
+    # Pods on the node use the same folder and join the sockets' group.
+    client = by_kind("node-client-pod.yaml", "Pod")
+    client_spec = pod_spec(client)
+    client_volumes = {v["name"]: v for v in client_spec["volumes"]}
+    client_mount = mounts(client_spec["containers"][0])["/run/broker"]
+    assert client_volumes[client_mount]["hostPath"]["path"] == "/run/broker"
+    assert BROKER_GID in client_spec["securityContext"]["supplementalGroups"]
+
+
+def test_daemonset_config_loads_and_exposes_the_metrics_port(tmp_path: Path) -> None:
+    ds = by_kind("daemonset.yaml", "DaemonSet")
+    broker = containers(pod_spec(ds))["broker"]
+    config_map = by_kind("daemonset.yaml", "ConfigMap")
+    mount_dir = next(p for p, n in mounts(broker).items() if n == "config")
+    (tmp_path / "broker.toml").write_text(config_map["data"]["broker.toml"])
+    args = broker["args"]
+    assert args[args.index("--config") + 1] == f"{mount_dir}/broker.toml"
+    settings = load_settings(tmp_path / "broker.toml", env={})  # raises on any bad key
+    assert settings.metrics is not None
+    port = int(settings.metrics.rsplit(":", 1)[1])
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in broker["ports"]
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+
+
+# -- Dockerfile and alert rules -------------------------------------------------------------
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_hadolint_would_catch_a_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text((ROOT / "Dockerfile").read_text().replace("USER 65532:65532\n", ""))
+    bad.write_text(bad.read_text() + "RUN cd /tmp && ls\n")
+    result = subprocess.run([str(BIN / "hadolint"), str(bad)], capture_output=True, text=True)
+    assert "DL3003" in result.stdout  # "use WORKDIR to switch to a directory"
+
+
+def test_alert_rules_pass_promtool_checks_and_unit_tests() -> None:
+    check = subprocess.run(
+        ["promtool", "check", "rules", "broker-alerts.yaml"],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run(
+        ["promtool", "test", "rules", "broker-alerts.test.yaml"],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def test_alert_rules_use_only_metrics_the_broker_exports() -> None:
+    exported = {f"{name}_total" for name, _ in COUNTERS.values()}
+    exported |= {name for name, _ in GAUGES.values()}
+    rules = yaml.safe_load((PROMETHEUS / "broker-alerts.yaml").read_text())
+    used = {
+        metric
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for metric in re.findall(r"\bbroker_[a-z_]+", rule["expr"])
+    }
+    assert used
+    assert used <= exported, used - exported
