@@ -12,14 +12,20 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.attributes import render_value
 from broker.cli import render
 from broker.cli.client import connect
-from broker.cli.options import Output, OutputOpt, SocketOpt, parse_pairs, parse_time
+from broker.cli.options import (
+    Output,
+    OutputOpt,
+    ResourceIdOpt,
+    ResourceTypeOpt,
+    SocketOpt,
+    parse_pairs,
+    parse_time,
+)
 from broker.model import AutoConfigureOptions
 
 app = typer.Typer(no_args_is_help=True, help="Register, inspect and verify connectors.")
 
 LabelOpt = Annotated[list[str] | None, typer.Option("--label", "-l", help="K=V (repeatable)")]
-ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
-ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
 
 
 def _ts(value: Any) -> Timestamp | None:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
 
 import typer
 
 from broker.api.v1 import broker_pb2 as pb
 from broker.cli import render
 from broker.cli.client import connect
-from broker.cli.options import Output, OutputOpt, SocketOpt
+from broker.cli.options import Output, OutputOpt, ResourceIdOpt, ResourceTypeOpt, SocketOpt
 
 app = typer.Typer(no_args_is_help=True, help="Get or watch client credentials.")
 
-ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
-ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
 
 _KINDS = {
     pb.CredentialEvent.ISSUED: "issued",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from broker.api.v1 import broker_pb2 as pb
 from broker.cli import render
 from broker.cli.client import connect
-from broker.cli.options import Output, OutputOpt, SocketOpt
+from broker.cli.options import Output, OutputOpt, ResourceIdOpt, SocketOpt
 
 app = typer.Typer(no_args_is_help=True, help="Environment for SDKs: AWS container / GCE metadata.")
 
@@ -24,46 +25,43 @@ def _print(endpoint: pb.SdkEndpoint, output: Output) -> None:
     print(f"# revoke with: broker env revoke {endpoint.id}")
 
 
-@app.command("aws")
-def env_aws(
-    name: str,
-    resource_type: Annotated[str, typer.Option("--resource-type", "-r")] = "aws-generic",
-    resource_id: Annotated[str | None, typer.Option("--resource-id", "-i")] = None,
-    socket: SocketOpt = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """AWS_CONTAINER_CREDENTIALS_FULL_URI + a revocable token for one connector and resource."""
+def _create(
+    kind: str, name: str, resource_type: str, resource_id: str | None, socket: Path | None
+) -> pb.SdkEndpoint:
     with connect(socket) as stub:
-        endpoint = stub.CreateSdkEndpoint(
+        endpoint: pb.SdkEndpoint = stub.CreateSdkEndpoint(
             pb.CreateSdkEndpointRequest(
-                kind="aws",
+                kind=kind,
                 connector=name,
                 resource_type=resource_type,
                 resource_id=resource_id or "",
             )
         )
-    _print(endpoint, output)
+    return endpoint
+
+
+@app.command("aws")
+def env_aws(
+    name: str,
+    resource_type: Annotated[str, typer.Option("--resource-type", "-r")] = "aws-generic",
+    resource_id: ResourceIdOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """AWS_CONTAINER_CREDENTIALS_FULL_URI + a revocable token for one connector and resource."""
+    _print(_create("aws", name, resource_type, resource_id, socket), output)
 
 
 @app.command("gcp")
 def env_gcp(
     name: str,
     resource_type: Annotated[str, typer.Option("--resource-type", "-r")] = "gcp-generic",
-    resource_id: Annotated[str | None, typer.Option("--resource-id", "-i")] = None,
+    resource_id: ResourceIdOpt = None,
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """GCE_METADATA_HOST of a metadata server serving one gcp connector's tokens."""
-    with connect(socket) as stub:
-        endpoint = stub.CreateSdkEndpoint(
-            pb.CreateSdkEndpointRequest(
-                kind="gcp",
-                connector=name,
-                resource_type=resource_type,
-                resource_id=resource_id or "",
-            )
-        )
-    _print(endpoint, output)
+    _print(_create("gcp", name, resource_type, resource_id, socket), output)
 
 
 @app.command("revoke")

@@ -25,14 +25,12 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.cli import render
 from broker.cli.client import connect
 from broker.cli.files import write_private
-from broker.cli.options import SocketOpt
+from broker.cli.options import ResourceIdOpt, SocketOpt
 from broker.errors import InvalidArgument
 from broker.helpers.client import POINTER_FILE
 
 login_app = typer.Typer(no_args_is_help=True, help="Configure docker, kubectl or AWS SDKs.")
 logout_app = typer.Typer(no_args_is_help=True, help="Undo `broker login`.")
-
-ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
 
 
 def _helper(name: str) -> str:

@@ -27,6 +27,8 @@ SocketOpt = Annotated[
     ),
 ]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
+ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
 
 #: Values read with KEY=@path are bounded like any attribute.
 MAX_FILE_BYTES = 256 * 1024

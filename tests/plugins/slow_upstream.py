@@ -31,6 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.servers.threaded import ThreadedAiohttpServer
+
 #: Put this directory on a daemon's PYTHONPATH to install the ``slow`` plugin.
 PLUGIN_DIR = Path(__file__).resolve().parent
 GOOD_TOKEN = "slow-good-token"
@@ -68,8 +70,10 @@ def canonical_ids(connector: str, resource_type: str) -> list[str]:
     return [f"{base}-{n}" for n in (1, 2, 3)]
 
 
-class SlowUpstream:
+class SlowUpstream(ThreadedAiohttpServer):
     """The test server; start with :meth:`start` or as a context manager."""
+
+    thread_name = "slow upstream"
 
     def __init__(self, *, delay: float = 0.0, page_size: int = 2) -> None:
         self.delay = delay
@@ -161,51 +165,8 @@ class SlowUpstream:
         self._in_loop(open_gates)
 
     # -- lifecycle -----------------------------------------------------------------
-    def start(self) -> SlowUpstream:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._run, args=(ready, failure), name="slow-upstream", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT):
-            raise TimeoutError(f"slow upstream not ready after {START_TIMEOUT}s")
-        if failure:
-            raise RuntimeError("slow upstream failed to start") from failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, runner, thread = self._loop, self._runner, self._thread
-        if loop is not None and runner is not None and loop.is_running():
-            self.release()
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(START_TIMEOUT)
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(START_TIMEOUT)
-        self._loop = self._runner = self._thread = None
-
-    def __enter__(self) -> SlowUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    def _before_stop(self) -> None:
+        self.release()
 
     async def _serve(self) -> None:
         app = web.Application()

@@ -47,6 +47,7 @@ from tests.servers.google_accounts import (
     new_rsa_key,
     shared_rsa_key,
 )
+from tests.servers.threaded import ThreadedAiohttpServer
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 MAX_LIFETIME = 3600
@@ -99,8 +100,10 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class GoogleServer:
+class GoogleServer(ThreadedAiohttpServer):
     """The test server; use as a context manager or :meth:`start` / :meth:`stop`."""
+
+    thread_name = "google test server"
 
     def __init__(self, *, token_lifetime: int = 3600, page_size: int = 2) -> None:
         self.token_lifetime = token_lifetime
@@ -277,51 +280,6 @@ class GoogleServer:
             )
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> GoogleServer:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._run, args=(ready, failure), name="google", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT):
-            raise TimeoutError("google test server not ready")
-        if failure:
-            raise RuntimeError("google test server failed to start") from failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, runner, thread = self._loop, self._runner, self._thread
-        if loop is not None and runner is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(START_TIMEOUT)
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(START_TIMEOUT)
-        self._loop = self._runner = self._thread = None
-
-    def __enter__(self) -> GoogleServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
     async def _serve(self) -> None:
         from tests.servers import google_routes
 

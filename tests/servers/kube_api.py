@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from tests.servers.threaded import ThreadedAiohttpServer
 from tests.servers.tls import CertificateAuthority, IssuedCert, issue_cert, make_ca
 
 #: Checks one bearer token; returns the user name, or None to refuse it.
@@ -87,13 +88,15 @@ def _status(code: int, reason: str, message: str) -> web.Response:
     )
 
 
-class KubeApiServer:
+class KubeApiServer(ThreadedAiohttpServer):
     """The test API server; start with :meth:`start` or as a context manager.
 
     ``tls=False`` serves plain HTTP (like ``kubectl proxy`` on loopback).
     ``fail_with`` may be set at any time to answer every authenticated
     request with that status (e.g. 500 or 503) to test error handling.
     """
+
+    thread_name = "kube API test server"
 
     def __init__(
         self,
@@ -184,51 +187,6 @@ class KubeApiServer:
         return path
 
     # -- lifecycle ----------------------------------------------------------------
-    def start(self) -> KubeApiServer:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._run, args=(ready, failure), name="kube-api", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT):
-            raise TimeoutError(f"kube API test server not ready after {START_TIMEOUT}s")
-        if failure:
-            raise RuntimeError("kube API test server failed to start") from failure[0]
-        return self
-
-    def stop(self) -> None:
-        loop, runner, thread = self._loop, self._runner, self._thread
-        if loop is not None and runner is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(START_TIMEOUT)
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(START_TIMEOUT)
-        self._loop = self._runner = self._thread = None
-
-    def __enter__(self) -> KubeApiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
     async def _serve(self) -> None:
         app = web.Application()
         # Clients ask with and without the trailing slash (kubernetes-asyncio: /version/).
