@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,12 +245,53 @@ def test_health_reflection_and_status(daemon: Daemon) -> None:
 
 
 def test_sigterm_drains_in_flight_and_exits_cleanly(daemon: Daemon) -> None:
-    assert daemon.proc is not None
-    with daemon.stub() as stub:
-        future = stub.ListConnectors.future(pb.ListConnectorsRequest())
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert future.result(timeout=10).connectors is not None
-    assert daemon.proc.wait(15) == 0
+    """A verify that is still waiting on its upstream when SIGTERM arrives completes."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    arrived, release = threading.Event(), threading.Event()
+
+    class SlowRegistry(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            arrived.set()
+            release.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), SlowRegistry)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{upstream.server_address[1]}"
+        daemon.cli(
+            "connector",
+            "register",
+            "slow",
+            "--type",
+            "docker",
+            "username=u",
+            "password=p",
+            f"registry={address}",
+            "--no-verify",
+        )
+        assert daemon.proc is not None
+        with daemon.stub() as stub:
+            future = stub.VerifyConnector.future(pb.VerifyConnectorRequest(name="slow"))
+            assert arrived.wait(10), "the verify never reached the upstream"
+            daemon.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the daemon is draining: the call is still open
+            assert not future.done()
+            release.set()
+            reply = future.result(timeout=10)
+        assert reply.ok and list(reply.resources[0].resource_ids) == [address]
+        assert daemon.proc.wait(15) == 0
+    finally:
+        release.set()
+        upstream.shutdown()
+        upstream.server_close()
     assert not daemon.socket.exists()
     assert "daemon_stopped" in daemon.log()
 
