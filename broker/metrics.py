@@ -36,6 +36,10 @@ Stats = Callable[[], Mapping[str, int]]
 GAUGES: dict[str, tuple[str, str]] = {
     "entries": ("broker_cache_entries", "Credentials held in the cache"),
     "subscribers": ("broker_watch_subscribers", "Open watch streams, over all keys"),
+    "renewal_lead_ms_min": (
+        "broker_credential_renewal_lead_min_milliseconds",
+        "Shortest time before expiry a renewal replaced a credential (-1: none yet)",
+    ),
 }
 #: Running totals: name -> (metric without _total, help). Alerts use these names.
 COUNTERS: dict[str, tuple[str, str]] = {
@@ -58,6 +62,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "Credentials served although inside their safety margin; must stay 0",
     ),
     "evictions": ("broker_cache_evictions", "Idle or over-bound credentials dropped"),
+    "renewal_lead_ms": (
+        "broker_credential_renewal_lead_milliseconds",
+        "Sum over renewals of the time left on the replaced credential (mean: / renewals)",
+    ),
 }
 
 

@@ -541,6 +541,11 @@ async def test_watched_keys_are_renewed_before_expiry_without_any_get() -> None:
         assert watcher.kinds[0] == "issued"
         assert set(watcher.kinds[1:]) == {"renewed"} and len(watcher.kinds) >= 5
         assert upstream.calls == len(watcher.events)  # every mint reached the watcher once
+        # The renewal lead time metric: every renewal finished well before the old expiry.
+        renewals = cache.counters.renewals
+        assert renewals == len(watcher.events) - 1
+        assert cache.counters.renewal_lead_ms_min > 0
+        assert cache.counters.renewal_lead_ms >= renewals * cache.counters.renewal_lead_ms_min
         tg.cancel_scope.cancel()
 
 

@@ -27,13 +27,16 @@ def samples(text: str) -> dict[str, float]:
     }
 
 
-def test_every_cache_counter_is_exported_as_a_counter() -> None:
+def test_every_cache_counter_is_exported() -> None:
     counters = CacheCounters()
     for i, f in enumerate(fields(CacheCounters), start=1):
         setattr(counters, f.name, i)
     stats = {"entries": 3, "subscribers": 2, **vars(counters)}
     scraped = samples(generate_latest(build_registry(lambda: stats)).decode())
     for i, f in enumerate(fields(CacheCounters), start=1):
+        if f.name in GAUGES:  # a level (the shortest renewal lead), not a running total
+            assert scraped[GAUGES[f.name][0]] == i, f.name
+            continue
         name = COUNTERS.get(f.name, (f"broker_cache_{f.name}", ""))[0]
         assert scraped[f"{name}_total"] == i, f.name
     assert scraped[GAUGES["entries"][0]] == 3

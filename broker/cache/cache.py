@@ -84,8 +84,9 @@ class CredentialCache:
         self._clock = clock
         self._max_entries = max_entries
         self._idle = timedelta(seconds=idle_seconds)
-        # Jitter only, never secrets: a seeded PRNG keeps tests reproducible.
-        self._rng = rng or random.Random()  # noqa: S311
+        # Jitter only, never secrets: a seeded PRNG keeps tests reproducible. The
+        # default spreads keys minted together evenly (see policy.SpreadRandom).
+        self._rng = rng or policy.SpreadRandom()
         self._renewal_concurrency = renewal_concurrency
         self._mint_timeout = mint_timeout
         self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
@@ -375,6 +376,7 @@ class CredentialCache:
             self.counters.mints += 1
             return
         renewal = entry.anchor is not None
+        replaced_expiry = entry.anchor[0] if entry.anchor is not None else None
         outcome = entry.accept(credential, started, self._clock.now(), self._rng)
         if isinstance(outcome, BrokerError):
             self._failed(entry, flight, outcome)
@@ -382,8 +384,17 @@ class CredentialCache:
         flight.finish(outcome, entry.invalid_at)
         self.counters.mints += 1
         self.counters.renewals += renewal
+        if replaced_expiry is not None:
+            self._record_lead(replaced_expiry)
         self._hub.publish(entry.key, WatchEvent("renewed", outcome))
         self._reschedule(entry)
+
+    def _record_lead(self, replaced_expiry: datetime) -> None:
+        lead = int((replaced_expiry - self._clock.now()).total_seconds() * 1000)
+        counters = self.counters
+        counters.renewal_lead_ms += lead
+        if counters.renewal_lead_ms_min < 0 or lead < counters.renewal_lead_ms_min:
+            counters.renewal_lead_ms_min = lead
 
     def _failed(self, entry: Entry, flight: Flight, error: BrokerError) -> None:
         if entry.flight is flight:

@@ -57,6 +57,11 @@ class CacheCounters:
     #: Served although inside its margin, checked on every slow-path serve. Must stay 0.
     served_inside_margin: int = 0
     evictions: int = 0
+    #: Sum over renewals of how long before the replaced credential's expiry each
+    #: finished (ms): divided by ``renewals`` it is the mean renewal lead time.
+    renewal_lead_ms: int = 0
+    #: The shortest such lead seen (ms); -1 until a renewal replaced an expiring one.
+    renewal_lead_ms_min: int = -1
 
 
 class Flight:
