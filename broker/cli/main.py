@@ -117,7 +117,8 @@ def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
     if output is Output.json:
         render.print_json(data)
     else:
-        render.print_table("Daemon", ["PROPERTY", "VALUE"], list(data.items()))
+        rows = [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in data.items()]
+        render.print_table("Daemon", ["PROPERTY", "VALUE"], rows)
 
 
 @config_app.command("show")
