@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-from broker.helpers.client import HelperError, call, fail, parse_args, socket_path
+from broker.helpers.client import (
+    HelperError,
+    call,
+    emit,
+    fail,
+    json_object,
+    parse_args,
+    socket_path,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,16 +21,17 @@ def main(argv: list[str] | None = None) -> None:
         "broker-aws-credential",
         ("--resource-type", "--resource-id", "--socket"),
     )
-    request = {
-        "connector": connector,
-        "resource_type": opts.get("resource_type"),
-        "resource_id": opts.get("resource_id"),
-    }
+    request = json_object(
+        {
+            "connector": connector,
+            "resource_type": opts.get("resource_type"),
+            "resource_id": opts.get("resource_id"),
+        }
+    )
     try:
-        answer = call(socket_path(opts.get("socket")), "POST", "/v1/credential-process", request)
+        emit(call(socket_path(opts.get("socket")), "POST", "/v1/credential-process", request))
     except HelperError as exc:
         fail(exc.message)
-    sys.stdout.write(json.dumps(answer) + "\n")
 
 
 if __name__ == "__main__":

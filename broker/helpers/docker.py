@@ -8,10 +8,9 @@ anonymous access.
 
 from __future__ import annotations
 
-import json
 import sys
 
-from broker.helpers.client import HelperError, call, socket_path
+from broker.helpers.client import HelperError, call, emit, json_object, socket_path
 
 NOT_FOUND = "credentials not found in native keychain"
 USAGE = "usage: docker-credential-broker get|store|erase|list|version"
@@ -26,32 +25,32 @@ def run(argv: list[str], stdin: str) -> int:
     if len(argv) != 1:
         return _out(USAGE, 1)
     action = argv[0]
-    path = socket_path()
     if action == "get":
         server_url = stdin.strip()
         if not server_url:
             return _out("no server URL given on stdin", 1)
         try:
-            answer = call(path, "POST", "/v1/docker/get", {"server_url": server_url})
+            emit(
+                call(
+                    socket_path(), "POST", "/v1/docker/get", json_object({"server_url": server_url})
+                )
+            )
         except HelperError as exc:
             if exc.code == "not_found":
                 return _out(NOT_FOUND, 1)
             return _out(f"credential-broker: {exc.message}", 1)
-        return _out(json.dumps(answer))
+        return 0
     if action == "list":
         try:
-            return _out(json.dumps(call(path, "GET", "/v1/docker/list")))
+            emit(call(socket_path(), "GET", "/v1/docker/list"))
         except HelperError as exc:
             return _out(f"credential-broker: {exc.message}", 1)
+        return 0
     if action == "store":
         # `docker login` hands over what the user typed; the broker keeps its own
         # credentials (register a connector instead), so nothing is written.
-        try:
-            request = json.loads(stdin or "{}")
-        except ValueError:
-            return _out("store expects a JSON object on stdin", 1)
-        if not isinstance(request, dict) or "ServerURL" not in request:
-            return _out("store expects a JSON object with ServerURL", 1)
+        if '"ServerURL"' not in stdin:
+            return _out("store expects a JSON object with ServerURL on stdin", 1)
         sys.stderr.write(
             "credential-broker: credentials are managed by the broker; nothing was stored\n"
         )

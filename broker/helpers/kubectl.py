@@ -2,30 +2,24 @@
 
 kubeconfig ``users[].user.exec`` runs it per kubectl command; it prints an
 ``ExecCredential`` whose ``expirationTimestamp`` sits a minute before the
-real expiry (kubectl keeps no margin of its own). The apiVersion follows
-``KUBERNETES_EXEC_INFO`` when kubectl sends it.
+real expiry (kubectl keeps no margin of its own). ``KUBERNETES_EXEC_INFO``
+is handed to the daemon as is, which picks the apiVersion kubectl asked for.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from broker.helpers.client import HelperError, call, fail, parse_args, socket_path
-
-DEFAULT_API_VERSION = "client.authentication.k8s.io/v1"
-
-
-def requested_api_version() -> str:
-    info = os.environ.get("KUBERNETES_EXEC_INFO")
-    if not info:
-        return DEFAULT_API_VERSION
-    try:
-        version = json.loads(info).get("apiVersion")
-    except (ValueError, AttributeError):
-        fail("KUBERNETES_EXEC_INFO is not valid JSON")
-    return str(version or DEFAULT_API_VERSION)
+from broker.helpers.client import (
+    HelperError,
+    call,
+    emit,
+    fail,
+    json_object,
+    parse_args,
+    socket_path,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,16 +28,17 @@ def main(argv: list[str] | None = None) -> None:
         "broker-kubectl-credential",
         ("--resource-id", "--socket"),
     )
-    request = {
-        "connector": connector,
-        "resource_id": opts.get("resource_id"),
-        "api_version": requested_api_version(),
-    }
+    request = json_object(
+        {
+            "connector": connector,
+            "resource_id": opts.get("resource_id"),
+            "exec_info": os.environ.get("KUBERNETES_EXEC_INFO"),
+        }
+    )
     try:
-        answer = call(socket_path(opts.get("socket")), "POST", "/v1/exec-credential", request)
+        emit(call(socket_path(opts.get("socket")), "POST", "/v1/exec-credential", request))
     except HelperError as exc:
         fail(exc.message)
-    sys.stdout.write(json.dumps(answer) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ this endpoint instead. The Unix socket also tells who is calling
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -49,10 +50,18 @@ _STATUS: tuple[tuple[type[BrokerError], int, str], ...] = (
 
 
 def error_response(exc: BrokerError) -> web.Response:
-    for cls, status, code in _STATUS:
+    """JSON for SDKs, and the same in headers for helpers that must not import json."""
+    status, code = 500, "internal"
+    for cls, cls_status, cls_code in _STATUS:
         if isinstance(exc, cls):
-            return web.json_response({"error": exc.message, "code": code}, status=status)
-    return web.json_response({"error": exc.message, "code": "internal"}, status=500)
+            status, code = cls_status, cls_code
+            break
+    one_line = " ".join(exc.message.split()).encode("latin-1", "replace").decode("latin-1")
+    return web.json_response(
+        {"error": exc.message, "code": code},
+        status=status,
+        headers={"X-Broker-Error": one_line, "X-Broker-Error-Code": code},
+    )
 
 
 def peer_of(request: web.Request) -> str:
@@ -104,6 +113,18 @@ def _text(data: dict[str, Any], key: str, *, required: bool = False) -> str | No
     if not isinstance(value, str):
         raise InvalidArgument(f"'{key}' must be a string", field=key)
     return value
+
+
+def _exec_info_version(exec_info: str | None) -> str:
+    """The apiVersion kubectl asked for in KUBERNETES_EXEC_INFO (v1 when absent)."""
+    if not exec_info:
+        return formats.EXEC_API_VERSIONS[0]
+    try:
+        info = json.loads(exec_info)
+    except ValueError:
+        raise InvalidArgument("KUBERNETES_EXEC_INFO is not valid JSON", field="exec_info") from None
+    version = info.get("apiVersion") if isinstance(info, dict) else None
+    return str(version or formats.EXEC_API_VERSIONS[0])
 
 
 class HelperEndpoint:
@@ -171,7 +192,7 @@ class HelperEndpoint:
     async def exec_credential(self, request: web.Request) -> web.Response:
         data = await _body(request)
         data.setdefault("resource_type", "kubernetes-cluster")
-        api_version = _text(data, "api_version") or formats.EXEC_API_VERSIONS[0]
+        api_version = _text(data, "api_version") or _exec_info_version(_text(data, "exec_info"))
         issued = await self._issue(data, request)
         return web.json_response(formats.exec_credential(issued.credential, api_version))
 
