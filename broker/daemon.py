@@ -8,6 +8,7 @@ upstream sessions and the store — the cleanup shielded from cancellation.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -32,6 +33,19 @@ from broker.store.crypto import SecretBox, load_secret_key
 from broker.store.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
+
+
+#: Allocations between young-generation collections. The default (700) makes a
+#: renewal fanned out to 10,000 watchers pay ~150 ms of GC; a daemon holding
+#: mostly long-lived objects can collect far less often.
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Freeze start-up objects (modules, specs) out of GC scans and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
 async def run_daemon(
@@ -88,6 +102,7 @@ async def run_daemon(
             await tg.start(cache.run)
             await server.start()
             await helpers.start(settings.local_socket_path, settings.socket_group)
+            tune_gc()
             log.info(
                 "daemon_ready",
                 version=__version__,

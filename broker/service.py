@@ -19,6 +19,7 @@ import anyio
 import structlog
 
 from broker import __version__
+from broker.audit import AuditLog
 from broker.cache.cache import CacheKey
 from broker.clock import Clock
 from broker.connectors import (
@@ -47,9 +48,11 @@ from broker.upstream_stats import UpstreamStats
 
 log = structlog.get_logger(__name__)
 
+#: Resolved requests remembered for the hot path (cleared wholesale when full).
+RESOLVED_MEMO_SIZE = 8192
+
 #: Store setting prefix: registry host -> the connector docker should use for it.
 PREFERRED_REGISTRY = "preferred.docker-registry."
-audit = structlog.get_logger("broker.audit")
 
 Mint = Callable[[], Awaitable[ClientCredential]]
 
@@ -157,6 +160,10 @@ class BrokerService:
         self._write_lock = anyio.Lock()
         #: Mint counts and latency per connector type, for the metrics endpoint.
         self.upstream = UpstreamStats()
+        self.audit = AuditLog()
+        #: (connector id, revision, requested type, requested ID) -> cache key and mint:
+        #: scope checks and ID parsing run once per connector revision, not per call.
+        self._resolved: dict[tuple[str, int, str | None, str | None], tuple[CacheKey, Mint]] = {}
 
     # -- connector types --------------------------------------------------
     def list_types(
@@ -422,6 +429,10 @@ class BrokerService:
     ) -> tuple[Connector, CacheKey, Mint]:
         connector = await self.get(name)
         check_not_expired(connector, self._clock.now())
+        memo = (connector.id, connector.revision, resource_type, resource_id)
+        known = self._resolved.get(memo)
+        if known is not None:
+            return connector, known[0], known[1]
         provider = self.provider(connector)
         rt, rid = await resolve_resource(provider, connector, resource_type, resource_id)
         key = CacheKey(connector.id, connector.revision, rt, rid)
@@ -433,12 +444,23 @@ class BrokerService:
             try:
                 credential = await provider.mint(connector, rt, rid)
                 ok = True
+                self.audit.record(
+                    "credential_minted",
+                    connector=connector.name,
+                    connector_type=connector.connector_type,
+                    resource_type=rt,
+                    resource_id=rid,
+                    expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
+                )
                 return credential
             finally:
                 self.upstream.observe(
                     connector.connector_type, self._clock.monotonic() - started, ok
                 )
 
+        if len(self._resolved) >= RESOLVED_MEMO_SIZE:
+            self._resolved.clear()
+        self._resolved[memo] = (key, mint)
         return connector, key, mint
 
     async def get_credentials(
@@ -455,7 +477,7 @@ class BrokerService:
         return Issued(connector, credential)
 
     def _audit(self, connector: Connector, credential: ClientCredential, caller: str) -> None:
-        audit.info(
+        self.audit.record(
             "credential_issued",
             connector=connector.name,
             connector_type=connector.connector_type,
@@ -479,7 +501,10 @@ class BrokerService:
         while True:
             async for event in self._cache.watch(key, mint):
                 if event.kind in ("issued", "renewed") and event.credential is not None:
-                    self._audit(connector, event.credential, caller)
+                    if event.kind == "issued":
+                        # Renewals reach every watcher of a key at once: they are audited
+                        # once per mint ("credential_minted"), not once per watcher.
+                        self._audit(connector, event.credential, caller)
                     kind: Literal["issued", "renewed", "updated"] = event.kind
                     if updated and event.kind == "issued":
                         kind, updated = "updated", False

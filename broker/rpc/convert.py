@@ -121,8 +121,29 @@ def connector(
     )
 
 
+#: Messages built for recently served credentials: a cache hit hands out the same
+#: credential object again, so its message is built once (cleared when full).
+_MESSAGES: dict[tuple[int, str, int, bool], tuple[ClientCredential, pb.Credential]] = {}
+MESSAGE_MEMO_SIZE = 8192
+
+
 def credential(
     connector_name: str, revision: int, cred: ClientCredential, *, hide_secrets: bool = False
+) -> pb.Credential:
+    """The message for a credential; callers must not modify it (it may be shared)."""
+    memo = (id(cred), connector_name, revision, hide_secrets)
+    known = _MESSAGES.get(memo)
+    if known is not None and known[0] is cred:
+        return known[1]
+    message = _build_credential(connector_name, revision, cred, hide_secrets)
+    if len(_MESSAGES) >= MESSAGE_MEMO_SIZE:
+        _MESSAGES.clear()
+    _MESSAGES[memo] = (cred, message)
+    return message
+
+
+def _build_credential(
+    connector_name: str, revision: int, cred: ClientCredential, hide_secrets: bool
 ) -> pb.Credential:
     return pb.Credential(
         connector=connector_name,
