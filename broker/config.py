@@ -7,7 +7,6 @@ declarations. Unknown keys and bad values are refused with the key named.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import InvalidArgument
+from broker.hosts import is_loopback
 
 ENV_PREFIX = "BROKER_"
 
@@ -182,15 +182,6 @@ def parse_host_port(key: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InvalidArgument(f"setting '{key}' must be HOST:PORT, got '{value}'", field=key)
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:

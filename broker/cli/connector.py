@@ -344,21 +344,12 @@ def describe(
     output: OutputOpt = Output.table,
 ) -> None:
     """Describe a connector (secrets [HIDDEN] unless --show-secrets)."""
+    if client:
+        from broker.cli.credentials import show
+
+        show(name, resource_type, resource_id, socket, output, hide_secrets=not show_secrets)
+        return
     with connect(socket) as stub:
-        if client:
-            cred = stub.GetCredentials(
-                pb.GetCredentialsRequest(
-                    connector=name,
-                    resource_type=resource_type or "",
-                    resource_id=resource_id or "",
-                    hide_secrets=not show_secrets,
-                )
-            )
-            if output is Output.json:
-                render.print_json(render.credential_json(cred))
-            else:
-                render.print_credential(cred)
-            return
         c = stub.GetConnector(pb.GetConnectorRequest(name=name, show_secrets=show_secrets))
     if output is Output.json:
         render.print_json(render.connector_json(c))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 import structlog
@@ -26,9 +26,12 @@ from broker.clock import Clock
 from broker.errors import BrokerError, InvalidArgument, NotFound, Unauthenticated
 from broker.local import formats
 from broker.local.endpoint import error_response
+from broker.model import ClientCredential
 from broker.service import BrokerService
 
 log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AWS_PATH = "/v1/aws/credentials"
 METADATA_FLAVOR = {"Metadata-Flavor": "Google"}
@@ -110,7 +113,7 @@ class SdkEndpoints:
             }
         else:
             grant = Grant(grant_id, "gcp", connector, resource_type, resource_id)
-            app = web.Application()
+            app = web.Application(middlewares=[self._metadata_rules])
             app["grant"] = grant
             app.router.add_get("/", self._gce_ping)
             app.router.add_get(TOKEN_PATH, self._gce_token)
@@ -176,14 +179,21 @@ class SdkEndpoints:
 
     # -- GCE metadata ---------------------------------------------------------
     @staticmethod
-    def _flavored(request: web.Request) -> web.Response | None:
-        if request.headers.get("Metadata-Flavor") != "Google":
+    @web.middleware
+    async def _metadata_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """As on GCE: every path but ``/`` needs ``Metadata-Flavor: Google``; answers carry it."""
+        if request.path != "/" and request.headers.get("Metadata-Flavor") != "Google":
             return web.Response(
                 status=403, text="Missing Metadata-Flavor: Google header", headers=METADATA_FLAVOR
             )
-        return None
+        try:
+            response = await handler(request)
+        except BrokerError as exc:
+            return error_response(exc)
+        response.headers.update(METADATA_FLAVOR)
+        return response
 
-    async def _gce_credential(self, request: web.Request) -> tuple[Grant, dict[str, object]]:
+    async def _gce_credential(self, request: web.Request) -> ClientCredential:
         grant: Grant = request.app["grant"]
         if grant.id not in self._grants:
             raise Unauthenticated("this metadata endpoint was revoked")
@@ -193,57 +203,34 @@ class SdkEndpoints:
             grant.resource_id,
             caller=f"gce-metadata-endpoint grant={grant.id}",
         )
-        return grant, dict(issued.credential.config) | {"_expires_at": issued.credential.expires_at}
+        return issued.credential
 
     async def _gce_ping(self, request: web.Request) -> web.Response:
-        return web.Response(text="", headers=METADATA_FLAVOR)
+        return web.Response(text="")
 
     async def _gce_token(self, request: web.Request) -> web.Response:
-        refused = self._flavored(request)
-        if refused is not None:
-            return refused
-        try:
-            _, config = await self._gce_credential(request)
-        except BrokerError as exc:
-            return error_response(exc)
-        expires_at = config["_expires_at"]
+        cred = await self._gce_credential(request)
         expires_in = (
-            int((expires_at - self._clock.now()).total_seconds())
-            if isinstance(expires_at, datetime)
-            else 3600
+            int((cred.expires_at - self._clock.now()).total_seconds()) if cred.expires_at else 3600
         )
         return web.json_response(
-            {"access_token": config["token"], "expires_in": expires_in, "token_type": "Bearer"},
-            headers=METADATA_FLAVOR,
+            {"access_token": cred.config["token"], "expires_in": expires_in, "token_type": "Bearer"}
         )
 
     async def _gce_project(self, request: web.Request) -> web.Response:
-        refused = self._flavored(request)
-        if refused is not None:
-            return refused
-        try:
-            _, config = await self._gce_credential(request)
-        except BrokerError as exc:
-            return error_response(exc)
-        return web.Response(text=str(config.get("project_id", "")), headers=METADATA_FLAVOR)
+        cred = await self._gce_credential(request)
+        return web.Response(text=str(cred.config.get("project_id", "")))
 
     async def _gce_email(self, request: web.Request) -> web.Response:
-        refused = self._flavored(request)
-        if refused is not None:
-            return refused
         grant: Grant = request.app["grant"]
-        return web.Response(text=f"{grant.connector}@credential-broker", headers=METADATA_FLAVOR)
+        return web.Response(text=f"{grant.connector}@credential-broker")
 
     async def _gce_account(self, request: web.Request) -> web.Response:
-        refused = self._flavored(request)
-        if refused is not None:
-            return refused
         grant: Grant = request.app["grant"]
         return web.json_response(
             {
                 "aliases": ["default"],
                 "email": f"{grant.connector}@credential-broker",
                 "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
-            },
-            headers=METADATA_FLAVOR,
+            }
         )

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 
+from broker import hosts
 from broker.errors import InvalidArgument
 
 #: The canonical ID of Docker Hub, whatever alias names it.
@@ -134,12 +135,7 @@ def is_loopback(registry: str) -> bool:
         host = registry[1 : registry.index("]")]
     else:
         host = registry.partition(":")[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return hosts.is_loopback(host)
 
 
 def _clip(text: str) -> str:

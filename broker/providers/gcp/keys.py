@@ -8,7 +8,6 @@ fails there instead of at the first token request.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.errors import InvalidArgument
+from broker.hosts import is_loopback
 
 SERVICE_ACCOUNT = "service_account"
 AUTHORIZED_USER = "authorized_user"
@@ -46,7 +46,6 @@ _REQUIRED = {
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$")
 _UNIQUE_ID = re.compile(r"^[0-9]{1,30}$")
 _IMPERSONATION_PATH = re.compile(r"/serviceAccounts/([^/:]+):generateAccessToken$")
-_LOOPBACK_NAMES = {"localhost"}
 
 
 @dataclass(frozen=True)
@@ -188,18 +187,9 @@ def check_endpoint(url: object, name: str, bad: Any) -> str:
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
         return url
-    if parts.scheme == "http" and host and _is_loopback(host):
+    if parts.scheme == "http" and host and is_loopback(host):
         return url
     raise bad(f"has a {name} that is not an https:// URL (plain http only on loopback)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_principal(text: str) -> bool:

@@ -15,7 +15,6 @@ read the configuration the same way:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import ssl
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from broker.errors import InvalidArgument
+from broker.hosts import is_loopback
 from broker.model import HIDDEN, Connector, Value
 from broker.providers.kubernetes.spec import AUTH_PASSWORD, AUTH_TOKEN
 
@@ -34,7 +34,6 @@ from broker.providers.kubernetes.spec import AUTH_PASSWORD, AUTH_TOKEN
 #: (ARNs, gke_project_zone_name) stay well below.
 MAX_CLUSTER_NAME = 253
 
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -44,15 +43,6 @@ def _text(config: Mapping[str, Value], key: str, *, strip: bool = True) -> str |
     if isinstance(value, str) and value.strip():
         return value.strip() if strip else value
     return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _redacted(url: str) -> str:
@@ -86,7 +76,7 @@ def check_server(server: str) -> str:
         raise InvalidArgument(
             f"attribute 'server' must not have a query or fragment, got '{raw}'", field="server"
         )
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise InvalidArgument(
             f"attribute 'server' uses plain http:// for non-loopback host '{host}': "
             "credentials would cross the network in clear text; use https:// "
