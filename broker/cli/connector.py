@@ -226,6 +226,23 @@ def _auto_configure(
     )
 
 
+def _print_change(
+    reply: pb.RegisterConnectorResponse | pb.UpdateConnectorResponse, done: str, output: Output
+) -> None:
+    """register and update answer alike: the connector and what it reaches."""
+    if output is Output.json:
+        render.print_json(
+            {
+                "connector": render.connector_json(reply.connector),
+                "resources": [render.resource_json(r) for r in reply.resources],
+            }
+        )
+        return
+    render.console.print(done)
+    if reply.resources:
+        render.print_resources(reply.resources)
+
+
 @app.command()
 def register(
     name: str,
@@ -289,17 +306,7 @@ def register(
                 description=description,
             )
         )
-    if output is Output.json:
-        render.print_json(
-            {
-                "connector": render.connector_json(reply.connector),
-                "resources": [render.resource_json(r) for r in reply.resources],
-            }
-        )
-        return
-    render.console.print(f"Registered connector '{reply.connector.name}'.")
-    if reply.resources:
-        render.print_resources(reply.resources)
+    _print_change(reply, f"Registered connector '{reply.connector.name}'.", output)
 
 
 @app.command("list")
@@ -398,19 +405,11 @@ def update(
                 no_verify=no_verify,
             )
         )
-    if output is Output.json:
-        render.print_json(
-            {
-                "connector": render.connector_json(reply.connector),
-                "resources": [render.resource_json(r) for r in reply.resources],
-            }
-        )
-        return
-    render.console.print(
-        f"Updated connector '{reply.connector.name}' (revision {reply.connector.revision})."
+    _print_change(
+        reply,
+        f"Updated connector '{reply.connector.name}' (revision {reply.connector.revision}).",
+        output,
     )
-    if reply.resources:
-        render.print_resources(reply.resources)
 
 
 @app.command()
