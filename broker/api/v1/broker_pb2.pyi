@@ -480,19 +480,23 @@ class SetPreferredConnectorResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSdkEndpointRequest(_message.Message):
-    __slots__ = ("kind", "connector", "resource_type", "resource_id")
+    __slots__ = ("kind", "connector", "resource_type", "resource_id", "ttl_seconds", "bind_uid")
     KIND_FIELD_NUMBER: _ClassVar[int]
     CONNECTOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BIND_UID_FIELD_NUMBER: _ClassVar[int]
     kind: str
     connector: str
     resource_type: str
     resource_id: str
-    def __init__(self, kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ...) -> None: ...
+    ttl_seconds: int
+    bind_uid: int
+    def __init__(self, kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., bind_uid: _Optional[int] = ...) -> None: ...
 
 class SdkEndpoint(_message.Message):
-    __slots__ = ("id", "env")
+    __slots__ = ("id", "env", "kind", "connector", "resource_type", "resource_id", "owner", "expires_at", "bound_uid", "created_at")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -502,9 +506,127 @@ class SdkEndpoint(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    BOUND_UID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     env: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    kind: str
+    connector: str
+    resource_type: str
+    resource_id: str
+    owner: str
+    expires_at: _timestamp_pb2.Timestamp
+    bound_uid: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bound_uid: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSdkEndpointsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSdkEndpointsResponse(_message.Message):
+    __slots__ = ("endpoints",)
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[SdkEndpoint]
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[SdkEndpoint, _Mapping]]] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Identity(_message.Message):
+    __slots__ = ("principal", "selectors", "roles")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, principal: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicyRule(_message.Message):
+    __slots__ = ("role", "selectors", "connectors", "labels", "resource_types", "resource_ids", "long_lived_secrets", "source", "description")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTORS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPES_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    LONG_LIVED_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    connectors: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    resource_types: _containers.RepeatedScalarFieldContainer[str]
+    resource_ids: _containers.RepeatedScalarFieldContainer[str]
+    long_lived_secrets: bool
+    source: str
+    description: str
+    def __init__(self, role: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., connectors: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., resource_types: _Optional[_Iterable[str]] = ..., resource_ids: _Optional[_Iterable[str]] = ..., long_lived_secrets: _Optional[bool] = ..., source: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class Policy(_message.Message):
+    __slots__ = ("rules", "actions")
+    class ActionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[PolicyRule]
+    actions: _containers.ScalarMap[str, str]
+    def __init__(self, rules: _Optional[_Iterable[_Union[PolicyRule, _Mapping]]] = ..., actions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CheckPolicyRequest(_message.Message):
+    __slots__ = ("uid", "user", "cert_id", "action", "connector", "resource_type", "resource_id")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CERT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    user: str
+    cert_id: str
+    action: str
+    connector: str
+    resource_type: str
+    resource_id: str
+    def __init__(self, uid: _Optional[int] = ..., user: _Optional[str] = ..., cert_id: _Optional[str] = ..., action: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ...) -> None: ...
+
+class PolicyDecision(_message.Message):
+    __slots__ = ("allowed", "reason", "principal", "rule")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    reason: str
+    principal: str
+    rule: int
+    def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., principal: _Optional[str] = ..., rule: _Optional[int] = ...) -> None: ...
 
 class RevokeSdkEndpointRequest(_message.Message):
     __slots__ = ("id",)

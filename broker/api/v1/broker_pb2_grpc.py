@@ -109,6 +109,26 @@ class BrokerServiceStub:
                 request_serializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointResponse.FromString,
                 _registered_method=True)
+        self.ListSdkEndpoints = channel.unary_unary(
+                '/broker.v1.BrokerService/ListSdkEndpoints',
+                request_serializer=broker_dot_v1_dot_broker__pb2.ListSdkEndpointsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.ListSdkEndpointsResponse.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/broker.v1.BrokerService/WhoAmI',
+                request_serializer=broker_dot_v1_dot_broker__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.Identity.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/broker.v1.BrokerService/GetPolicy',
+                request_serializer=broker_dot_v1_dot_broker__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.Policy.FromString,
+                _registered_method=True)
+        self.CheckPolicy = channel.unary_unary(
+                '/broker.v1.BrokerService/CheckPolicy',
+                request_serializer=broker_dot_v1_dot_broker__pb2.CheckPolicyRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.PolicyDecision.FromString,
+                _registered_method=True)
 
 
 class BrokerServiceServicer:
@@ -216,6 +236,34 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSdkEndpoints(self, request, context):
+        """The caller's own grants (every grant for an admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the daemon thinks is calling, and the roles the policy gives it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """The effective access policy (admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckPolicy(self, request, context):
+        """Explain the decision for a principal, an action and a connector (admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -293,6 +341,26 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.RevokeSdkEndpoint,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointResponse.SerializeToString,
+            ),
+            'ListSdkEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSdkEndpoints,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.ListSdkEndpointsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.ListSdkEndpointsResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.WhoAmIRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.Identity.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.GetPolicyRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.Policy.SerializeToString,
+            ),
+            'CheckPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckPolicy,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.CheckPolicyRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.PolicyDecision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -700,6 +768,114 @@ class BrokerService:
             '/broker.v1.BrokerService/RevokeSdkEndpoint',
             broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointRequest.SerializeToString,
             broker_dot_v1_dot_broker__pb2.RevokeSdkEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSdkEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/ListSdkEndpoints',
+            broker_dot_v1_dot_broker__pb2.ListSdkEndpointsRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.ListSdkEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/WhoAmI',
+            broker_dot_v1_dot_broker__pb2.WhoAmIRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/GetPolicy',
+            broker_dot_v1_dot_broker__pb2.GetPolicyRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/CheckPolicy',
+            broker_dot_v1_dot_broker__pb2.CheckPolicyRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.PolicyDecision.FromString,
             options,
             channel_credentials,
             insecure,
