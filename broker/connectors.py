@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from broker.attributes import parse_value
 from broker.clock import Clock
-from broker.errors import ConnectorExpired, InvalidArgument
+from broker.errors import ConnectorExpired, ConnectorTampered, InvalidArgument
 from broker.model import AuthMethodSpec, Connector, ConnectorTypeSpec, Value
 from broker.providers.base import Provider
 
@@ -139,6 +139,8 @@ def build_connector(
     spec = provider.spec
     check_name(draft.name)
     method = pick_auth_method(spec, draft.auth_method)
+    if base is not None and base.tampered:
+        check_secrets_resupplied(base, method, draft.config)
     config = parse_config(method, draft.config)
     expiration = check_expiration(method, draft.expiration_seconds)
     now = clock.now()
@@ -210,6 +212,38 @@ def check_not_expired(connector: Connector, now: datetime) -> None:
             f"connector '{connector.name}' credentials expired at "
             f"{connector.expires_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; "
             "update it with fresh credentials"
+        )
+
+
+def check_not_tampered(connector: Connector) -> None:
+    """Refuse a connector whose stored row failed its integrity check: it must not be used."""
+    if connector.tampered:
+        raise ConnectorTampered.of(connector.name)
+
+
+def check_secrets_resupplied(
+    base: Connector, method: AuthMethodSpec, config: Mapping[str, Value]
+) -> None:
+    """Updating a tampered connector re-seals it, so its secrets must come from the caller.
+
+    Its stored secrets were withheld (``base.config`` has none), so every secret
+    attribute in ``config`` was given by this request. Each required secret
+    attribute of the method must be there, and at least one secret attribute
+    when the method has any; otherwise the update is refused naming them.
+    """
+    secret = [a for a in method.attributes if a.secret]
+    if not secret:
+        return
+    missing = [a.name for a in secret if a.required and a.name not in config]
+    if missing or not any(a.name in config for a in secret):
+        names = ", ".join(missing or [a.name for a in secret])
+        wanted = names if missing else f"at least one of: {names}"
+        raise ConnectorTampered(
+            f"connector '{base.name}' is tampered: it failed its integrity check, its stored "
+            "record was changed outside the broker and its secrets were withheld; update it "
+            f"with its secrets again ({wanted}) after checking its other attributes, or "
+            "re-register it",
+            field=(missing or [secret[0].name])[0],
         )
 
 

@@ -21,7 +21,7 @@ from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from broker.clock import Clock
-from broker.connectors import check_not_expired, served_types
+from broker.connectors import check_not_expired, check_not_tampered, served_types
 from broker.errors import BrokerError, InvalidArgument
 from broker.model import Connector, TypeResources
 from broker.providers.base import Provider
@@ -126,6 +126,7 @@ class Discovery:
     async def _run(self, unit: Unit, limit: float) -> TypeResources:
         connector, rt = unit.connector, unit.resource_type
         try:
+            check_not_tampered(connector)
             check_not_expired(connector, self._clock.now())
             provider = self._registry.get(connector.connector_type)
             # Provider slot first: units queued behind a busy provider must not hold

@@ -46,6 +46,22 @@ class ConnectorExpired(FailedPrecondition):
     """The connector's own stored credential has passed its ``expires_at``."""
 
 
+class ConnectorTampered(FailedPrecondition):
+    """The connector's stored record was changed outside the broker (integrity check failed).
+
+    Its secrets are withheld and nothing is sent upstream until it is
+    re-registered or updated with its secrets.
+    """
+
+    @classmethod
+    def of(cls, name: str) -> ConnectorTampered:
+        return cls(
+            f"connector '{name}' is tampered: it failed its integrity check, its stored record "
+            "was changed outside the broker (secrets withheld, nothing sent); re-register or "
+            "update it with its secrets"
+        )
+
+
 class CredentialsRejected(FailedPrecondition):
     """The upstream service refused the connector's stored credentials.
 

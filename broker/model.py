@@ -123,6 +123,12 @@ class Connector:
     ``config`` holds every attribute, secrets included (in memory only: the
     store encrypts the secret ones). ``resource_type`` None means multi-type;
     a type with ``resource_id`` None means multi-instance.
+
+    ``tampered``: the stored row failed its integrity check (its non-secret
+    fields were changed without the key, so its sealed secrets do not open).
+    Such a connector has no secret values in ``config`` and must never be used
+    upstream; it can be listed, described, deleted, or updated with its
+    secrets supplied again.
     """
 
     id: str
@@ -139,6 +145,7 @@ class Connector:
     updated_at: datetime
     revision: int
     description: str = ""
+    tampered: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from broker.connectors import (
     ConnectorDraft,
     build_connector,
     check_not_expired,
+    check_not_tampered,
     resolve_resource,
     served_types,
 )
@@ -379,6 +380,7 @@ class BrokerService:
         self, name: str, resource_type: str | None = None, resource_id: str | None = None
     ) -> list[TypeResources]:
         connector = await self.get(name)
+        check_not_tampered(connector)
         check_not_expired(connector, self._clock.now())
         rid = None
         if resource_type or resource_id:
@@ -428,6 +430,7 @@ class BrokerService:
         self, name: str, resource_type: str | None, resource_id: str | None
     ) -> tuple[Connector, CacheKey, Mint]:
         connector = await self.get(name)
+        check_not_tampered(connector)
         check_not_expired(connector, self._clock.now())
         memo = (connector.id, connector.revision, resource_type, resource_id)
         known = self._resolved.get(memo)
@@ -438,6 +441,7 @@ class BrokerService:
         key = CacheKey(connector.id, connector.revision, rt, rid)
 
         async def mint() -> ClientCredential:
+            check_not_tampered(connector)
             check_not_expired(connector, self._clock.now())
             started = self._clock.monotonic()
             ok = False

@@ -1,7 +1,9 @@
 """The default connector store: one SQLite file, secrets sealed per row.
 
 Non-secret configuration is plain JSON (so an operator can inspect it); the
-secret attributes go into one AES-GCM blob bound to the connector id. The
+secret attributes go into one AES-GCM blob sealed to the rest of the row
+(:mod:`broker.store.seal`): a row changed without the key reads back as a
+*tampered* connector with its secrets withheld, never as a working one. The
 daemon is the only writer, but every write is still one ``BEGIN IMMEDIATE``
 transaction, updates are compare-and-swap on ``revision``, and a lock keeps
 tasks sharing the one connection from interleaving their transactions.
@@ -23,11 +25,13 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import structlog
 
 from broker.clock import Clock
 from broker.errors import (
     AlreadyExists,
     BrokerError,
+    ConnectorTampered,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -37,6 +41,9 @@ from broker.model import Connector, Value
 from broker.store import migrations
 from broker.store.base import ConnectorFilter
 from broker.store.crypto import SecretBox, SecretKeyMismatch
+from broker.store.seal import connector_secrets_ad
+
+log = structlog.get_logger(__name__)
 
 #: How long a write waits for another process holding the database lock.
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
@@ -166,10 +173,26 @@ class SqliteStore:
             try:
                 for statement in migration.statements:
                     await db.execute(statement)
+                if migration.python is not None:
+                    # Python steps handle secrets: never with a key that is not the store's.
+                    await self._check_key(db)
+                    await migration.python(
+                        migrations.MigrationContext(
+                            db=db, box=self._box, path=self._path, plain_connector=_plain
+                        )
+                    )
             except sqlite3.Error as exc:
                 raise FailedPrecondition(
                     f"connector store {self._path}: migration to schema version "
                     f"{migration.version} ({migration.description}) failed: {exc}; "
+                    "the database was left unchanged"
+                ) from None
+            except SecretKeyMismatch:
+                raise
+            except BrokerError as exc:
+                raise FailedPrecondition(
+                    f"connector store {self._path}: migration to schema version "
+                    f"{migration.version} ({migration.description}) failed: {exc.message}; "
                     "the database was left unchanged"
                 ) from None
             await db.execute(
@@ -254,6 +277,7 @@ class SqliteStore:
         return stored
 
     async def get(self, name_or_id: str) -> Connector:
+        """The connector; one whose row fails its integrity check comes back ``tampered``."""
         async with self._read() as db:
             row = await _fetch(db, name_or_id)
         if row is None:
@@ -325,7 +349,7 @@ class SqliteStore:
             if row is None:
                 raise NotFound(f"connector '{name_or_id}' not found", field="name")
             # Decode first: an error must not follow a delete that already happened.
-            deleted = self._decode(row, secrets_required=False)
+            deleted = self._decode(row)
             await db.execute("DELETE FROM connectors WHERE id = ?", (row["id"],))
         return deleted
 
@@ -354,6 +378,8 @@ class SqliteStore:
     # -- encoding --------------------------------------------------------------
 
     def _encode(self, c: Connector, secret_names: frozenset[str]) -> tuple[Any, ...]:
+        if c.tampered:  # re-sealing it as is would launder the outside change
+            raise ConnectorTampered.of(c.name)
         plain: dict[str, Value] = {}
         secret: dict[str, Value] = {}
         for key, value in c.config.items():
@@ -364,7 +390,8 @@ class SqliteStore:
                 raise InvalidArgument(
                     f"labels of connector '{c.name}' must map text to text", field="labels"
                 )
-        sealed = self._box.encrypt(_dumps(secret).encode(), _secrets_ad(c.id))
+        expires_at = None if c.expires_at is None else _fmt_time(c.expires_at, "expires_at")
+        sealed = self._box.encrypt(_dumps(secret).encode(), connector_secrets_ad(c, plain))
         return (
             c.id,
             c.name,
@@ -377,53 +404,39 @@ class SqliteStore:
             sealed,
             _dumps(dict(c.labels)),
             c.expiration_seconds,
-            None if c.expires_at is None else _fmt_time(c.expires_at, "expires_at"),
+            expires_at,
             _fmt_time(c.created_at, "created_at"),
             _fmt_time(c.updated_at, "updated_at"),
             c.revision,
         )
 
-    def _decode(self, row: sqlite3.Row, *, secrets_required: bool = True) -> Connector:
-        name = str(row["name"])
-        config = _load_mapping(row["config"], name, "config")
-        for key, value in config.items():
-            _check_stored_value(name, "config", key, value)
+    def _decode(self, row: sqlite3.Row) -> Connector:
+        """The row as a Connector; secrets withheld and ``tampered`` set if they do not open.
+
+        A blob that does not open under the row's associated data means the row
+        was changed without the key (the key itself was checked when the store
+        opened). That row is reported, not raised, so one tampered row never
+        takes the whole listing down, and it can still be deleted or re-sealed.
+        """
+        plain = _plain(row)
+        blob = row["secrets"]
         try:
-            opened = self._box.decrypt(bytes(row["secrets"]), _secrets_ad(str(row["id"])))
-        except SecretKeyMismatch as exc:
-            if secrets_required:
-                raise SecretKeyMismatch(
-                    f"secrets of connector '{name}' cannot be read: {exc.message}"
-                ) from None
-            opened = b"{}"
-        secrets = _load_mapping(opened, name, "secrets")
-        for key, value in secrets.items():
-            _check_stored_value(name, "secrets", key, value)
-        labels = _load_mapping(row["labels"], name, "labels")
-        if not all(isinstance(v, str) for v in labels.values()):
-            raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad labels")
-        expires_at = row["expires_at"]
-        expiration = row["expiration_seconds"]
-        if expiration is not None and (type(expiration) is not int):
-            raise StoreCorrupt(
-                f"connector '{name}' is corrupt in the store: bad expiration_seconds"
+            if not isinstance(blob, bytes):
+                raise SecretKeyMismatch("the secrets column does not hold an encrypted blob")
+            opened = self._box.decrypt(blob, connector_secrets_ad(plain, plain.config))
+        except SecretKeyMismatch:
+            # The key was checked when the store opened: the row itself was changed.
+            log.warning(
+                "connector_tampered",
+                connector=plain.name,
+                reason="its secrets do not open with its row as stored",
+                store=str(self._path),
             )
-        return Connector(
-            id=str(row["id"]),
-            name=name,
-            connector_type=str(row["connector_type"]),
-            auth_method=str(row["auth_method"]),
-            resource_type=row["resource_type"],
-            resource_id=row["resource_id"],
-            config={**config, **secrets},
-            labels=labels,
-            expiration_seconds=expiration,
-            expires_at=None if expires_at is None else _parse_time(expires_at, name, "expires_at"),
-            created_at=_parse_time(row["created_at"], name, "created_at"),
-            updated_at=_parse_time(row["updated_at"], name, "updated_at"),
-            revision=int(row["revision"]),
-            description=str(row["description"]),
-        )
+            return replace(plain, tampered=True)
+        secrets = _load_mapping(opened, plain.name, "secrets")
+        for key, value in secrets.items():
+            _check_stored_value(plain.name, "secrets", key, value)
+        return replace(plain, config={**plain.config, **secrets})
 
     async def _conflict(self, db: aiosqlite.Connection, c: Connector) -> BrokerError:
         async with db.execute("SELECT id FROM connectors WHERE name = ?", (c.name,)) as cur:
@@ -456,9 +469,41 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-def _secrets_ad(connector_id: str) -> bytes:
-    """Associated data binding a secrets blob to its row."""
-    return f"credential-broker:connector-secrets:{connector_id}".encode()
+def _plain(row: sqlite3.Row) -> Connector:
+    """A ``connectors`` row as a Connector with only its non-secret attributes in ``config``.
+
+    Raises StoreCorrupt naming the connector when a column cannot be read back.
+    """
+    name = str(row["name"])
+    config = _load_mapping(row["config"], name, "config")
+    for key, value in config.items():
+        _check_stored_value(name, "config", key, value)
+    labels = _load_mapping(row["labels"], name, "labels")
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad labels")
+    expires_at = row["expires_at"]
+    expiration = row["expiration_seconds"]
+    if expiration is not None and (type(expiration) is not int):
+        raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad expiration_seconds")
+    for column in ("resource_type", "resource_id"):
+        if row[column] is not None and not isinstance(row[column], str):
+            raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad {column}")
+    return Connector(
+        id=str(row["id"]),
+        name=name,
+        connector_type=str(row["connector_type"]),
+        auth_method=str(row["auth_method"]),
+        resource_type=row["resource_type"],
+        resource_id=row["resource_id"],
+        config=config,
+        labels=labels,
+        expiration_seconds=expiration,
+        expires_at=None if expires_at is None else _parse_time(expires_at, name, "expires_at"),
+        created_at=_parse_time(row["created_at"], name, "created_at"),
+        updated_at=_parse_time(row["updated_at"], name, "updated_at"),
+        revision=int(row["revision"]),
+        description=str(row["description"]),
+    )
 
 
 def _normalized(c: Connector) -> Connector:
