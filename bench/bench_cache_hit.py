@@ -8,14 +8,20 @@ answered, from a servicer that does nothing else. Clients are grpc.aio in a
 separate process, one channel per server, ``c`` workers calling back to back;
 the phases alternate between the two servers so background load hits both alike.
 
+A third server is the same daemon with caller identity (the peer-credential
+relay) and the access policy taken out (``fakeprovider/identity_off.py``), so
+their cost is measured in the same run: the goal is ≥ 0.90 × that daemon.
+
 Goals: throughput ≥ 0.85 × echo; p99 ≤ 5 ms at concurrency 1 and 32.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,51 +37,84 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONCURRENCY = (1, 32)
 P99_GOAL_MS = 5.0
 RATIO_GOAL = 0.85
+IDENTITY_GOAL = 0.90
+IDENTITY_OFF = [
+    sys.executable,
+    str(Path(__file__).resolve().parent / "fakeprovider/identity_off.py"),
+]
+NAMES = ("broker", "noid", "echo")
+LABELS = {
+    "echo": "echo server (baseline)",
+    "noid": "broker, identity + policy off",
+    "broker": "broker daemon, cache hit",
+}
+
+
+def register(daemon: Any) -> None:
+    daemon.cli(
+        "connector",
+        "register",
+        "reg",
+        "--type",
+        "docker",
+        "username=u",
+        "password=p",
+        "registry=registry.bench:5000",
+        "--no-verify",
+    )
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         metrics_port = free_port()
-        with running_daemon(
-            Path(tmp) / "data", "--log-level", "info", "--metrics", f"127.0.0.1:{metrics_port}"
-        ) as daemon:
-            daemon.cli(
-                "connector",
-                "register",
-                "reg",
-                "--type",
-                "docker",
-                "username=u",
-                "password=p",
-                "registry=registry.bench:5000",
-                "--no-verify",
+        daemon = stack.enter_context(
+            running_daemon(
+                Path(tmp) / "data", "--log-level", "info", "--metrics", f"127.0.0.1:{metrics_port}"
             )
-            with daemon.stub() as stub:
-                answer = stub.GetCredentials(pb.GetCredentialsRequest(connector="reg"))
-            broker_target = f"unix://{daemon.socket}"
-            assert daemon.proc is not None
-            echo = EchoServer(Path(tmp) / "echo.sock", answer.SerializeToString())
-            with echo as (echo_target, echo_pid):
-                pids = {"broker": daemon.proc.pid, "echo": echo_pid}
-                phases: list[dict[str, Any]] = []
-                for c in CONCURRENCY:
-                    for r in range(ROUNDS):
-                        order = ("broker", "echo") if r % 2 == 0 else ("echo", "broker")
-                        for name in order:
-                            phases.append(
-                                {
-                                    "name": name,
-                                    "concurrency": c,
-                                    "mode": "closed",
-                                    "target": broker_target if name == "broker" else echo_target,
-                                    "seconds": SECONDS,
-                                    "warmup": 0.3,
-                                    "server_pid": pids[name],
-                                    "request": {"connector": "reg"},
-                                }
-                            )
-                results = run_client({"targets": [broker_target, echo_target], "phases": phases})
-            after = scrape(metrics_port)
+        )
+        noid_dir = Path(tmp) / "noid"
+        noid = stack.enter_context(
+            running_daemon(
+                noid_dir,
+                "--log-level",
+                "info",
+                env={"BENCH_PUBLIC_SOCKET": str(noid_dir / "broker.sock")},
+                command=IDENTITY_OFF,
+            )
+        )
+        for d in (daemon, noid):
+            register(d)
+        with daemon.stub() as stub:
+            answer = stub.GetCredentials(pb.GetCredentialsRequest(connector="reg"))
+        assert daemon.proc is not None and noid.proc is not None
+        echo_target, echo_pid = stack.enter_context(
+            EchoServer(Path(tmp) / "echo.sock", answer.SerializeToString())
+        )
+        targets = {
+            "broker": f"unix://{daemon.socket}",
+            "noid": f"unix://{noid.socket}",
+            "echo": echo_target,
+        }
+        pids = {"broker": daemon.proc.pid, "noid": noid.proc.pid, "echo": echo_pid}
+        phases: list[dict[str, Any]] = []
+        for c in CONCURRENCY:
+            for r in range(ROUNDS):
+                order = NAMES if r % 2 == 0 else NAMES[::-1]
+                for name in order:
+                    phases.append(
+                        {
+                            "name": name,
+                            "concurrency": c,
+                            "mode": "closed",
+                            "target": targets[name],
+                            "seconds": SECONDS,
+                            "warmup": 0.3,
+                            "server_pid": pids[name],
+                            "request": {"connector": "reg"},
+                        }
+                    )
+        results = run_client({"targets": list(targets.values()), "phases": phases})
+        after = scrape(metrics_port)
 
     calls: dict[tuple[str, int], int] = defaultdict(int)
     elapsed: dict[tuple[str, int], float] = defaultdict(float)
@@ -96,12 +135,15 @@ def main() -> None:
         round_ratios = [
             b / e for b, e in zip(per_round["broker", c], per_round["echo", c], strict=True)
         ]
-        for name in ("echo", "broker"):
+        noid_rate = calls["noid", c] / elapsed["noid", c]
+        for name in ("echo", "noid", "broker"):
             key = (name, c)
             rate = calls[key] / elapsed[key]
             p99 = percentile(lat[key], 99)
             if name == "echo":
                 ratio, goal = "1 (baseline)", "-"
+            elif name == "noid":
+                ratio, goal = f"{rate / echo_rate:.2f}", "-"
             else:
                 ratio = (
                     f"{rate / echo_rate:.2f} (rounds {min(round_ratios):.2f}–"
@@ -109,11 +151,14 @@ def main() -> None:
                 )
                 ok_ratio = rate / echo_rate >= RATIO_GOAL
                 ok_p99 = p99 <= P99_GOAL_MS
+                ok_identity = rate / noid_rate >= IDENTITY_GOAL
                 goal = (
                     f"ratio ≥ {RATIO_GOAL} {'✓' if ok_ratio else '✗'}; "
-                    f"p99 ≤ {P99_GOAL_MS:g} ms {'✓' if ok_p99 else '✗'}"
+                    f"p99 ≤ {P99_GOAL_MS:g} ms {'✓' if ok_p99 else '✗'}; "
+                    f"vs identity off {rate / noid_rate:.2f} ≥ {IDENTITY_GOAL} "
+                    f"{'✓' if ok_identity else '✗'}"
                 )
-            label = "echo server (baseline)" if name == "echo" else "broker daemon, cache hit"
+            label = LABELS[name]
             cpu_us = cpu[key] / calls[key] * 1e6
             rows.append(
                 [

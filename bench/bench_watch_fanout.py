@@ -44,7 +44,9 @@ from fakeprovider.upstream import FakeUpstream
 
 from broker.cache.cache import CacheKey, CredentialCache
 from broker.clock import SystemClock
+from broker.identity.principal import local_user
 from broker.model import ClientCredential
+from broker.policy import build_policy
 from broker.streams.hub import Hub
 
 sys.path.insert(0, str(PLUGIN_DIR))
@@ -222,7 +224,8 @@ async def service_layer(tmp: Path, upstream: FakeUpstream, trace_memory: bool, n
         clock,
         DiscoveryLimits(global_concurrency=1, per_provider_concurrency=1, timeout=5, cache_ttl=60),
     )
-    service = BrokerService(store, registry, cache, discovery, clock)
+    service = BrokerService(store, registry, cache, discovery, clock, build_policy(os.getuid(), ()))
+    root = local_user(uid=os.getuid())
     try:
         async with cache.running():
             await service.register(
@@ -240,7 +243,7 @@ async def service_layer(tmp: Path, upstream: FakeUpstream, trace_memory: bool, n
                 verify=False,
             )
             result = await fan_out(
-                lambda: service.watch_credentials(name, "bench-resource", name),
+                lambda: service.watch_credentials(name, "bench-resource", name, principal=root),
                 stamped,
                 trace_memory=trace_memory,
             )

@@ -16,6 +16,7 @@ from typing import Any
 
 from broker.errors import InvalidArgument
 from broker.hosts import is_loopback
+from broker.policy import Rule, parse_policy
 
 ENV_PREFIX = "BROKER_"
 
@@ -63,6 +64,10 @@ class Settings:
     discovery_concurrency: int = _doc("Discovery calls in flight at once, in all", 128)
     discovery_per_provider: int = _doc("Discovery calls in flight at once per connector type", 64)
     discovery_cache_ttl_seconds: float = _doc("How long a resource listing is reused", 60.0)
+    #: ``[[policy.rules]]`` from the config file (not a flat setting: no env, no flag).
+    policy_rules: tuple[Rule, ...] = field(default=(), metadata={"internal": True})
+    #: The TOML file these settings came from: SIGHUP re-reads its policy.
+    config_file: Path | None = field(default=None, metadata={"internal": True})
 
     @property
     def socket_path(self) -> Path:
@@ -78,7 +83,8 @@ class Settings:
 
 
 def setting_fields() -> list[Any]:
-    return list(fields(Settings))
+    """The flat settings (TOML key, env variable, flag); not the policy section."""
+    return [f for f in fields(Settings) if not f.metadata.get("internal")]
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
@@ -173,6 +179,14 @@ def _validate(settings: Settings) -> Settings:
         raise InvalidArgument(
             "setting 'tls_client_ca' needs tls_cert/tls_key", field="tls_client_ca"
         )
+    if settings.tcp and settings.tls_cert and not settings.tls_client_ca:
+        host, _ = parse_host_port("tcp", settings.tcp)
+        if not is_loopback(host):
+            raise InvalidArgument(
+                f"setting 'tcp': TLS on non-loopback address '{host}' needs client certificates "
+                "(set tls_client_ca); without them any network peer could call the daemon",
+                field="tls_client_ca",
+            )
     return settings
 
 
@@ -185,7 +199,7 @@ def parse_host_port(key: str, value: str) -> tuple[str, int]:
 
 
 def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
-    known = {f.name: f for f in fields(Settings)}
+    known = {f.name: f for f in setting_fields()}
     changes: dict[str, Any] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
@@ -213,14 +227,20 @@ def load_settings(
             raise InvalidArgument(
                 f"config file {path} is not valid TOML: {exc}", field="config"
             ) from None
+        settings = replace(
+            settings,
+            policy_rules=tuple(parse_policy(data.pop("policy", None), str(path))),
+            config_file=path,
+        )
         nested = [k for k, v in data.items() if isinstance(v, dict)]
         if nested:
             raise InvalidArgument(
-                f"unknown section '[{nested[0]}]' in {path}: settings are top-level keys",
+                f"unknown section '[{nested[0]}]' in {path}: settings are top-level keys "
+                "(the only section is [policy])",
                 field=nested[0],
             )
         settings = _apply(settings, data, str(path))
-    known = {f.name for f in fields(Settings)}
+    known = {f.name for f in setting_fields()}
     from_env = {
         key[len(ENV_PREFIX) :].lower(): value
         for key, value in env.items()
@@ -236,9 +256,25 @@ def load_settings(
 def describe(settings: Settings, *, show_secrets: bool = False) -> dict[str, Any]:
     """The effective settings as plain data (for ``broker config show``)."""
     out: dict[str, Any] = {}
-    for f in fields(Settings):
+    for f in setting_fields():
         value = getattr(settings, f.name)
         if f.metadata.get("secret") and value is not None and not show_secrets:
             value = "[HIDDEN]"
         out[f.name] = str(value) if isinstance(value, Path) else value
     return out
+
+
+def reload_policy(settings: Settings) -> tuple[Rule, ...]:
+    """The ``[policy]`` section re-read from the config file (SIGHUP); errors name the key."""
+    if settings.config_file is None:
+        return settings.policy_rules
+    path = settings.config_file
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"config file {path}: {exc.strerror}", field="config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(
+            f"config file {path} is not valid TOML: {exc}", field="config"
+        ) from None
+    return tuple(parse_policy(data.get("policy"), str(path)))

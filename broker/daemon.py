@@ -19,18 +19,22 @@ import structlog
 from broker import __version__
 from broker.cache.cache import CredentialCache
 from broker.clock import Clock, SystemClock
-from broker.config import Settings
+from broker.config import Settings, reload_policy
 from broker.discovery import Discovery, DiscoveryLimits
+from broker.errors import BrokerError
 from broker.local.endpoint import HelperEndpoint
 from broker.local.sdk import SdkEndpoints
 from broker.logs import configure
 from broker.notify import Notifier
+from broker.pointers import write_pointers
+from broker.policy import build_policy
 from broker.providers.base import ProviderContext
 from broker.providers.registry import ProviderRegistry
 from broker.rpc.server import GrpcServer
 from broker.service import BrokerService
 from broker.store.crypto import SecretBox, load_secret_key
 from broker.store.sqlite import SqliteStore
+from broker.systemd_credentials import check_key_credential
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +52,28 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
+def reload_policy_now(settings: Settings, service: BrokerService) -> None:
+    """SIGHUP: swap in the config file's policy; a bad one keeps the old and says why."""
+    try:
+        rules = reload_policy(settings)
+    except BrokerError as exc:
+        log.error("policy_reload_failed", error=exc.message, kept="the previous policy")
+        return
+    service.gate.replace(build_policy(os.getuid(), rules))
+    log.info("policy_reloaded", rules=len(rules), source=str(settings.config_file))
+
+
+def _write_pointers(settings: Settings, env: Mapping[str, str]) -> None:
+    """Tell this user's clients where the sockets are; never fatal (clients have --socket)."""
+    try:
+        written = write_pointers(settings, env)
+    except OSError as exc:
+        log.warning("pointer_files_not_written", error=str(exc))
+    else:
+        if written:
+            log.info("pointer_files_written", files=written)
+
+
 async def run_daemon(
     settings: Settings,
     *,
@@ -61,6 +87,7 @@ async def run_daemon(
     configure(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    check_key_credential(settings, env)  # the unit's LoadCredential= key: a clear error
     key = load_secret_key(settings.data_dir, env, key_file=settings.secret_key_file)
     store = SqliteStore(settings.database_path, SecretBox(key), clock)
     await store.open()
@@ -85,7 +112,9 @@ async def run_daemon(
             cache_ttl=settings.discovery_cache_ttl_seconds,
         ),
     )
-    service = BrokerService(store, registry, cache, discovery, clock)
+    service = BrokerService(
+        store, registry, cache, discovery, clock, build_policy(os.getuid(), settings.policy_rules)
+    )
     sdk = SdkEndpoints(service, clock)
     server = GrpcServer(settings, service, sdk)
     helpers = HelperEndpoint(service)
@@ -102,6 +131,7 @@ async def run_daemon(
             await tg.start(cache.run)
             await server.start()
             await helpers.start(settings.local_socket_path, settings.socket_group)
+            _write_pointers(settings, env)
             tune_gc()
             log.info(
                 "daemon_ready",
@@ -110,12 +140,17 @@ async def run_daemon(
                 pid=os.getpid(),
             )
             # Handlers first: a SIGTERM right after READY=1 must still shut down in order.
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+            ) as signals:
                 if on_ready is not None:
                     on_ready()
                 notifier.ready(f"serving on {settings.socket_path}")
                 await tg.start(notifier.run_watchdog)
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reload_policy_now(settings, service)
+                        continue
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break
             notifier.stopping("draining in-flight calls")

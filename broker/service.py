@@ -19,6 +19,7 @@ import anyio
 import structlog
 
 from broker import __version__
+from broker.access import Gatekeeper, connector_target
 from broker.audit import AuditLog
 from broker.cache.cache import CacheKey
 from broker.clock import Clock
@@ -31,8 +32,16 @@ from broker.connectors import (
     served_types,
 )
 from broker.discovery import Discovery, Found
-from broker.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from broker.errors import (
+    AlreadyExists,
+    BrokerError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from broker.identity.principal import Principal
 from broker.model import (
+    HIDDEN,
     AuthMethodSpec,
     ClientCredential,
     Connector,
@@ -41,6 +50,7 @@ from broker.model import (
     TypeResources,
     Value,
 )
+from broker.policy import AccessPolicy, Action, Target
 from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
 from broker.store.base import ConnectorFilter, ConnectorStore
@@ -150,6 +160,7 @@ class BrokerService:
         cache: CredentialCache,
         discovery: Discovery,
         clock: Clock,
+        policy: AccessPolicy,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -162,6 +173,9 @@ class BrokerService:
         #: Mint counts and latency per connector type, for the metrics endpoint.
         self.upstream = UpstreamStats()
         self.audit = AuditLog()
+        self.gate = Gatekeeper(policy, self.audit)
+        #: Cache key -> whether its credential is the connector's stored secret itself.
+        self._stored_secret: dict[CacheKey, bool] = {}
         #: (connector id, revision, requested type, requested ID) -> cache key and mint:
         #: scope checks and ID parsing run once per connector revision, not per call.
         self._resolved: dict[tuple[str, int, str | None, str | None], tuple[CacheKey, Mint]] = {}
@@ -169,10 +183,12 @@ class BrokerService:
     # -- connector types --------------------------------------------------
     def list_types(
         self,
+        principal: Principal,
         connector_type: str | None = None,
         resource_type: str | None = None,
         auth_method: str | None = None,
     ) -> list[ConnectorTypeSpec]:
+        self.gate.require(principal, Action.VIEW, Target())
         specs = []
         for provider in self._registry.all():
             spec = provider.spec
@@ -186,8 +202,13 @@ class BrokerService:
         return specs
 
     def describe_type(
-        self, connector_type: str, resource_type: str | None = None, auth_method: str | None = None
+        self,
+        principal: Principal,
+        connector_type: str,
+        resource_type: str | None = None,
+        auth_method: str | None = None,
     ) -> ConnectorTypeSpec:
+        self.gate.require(principal, Action.VIEW, Target())
         spec = self._registry.get(connector_type).spec
         rts: tuple[ResourceTypeSpec, ...] = spec.resource_types
         ams: tuple[AuthMethodSpec, ...] = spec.auth_methods
@@ -226,6 +247,47 @@ class BrokerService:
         if connector is None:
             raise NotFound(f"connector '{name}' not found", field="name")
         return connector
+
+    async def authorized(
+        self,
+        name: str,
+        principal: Principal,
+        action: Action,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+    ) -> Connector:
+        """The named connector, if the caller may do ``action`` to it.
+
+        A caller without the permission is denied whether or not the connector
+        exists, so a denial never tells what exists.
+        """
+        try:
+            connector = await self.get(name)
+        except NotFound:
+            self.gate.require(principal, action, Target(name))
+            raise
+        self.gate.require_connector(principal, action, connector, resource_type, resource_id)
+        return connector
+
+    async def describe(
+        self, name: str, principal: Principal, *, show_secrets: bool = False
+    ) -> Connector:
+        connector = await self.authorized(name, principal, Action.VIEW)
+        if show_secrets:
+            self.gate.require_connector(principal, Action.SHOW_SECRETS, connector)
+            self.audit.record("secrets_shown", connector=connector.name, **principal.audit_fields())
+        return connector
+
+    async def list_visible(
+        self, principal: Principal, flt: ConnectorFilter | None = None
+    ) -> list[Connector]:
+        """The connectors matching ``flt`` that the caller may see."""
+        self.gate.require(principal, Action.VIEW, Target())
+        return [
+            c
+            for c in await self.list_connectors(flt)
+            if self.gate.allowed(principal, Action.VIEW, connector_target(c))
+        ]
 
     async def list_connectors(self, flt: ConnectorFilter | None = None) -> list[Connector]:
         flt = flt or ConnectorFilter()
@@ -284,8 +346,9 @@ class BrokerService:
         return results
 
     async def register(
-        self, draft: ConnectorDraft, *, verify: bool = True
+        self, draft: ConnectorDraft, principal: Principal, *, verify: bool = True
     ) -> tuple[Connector, list[TypeResources]]:
+        self.gate.require(principal, Action.MANAGE, Target(draft.name, draft.labels))
         provider = self._registry.get(draft.connector_type)
         connector = build_connector(provider, draft, self._clock)
         snapshot = await self._snapshot()
@@ -295,13 +358,20 @@ class BrokerService:
         async with self._write_lock:
             stored = await self._store.create(connector, self._secret_names(provider, connector))
             snapshot[stored.name] = stored
-        log.info("connector_registered", connector=stored.name, type=stored.connector_type)
+        self.audit.record(
+            "connector_registered",
+            connector=stored.name,
+            connector_type=stored.connector_type,
+            auth_method=stored.auth_method,
+            revision=stored.revision,
+            **principal.audit_fields(),
+        )
         return stored, results
 
     async def update(
-        self, name: str, change: ConnectorUpdate, *, verify: bool = True
+        self, name: str, change: ConnectorUpdate, principal: Principal, *, verify: bool = True
     ) -> tuple[Connector, list[TypeResources]]:
-        current = await self.get(name)
+        current = await self.authorized(name, principal, Action.MANAGE)
         provider = self.provider(current)
         config = dict(current.config)
         auth_method = change.auth_method or current.auth_method
@@ -346,6 +416,8 @@ class BrokerService:
             description=current.description if change.description is None else change.description,
         )
         connector = build_connector(provider, draft, self._clock, base=current)
+        # New labels must stay within what the caller may manage.
+        self.gate.require(principal, Action.MANAGE, connector_target(connector))
         results = await self._verify_or_refuse(connector, verify)
         async with self._write_lock:
             stored = await self._store.update(
@@ -354,17 +426,22 @@ class BrokerService:
             (await self._snapshot())[stored.name] = stored
         self._cache.invalidate_connector(stored.id, "updated", revision=stored.revision)
         self._discovery.forget(stored.id)
-        log.info("connector_updated", connector=stored.name, revision=stored.revision)
+        self.audit.record(
+            "connector_updated",
+            connector=stored.name,
+            revision=stored.revision,
+            **principal.audit_fields(),
+        )
         return stored, results
 
-    async def delete(self, name: str) -> Connector:
-        current = await self.get(name)
+    async def delete(self, name: str, principal: Principal) -> Connector:
+        current = await self.authorized(name, principal, Action.MANAGE)
         async with self._write_lock:
             deleted = await self._store.delete(current.id)
             (await self._snapshot()).pop(deleted.name, None)
         self._cache.invalidate_connector(deleted.id, "deleted")
         self._discovery.forget(deleted.id)
-        log.info("connector_deleted", connector=deleted.name)
+        self.audit.record("connector_deleted", connector=deleted.name, **principal.audit_fields())
         return deleted
 
     @staticmethod
@@ -377,15 +454,34 @@ class BrokerService:
 
     # -- discovery --------------------------------------------------------
     async def verify(
-        self, name: str, resource_type: str | None = None, resource_id: str | None = None
+        self,
+        name: str,
+        principal: Principal,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
     ) -> list[TypeResources]:
-        connector = await self.get(name)
+        connector = await self.authorized(name, principal, Action.VERIFY)
         check_not_tampered(connector)
         check_not_expired(connector, self._clock.now())
         rid = None
         if resource_type or resource_id:
             resource_type, rid = await self._resolve_optional(connector, resource_type, resource_id)
-        return await self._discovery.discover(connector, resource_type, rid, refresh=True)
+            self.gate.require_connector(principal, Action.VERIFY, connector, resource_type, rid)
+        results = await self._discovery.discover(connector, resource_type, rid, refresh=True)
+        return [self.visible_result(principal, Action.VERIFY, connector, r) for r in results]
+
+    def visible_result(
+        self, principal: Principal, action: Action, connector: Connector, result: TypeResources
+    ) -> TypeResources:
+        """Only the resources the caller's rules cover (a type outside them: none)."""
+        target = connector_target(connector, result.resource_type)
+        if not self.gate.allowed(principal, action, target):
+            return replace(result, resource_ids=())
+        policy = self.gate.policy
+        ids = tuple(
+            r for r in result.resource_ids if policy.allows_resource(principal, action, target, r)
+        )
+        return result if len(ids) == len(result.resource_ids) else replace(result, resource_ids=ids)
 
     async def _resolve_optional(
         self, connector: Connector, resource_type: str | None, resource_id: str | None
@@ -408,6 +504,7 @@ class BrokerService:
     async def list_resources(
         self,
         flt: ConnectorFilter,
+        principal: Principal,
         *,
         exclude_errors: bool = False,
         unit_timeout: float | None = None,
@@ -418,24 +515,56 @@ class BrokerService:
         The fan-out lives as long as the block: leaving it (the client hung up) cancels
         every unit still running before this returns.
         """
-        connectors = await self.list_connectors(flt)
+        self.gate.require(principal, Action.VIEW, Target())
+        connectors = [
+            c
+            for c in await self.list_connectors(flt)
+            if self.gate.allowed(principal, Action.LIST_RESOURCES, connector_target(c))
+        ]
         units = self._discovery.plan(connectors, flt.resource_type, flt.resource_id)
         async with self._discovery.stream(
             units, unit_timeout=unit_timeout, refresh=refresh
         ) as stream:
-            yield _listed(stream, exclude_errors)
+            yield self._listed(stream, exclude_errors, principal)
+
+    async def _listed(
+        self, stream: AsyncIterator[Found], exclude_errors: bool, principal: Principal
+    ) -> AsyncIterator[ListedResources]:
+        """A plain filter (no task group or cancel scope), safe to abandon mid-iteration."""
+        async for found in stream:
+            if exclude_errors and found.result.error:
+                continue
+            result = self.visible_result(
+                principal, Action.LIST_RESOURCES, found.connector, found.result
+            )
+            yield ListedResources(found.connector, result)
 
     # -- credentials ------------------------------------------------------
     async def _key_and_mint(
-        self, name: str, resource_type: str | None, resource_id: str | None
+        self,
+        name: str,
+        resource_type: str | None,
+        resource_id: str | None,
+        principal: Principal,
+        action: Action,
     ) -> tuple[Connector, CacheKey, Mint]:
-        connector = await self.get(name)
+        """Checks the caller may ``action`` the connector, then the resolved resource."""
+        connector = await self.authorized(name, principal, action)
         check_not_tampered(connector)
         check_not_expired(connector, self._clock.now())
+        key, mint = await self._resolve(connector, resource_type, resource_id)
+        self.gate.require_connector(
+            principal, action, connector, key.resource_type, key.resource_id
+        )
+        return connector, key, mint
+
+    async def _resolve(
+        self, connector: Connector, resource_type: str | None, resource_id: str | None
+    ) -> tuple[CacheKey, Mint]:
         memo = (connector.id, connector.revision, resource_type, resource_id)
         known = self._resolved.get(memo)
         if known is not None:
-            return connector, known[0], known[1]
+            return known
         provider = self.provider(connector)
         rt, rid = await resolve_resource(provider, connector, resource_type, resource_id)
         key = CacheKey(connector.id, connector.revision, rt, rid)
@@ -464,8 +593,9 @@ class BrokerService:
 
         if len(self._resolved) >= RESOLVED_MEMO_SIZE:
             self._resolved.clear()
+            self._stored_secret.clear()
         self._resolved[memo] = (key, mint)
-        return connector, key, mint
+        return key, mint
 
     async def get_credentials(
         self,
@@ -473,14 +603,43 @@ class BrokerService:
         resource_type: str | None = None,
         resource_id: str | None = None,
         *,
-        caller: str = "unknown",
+        principal: Principal,
+        via: str = "grpc",
     ) -> Issued:
-        connector, key, mint = await self._key_and_mint(name, resource_type, resource_id)
+        connector, key, mint = await self._key_and_mint(
+            name, resource_type, resource_id, principal, Action.GET
+        )
         credential = await self._cache.get(key, mint)
-        self._audit(connector, credential, caller)
+        self._check_long_lived(principal, connector, key, credential)
+        self._audit(connector, credential, principal, via)
         return Issued(connector, credential)
 
-    def _audit(self, connector: Connector, credential: ClientCredential, caller: str) -> None:
+    def _check_long_lived(
+        self,
+        principal: Principal,
+        connector: Connector,
+        key: CacheKey,
+        credential: ClientCredential,
+    ) -> None:
+        """A credential that *is* a stored secret (secret-key, password, static token)
+        needs a rule allowing long-lived secrets: consumers get scoped, short-lived ones."""
+        stored = self._stored_secret.get(key)
+        if stored is None:
+            secrets = {
+                str(connector.config[n])
+                for n in self.secret_names(connector)
+                if n in connector.config and connector.config[n] not in ("", HIDDEN)
+            }
+            stored = any(str(v) in secrets for v in credential.config.values())
+            self._stored_secret[key] = stored
+        if stored:
+            self.gate.require_connector(
+                principal, Action.GET_LONG_LIVED, connector, key.resource_type, key.resource_id
+            )
+
+    def _audit(
+        self, connector: Connector, credential: ClientCredential, principal: Principal, via: str
+    ) -> None:
         self.audit.record(
             "credential_issued",
             connector=connector.name,
@@ -488,7 +647,8 @@ class BrokerService:
             resource_type=credential.resource_type,
             resource_id=credential.resource_id,
             expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
-            caller=caller,
+            via=via,
+            **principal.audit_fields(),
         )
 
     async def watch_credentials(
@@ -497,18 +657,21 @@ class BrokerService:
         resource_type: str | None = None,
         resource_id: str | None = None,
         *,
-        caller: str = "unknown",
+        principal: Principal,
     ) -> AsyncIterator[IssuedEvent]:
         """The current credential, each renewal, and update/delete events (then the end)."""
-        connector, key, mint = await self._key_and_mint(name, resource_type, resource_id)
+        connector, key, mint = await self._key_and_mint(
+            name, resource_type, resource_id, principal, Action.WATCH
+        )
         updated = False
         while True:
             async for event in self._cache.watch(key, mint):
                 if event.kind in ("issued", "renewed") and event.credential is not None:
                     if event.kind == "issued":
+                        self._check_long_lived(principal, connector, key, event.credential)
                         # Renewals reach every watcher of a key at once: they are audited
                         # once per mint ("credential_minted"), not once per watcher.
-                        self._audit(connector, event.credential, caller)
+                        self._audit(connector, event.credential, principal, "watch")
                     kind: Literal["issued", "renewed", "updated"] = event.kind
                     if updated and event.kind == "issued":
                         kind, updated = "updated", False
@@ -524,18 +687,18 @@ class BrokerService:
                 return
             try:
                 connector, key, mint = await self._key_and_mint(
-                    connector.name, key.resource_type, key.resource_id
+                    connector.name, key.resource_type, key.resource_id, principal, Action.WATCH
                 )
             except NotFound:
                 yield IssuedEvent("deleted")
                 return
-            except Exception as exc:
-                yield IssuedEvent("error", error=str(exc))
+            except BrokerError as exc:  # e.g. the update moved it out of the caller's scope
+                yield IssuedEvent("error", error=exc.message)
                 return
             updated = True
 
     # -- docker registries (credential helper) ----------------------------
-    async def registry_connector(self, server_url: str) -> tuple[str, str]:
+    async def registry_connector(self, server_url: str, principal: Principal) -> tuple[str, str]:
         """The connector serving a registry host docker asks about, and its resource ID.
 
         Several candidates and no preference recorded by ``broker login docker`` is an
@@ -545,7 +708,9 @@ class BrokerService:
         candidates: list[tuple[Connector, str]] = []
         for connector in await self.list_connectors():
             rid = self.provider(connector).registry_resource_id(connector, host)
-            if rid is not None:
+            target = connector_target(connector, "docker-registry", rid)
+            # Only what the caller may use: others' connectors are not even named.
+            if rid is not None and self.gate.allowed(principal, Action.GET, target):
                 candidates.append((connector, rid))
         preferred = await self._store.get_setting(PREFERRED_REGISTRY + host)
         for connector, rid in candidates:
@@ -562,10 +727,12 @@ class BrokerService:
         connector, rid = candidates[0]
         return connector.name, rid
 
-    async def registry_usernames(self) -> dict[str, str]:
+    async def registry_usernames(self, principal: Principal) -> dict[str, str]:
         """``list`` for docker: registry URL -> user name, for long-lived docker connectors."""
         out: dict[str, str] = {}
-        for connector in await self.list_connectors(ConnectorFilter(connector_type="docker")):
+        for connector in await self.list_visible(
+            principal, ConnectorFilter(connector_type="docker")
+        ):
             rid = await self.provider(connector).resolve_default_resource_id(
                 connector, "docker-registry"
             )
@@ -573,10 +740,14 @@ class BrokerService:
                 out[rid] = str(connector.config.get("username", ""))
         return out
 
-    async def set_preferred_registry_connector(self, host: str, name: str | None) -> None:
+    async def set_preferred_registry_connector(
+        self, host: str, name: str | None, principal: Principal
+    ) -> None:
         """Record (or clear) which connector answers docker for a registry host."""
-        if name is not None:
-            connector = await self.get(name)
+        if name is None:
+            self.gate.require(principal, Action.MANAGE, Target())
+        else:
+            connector = await self.authorized(name, principal, Action.MANAGE)
             rid = self.provider(connector).registry_resource_id(connector, registry_host(host))
             if rid is None:
                 raise InvalidArgument(
@@ -585,7 +756,8 @@ class BrokerService:
         await self._store.set_setting(PREFERRED_REGISTRY + registry_host(host), name)
 
     # -- status -----------------------------------------------------------
-    async def status(self) -> DaemonStatus:
+    async def status(self, principal: Principal) -> DaemonStatus:
+        self.gate.require(principal, Action.VIEW, Target())
         stats = self._cache.stats()
         return DaemonStatus(
             version=__version__,
@@ -595,15 +767,6 @@ class BrokerService:
             subscribers=int(stats.get("subscribers", 0)),
             connector_types=[p.spec.connector_type for p in self._registry.all()],
         )
-
-
-async def _listed(
-    stream: AsyncIterator[Found], exclude_errors: bool
-) -> AsyncIterator[ListedResources]:
-    """A plain filter (no task group or cancel scope), safe to abandon mid-iteration."""
-    async for found in stream:
-        if not (exclude_errors and found.result.error):
-            yield ListedResources(found.connector, found.result)
 
 
 __all__ = ["BrokerService", "ConnectorUpdate", "Found", "Issued", "IssuedEvent"]

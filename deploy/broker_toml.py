@@ -7,10 +7,10 @@ tests/test_config.py fails while the file is out of date.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 
-from broker.config import Settings
+from broker.config import setting_fields
 
 TARGET = Path(__file__).resolve().parent / "broker.toml"
 HEADER = """\
@@ -21,12 +21,37 @@ HEADER = """\
 # Precedence, lowest first: built-in defaults < this file < BROKER_<KEY>
 # environment variables (e.g. BROKER_LOG_LEVEL=debug) < command-line flags.
 # Every setting is listed below with its default; uncomment a line to change
-# it. Keys are top-level (no [sections]); an unknown key or a bad value stops
+# it. Keys are top-level except [policy] (at the end); an unknown key or a bad value stops
 # the daemon with an error that names the key. An empty string ("") means
 # "unset" for settings whose default is computed. `broker config show` prints
 # the effective configuration. The key that encrypts stored secrets is never
 # written here: give it as BROKER_SECRET_KEY (base64 of 32 bytes) in the
 # environment, or name a 0600 file with secret_key_file.
+"""
+
+POLICY = """\
+# Access policy: who may do what (reloaded on SIGHUP; a bad file keeps the old
+# policy and logs why). Built in: root and the daemon's own user are admin.
+# Everyone else, socket_group members included, gets nothing until a rule
+# names them. Roles: viewer (list/describe, no secrets), consumer (+ get and
+# watch short-lived credentials, list-resources, verify, helpers, SDK
+# endpoints), admin (+ register/update/delete, show secrets, policy, all SDK
+# grants). Selectors (all must match): uid:N, gid:N, user:NAME, group:NAME,
+# cert:ID (glob), tcp:anonymous. Scope (optional): connectors (globs or
+# "re:REGEX"), labels, resource_types, resource_ids (globs or "re:").
+# long_lived_secrets = true lets a consumer get credentials that are a stored
+# secret itself (secret-key, password, static token methods).
+#
+# [[policy.rules]]
+# selector = "group:ci"
+# role = "consumer"
+# connectors = ["ci-*"]
+# resource_types = ["s3-bucket", "docker-registry"]
+# resource_ids = ["s3://ci-*", "registry.example:5000"]
+#
+# [[policy.rules]]
+# selector = "cert:spiffe://example.org/ops/*"
+# role = "admin"
 """
 
 
@@ -42,9 +67,10 @@ def toml_value(value: object) -> str:
 
 def render() -> str:
     blocks = [HEADER]
-    for f in fields(Settings):
+    for f in setting_fields():
         default = None if f.default is MISSING else f.default
         blocks.append(f"# {f.metadata['doc']}\n# {f.name} = {toml_value(default)}\n")
+    blocks.append(POLICY)
     return "\n".join(blocks)
 
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,19 +31,32 @@ def _clean_env(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = BROKER,
+    ) -> None:
+        self.command = list(command)
         self.data_dir = data_dir
         self.socket = data_dir / "broker.sock"
         self.log_path = data_dir.parent / f"{data_dir.name}-daemon.log"
         self.env = _clean_env(env)
+        # The daemon writes pointer files to its sockets (broker/pointers.py): into a
+        # runtime dir of its own, never the real ~/.config, unless the test chose one.
+        self._own_runtime = "XDG_RUNTIME_DIR" not in (env or {})
+        if self._own_runtime:
+            self.env["XDG_RUNTIME_DIR"] = str(data_dir.parent / f"{data_dir.name}-runtime")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str, timeout: float = 20.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._own_runtime:
+            Path(self.env["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    *BROKER,
+                    *self.command,
                     "serve",
                     "--data-dir",
                     str(self.data_dir),
@@ -120,9 +133,12 @@ class Daemon:
 
 @contextmanager
 def running_daemon(
-    data_dir: Path, *extra: str, env: Mapping[str, str] | None = None
+    data_dir: Path,
+    *extra: str,
+    env: Mapping[str, str] | None = None,
+    command: Sequence[str] = BROKER,
 ) -> Iterator[Daemon]:
-    daemon = Daemon(data_dir, env)
+    daemon = Daemon(data_dir, env, command)
     daemon.start(*extra)
     try:
         yield daemon

@@ -378,8 +378,12 @@ def test_tcp_with_mutual_tls(tmp_path: Path) -> None:
     cert, key = server.write(tmp_path, "server")
     ca_file = ca.write(tmp_path)
     port = free_port()
+    config = tmp_path / "broker.toml"
+    config.write_text('[[policy.rules]]\nselector = "cert:ci-runner"\nrole = "admin"\n')
     with running_daemon(
         tmp_path / "data",
+        "--config",
+        str(config),
         "--tcp",
         f"127.0.0.1:{port}",
         "--tls-cert",

@@ -10,7 +10,7 @@ import grpc
 import typer
 
 from broker import __version__
-from broker.cli import connector, credentials, env, login, render
+from broker.cli import connector, credentials, env, login, policy, render
 from broker.cli.client import connect, rpc_error
 from broker.cli.options import Output, OutputOpt, SocketOpt
 from broker.errors import BrokerError
@@ -26,6 +26,8 @@ app.add_typer(credentials.app, name="credentials")
 app.add_typer(login.login_app, name="login")
 app.add_typer(env.app, name="env")
 app.add_typer(login.logout_app, name="logout")
+app.add_typer(policy.app, name="policy")
+app.command("whoami")(policy.whoami)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
 app.add_typer(config_app, name="config")
 
@@ -72,9 +74,9 @@ def _health(socket: Path | None, timeout: float) -> str:
     """The gRPC health service's answer for the whole server, e.g. SERVING or NOT_SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from broker.cli.client import default_socket
+    from broker.cli.client import checked_socket
 
-    path = socket or default_socket()
+    path = checked_socket(socket)
     with grpc.insecure_channel(f"unix://{path.resolve()}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=timeout
@@ -92,6 +94,9 @@ def health(
         state = _health(socket, timeout)
     except grpc.RpcError as exc:
         print(f"unhealthy: {rpc_error(exc, socket).message}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except BrokerError as exc:
+        print(f"unhealthy: {exc.message}", file=sys.stderr)
         raise typer.Exit(1) from None
     print(state)
     if state != "SERVING":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,11 @@ from broker.errors import (
     Unauthenticated,
     Unavailable,
 )
+from broker.identity.peercred import peer_principal
+from broker.identity.principal import Principal
 from broker.local import formats
 from broker.service import BrokerService
-from broker.sockets import prepare_socket_path, secure_socket
+from broker.sockets import listen_unix
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +65,16 @@ def error_response(exc: BrokerError) -> web.Response:
     )
 
 
-def peer_of(request: web.Request) -> str:
-    """``uid=N pid=N`` of the process on the other end of the Unix socket."""
+def principal_of(request: web.Request) -> Principal:
+    """The process on the other end of the Unix socket, from the kernel (SO_PEERCRED)."""
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport else None
     if sock is None or sock.family != socket.AF_UNIX:
-        return "unknown"
+        raise Unauthenticated("the helper endpoint serves only its Unix socket")
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return peer_principal(sock, via="helper socket")
     except OSError:
-        return "unknown"
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return f"local uid={uid} pid={pid}"
+        raise Unauthenticated("the caller's peer credentials could not be read") from None
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,13 +146,16 @@ class HelperEndpoint:
         self._path: Path | None = None
 
     async def start(self, path: Path, group: str | None) -> None:
-        prepare_socket_path(path)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.UnixSite(self._runner, str(path))
-        await site.start()
-        secure_socket(path, group)
+        # Bound elsewhere and moved into place with its group and 0660: never reachable wider.
+        sock = listen_unix(path, group)
         self._path = path
+        try:
+            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            raise
         log.info("helper_endpoint_listening", socket=str(path))
 
     async def stop(self) -> None:
@@ -171,7 +173,8 @@ class HelperEndpoint:
             _text(data, "connector", required=True) or "",
             _text(data, "resource_type"),
             _text(data, "resource_id"),
-            caller=peer_of(request),
+            principal=principal_of(request),
+            via="helper",
         )
 
     async def credentials(self, request: web.Request) -> web.Response:
@@ -203,11 +206,12 @@ class HelperEndpoint:
     async def docker_get(self, request: web.Request) -> web.Response:
         data = await _body(request)
         server_url = _text(data, "server_url", required=True) or ""
-        name, resource_id = await self._service.registry_connector(server_url)
+        principal = principal_of(request)
+        name, resource_id = await self._service.registry_connector(server_url, principal)
         issued = await self._service.get_credentials(
-            name, "docker-registry", resource_id, caller=peer_of(request)
+            name, "docker-registry", resource_id, principal=principal, via="docker helper"
         )
         return web.json_response(formats.docker_secret(issued.credential, server_url))
 
     async def docker_list(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._service.registry_usernames())
+        return web.json_response(await self._service.registry_usernames(principal_of(request)))

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from broker.api.v1 import broker_pb2 as pb
 from broker.attributes import render_value
 from broker.errors import InvalidArgument
+from broker.local.sdk import Grant
 from broker.model import (
     HIDDEN,
     AuthMethodSpec,
@@ -19,6 +20,7 @@ from broker.model import (
     TypeResources,
     Value,
 )
+from broker.policy import ROLES, AccessPolicy, Action
 
 
 def ts(value: datetime | None) -> Timestamp | None:
@@ -170,3 +172,42 @@ def resource_result(
         resource_ids=list(r.resource_ids),
         error=r.error,
     )
+
+
+def sdk_grant(grant: Grant, env: Mapping[str, str] | None = None) -> pb.SdkEndpoint:
+    message = pb.SdkEndpoint(
+        id=grant.id,
+        env=dict(env or {}),
+        kind=grant.kind,
+        connector=grant.connector,
+        resource_type=grant.resource_type or "",
+        resource_id=grant.resource_id or "",
+        owner=grant.owner.describe(),
+        bound_uid=-1 if grant.bound_uid is None else grant.bound_uid,
+    )
+    message.expires_at.FromDatetime(grant.expires_at.astimezone(UTC))
+    message.created_at.FromDatetime(grant.created_at.astimezone(UTC))
+    return message
+
+
+def policy(access: AccessPolicy) -> pb.Policy:
+    rules = [
+        pb.PolicyRule(
+            role=rule.role,
+            selectors=list(rule.selectors),
+            connectors=[p.text for p in rule.connectors],
+            labels=dict(rule.labels),
+            resource_types=list(rule.resource_types),
+            resource_ids=[p.text for p in rule.resource_ids],
+            long_lived_secrets=rule.long_lived_secrets,
+            source=rule.source,
+            description=rule.description,
+        )
+        for rule in access.rules
+    ]
+    actions = {
+        action.value: ", ".join(role for role, acts in ROLES.items() if action in acts)
+        + (" (consumer with long_lived_secrets)" if action is Action.GET_LONG_LIVED else "")
+        for action in Action
+    }
+    return pb.Policy(rules=rules, actions=actions)

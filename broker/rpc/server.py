@@ -1,4 +1,8 @@
-"""gRPC server lifecycle: listeners, health, reflection, ordered shutdown."""
+"""gRPC server lifecycle: listeners, health, reflection, ordered shutdown.
+
+The public Unix socket is accepted by :class:`PeerAcceptor` (peer credentials
+for every call); gRPC itself listens only on a private socket and on TCP.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from broker.config import Settings
 from broker.errors import FailedPrecondition, InvalidArgument
 from broker.local.sdk import SdkEndpoints
+from broker.rpc.acceptor import PeerAcceptor
+from broker.rpc.callers import Callers
 from broker.rpc.servicer import BrokerServicer
 from broker.service import BrokerService
-from broker.sockets import prepare_socket_path, secure_socket
+from broker.sockets import listen_unix
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +45,12 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
+        self.acceptor = PeerAcceptor()
         broker_pb2_grpc.add_BrokerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            BrokerServicer(service, sdk, str(settings.local_socket_path.resolve())), self._server
+            BrokerServicer(
+                service, Callers(self.acceptor), sdk, str(settings.local_socket_path.resolve())
+            ),
+            self._server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -57,16 +67,15 @@ class GrpcServer:
     async def start(self) -> None:
         settings = self._settings
         sock = settings.socket_path
-        prepare_socket_path(sock)
-        old = os.umask(0o117)
+        old = os.umask(0o177)
         try:
-            self._server.add_insecure_port(f"unix://{sock.resolve()}")
+            self._server.add_insecure_port(self.acceptor.grpc_target)
         finally:
             os.umask(old)
         if settings.tcp:
             self.tcp_port = self._add_tcp(settings)
         await self._server.start()
-        secure_socket(sock, settings.socket_group)
+        await self.acceptor.start(listen_unix(sock, settings.socket_group))
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("grpc_listening", socket=str(sock), tcp=settings.tcp, tcp_port=self.tcp_port)
@@ -98,9 +107,11 @@ class GrpcServer:
         """NOT_SERVING first, so load balancers and clients move away; then drain."""
         with contextlib.suppress(Exception):
             await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        await self.acceptor.stop_accepting()
         with contextlib.suppress(FileNotFoundError):
             self._settings.socket_path.unlink()
+        await self._server.stop(grace)
+        await self.acceptor.close()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -10,18 +10,23 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 
+from broker.access import connector_target
 from broker.api.v1 import broker_pb2 as pb
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.connectors import ConnectorDraft, scope_of, served_types
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
+from broker.identity.principal import Principal, cert_principal, local_user
 from broker.local.sdk import SdkEndpoints
 from broker.model import Connector
+from broker.policy import Action, Target
 from broker.rpc import convert
+from broker.rpc.callers import Callers
 from broker.rpc.status import status_for
 from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
 from broker.store.base import ConnectorFilter
@@ -59,25 +64,20 @@ def _guard(method: Handler[T]) -> Handler[T]:
     return wrapper
 
 
-def caller_of(context: Ctx) -> str:
-    """Who is calling, as far as the transport tells: peer address and mTLS identity."""
-    peer = context.peer() or "unknown"
-    auth = context.auth_context()
-    names = list(auth.get("x509_common_name") or auth.get("x509_subject_alternative_name") or [])
-    if names:
-        return f"{peer} ({names[0].decode(errors='replace')})"
-    return peer
-
-
 def _text(value: str) -> str | None:
     return value or None
 
 
 class BrokerServicer(pb_grpc.BrokerServiceServicer):
     def __init__(
-        self, service: BrokerService, sdk: SdkEndpoints | None = None, helper_socket: str = ""
+        self,
+        service: BrokerService,
+        callers: Callers,
+        sdk: SdkEndpoints | None = None,
+        helper_socket: str = "",
     ) -> None:
         self._service = service
+        self._callers = callers
         self._sdk = sdk
         self._helper_socket = helper_socket
 
@@ -101,7 +101,10 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         self, request: pb.ListConnectorTypesRequest, context: Ctx
     ) -> pb.ListConnectorTypesResponse:
         specs = self._service.list_types(
-            _text(request.connector_type), _text(request.resource_type), _text(request.auth_method)
+            self._callers.principal(context),
+            _text(request.connector_type),
+            _text(request.resource_type),
+            _text(request.auth_method),
         )
         return pb.ListConnectorTypesResponse(
             connector_types=[convert.connector_type(s) for s in specs]
@@ -112,7 +115,10 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         self, request: pb.DescribeConnectorTypeRequest, context: Ctx
     ) -> pb.ConnectorType:
         spec = self._service.describe_type(
-            request.connector_type, _text(request.resource_type), _text(request.auth_method)
+            self._callers.principal(context),
+            request.connector_type,
+            _text(request.resource_type),
+            _text(request.auth_method),
         )
         return convert.connector_type(spec)
 
@@ -136,7 +142,9 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             expires_at=convert.from_ts(request, "expires_at"),
             description=request.description,
         )
-        connector, results = await self._service.register(draft, verify=not request.no_verify)
+        connector, results = await self._service.register(
+            draft, self._callers.principal(context), verify=not request.no_verify
+        )
         return pb.RegisterConnectorResponse(
             connector=self._connector(connector),
             resources=[
@@ -169,7 +177,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             clear_expires_at=request.clear_expires_at,
         )
         connector, results = await self._service.update(
-            request.name, change, verify=not request.no_verify
+            request.name, change, self._callers.principal(context), verify=not request.no_verify
         )
         return pb.UpdateConnectorResponse(
             connector=self._connector(connector),
@@ -183,29 +191,34 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
     async def DeleteConnector(
         self, request: pb.DeleteConnectorRequest, context: Ctx
     ) -> pb.Connector:
-        return self._connector(await self._service.delete(request.name))
+        return self._connector(
+            await self._service.delete(request.name, self._callers.principal(context))
+        )
 
     @_guard
     async def GetConnector(self, request: pb.GetConnectorRequest, context: Ctx) -> pb.Connector:
-        connector = await self._service.get(request.name)
-        if request.show_secrets:
-            log.info("secrets_shown", connector=connector.name, caller=caller_of(context))
+        connector = await self._service.describe(
+            request.name, self._callers.principal(context), show_secrets=request.show_secrets
+        )
         return self._connector(connector, show_secrets=request.show_secrets)
 
     @_guard
     async def ListConnectors(
         self, request: pb.ListConnectorsRequest, context: Ctx
     ) -> pb.ListConnectorsResponse:
-        connectors = await self._service.list_connectors(_filter(request))
+        connectors = await self._service.list_visible(
+            self._callers.principal(context), _filter(request)
+        )
         return pb.ListConnectorsResponse(connectors=[self._connector(c) for c in connectors])
 
     @_guard
     async def VerifyConnector(
         self, request: pb.VerifyConnectorRequest, context: Ctx
     ) -> pb.VerifyConnectorResponse:
-        connector = await self._service.get(request.name)
+        principal = self._callers.principal(context)
+        connector = await self._service.authorized(request.name, principal, Action.VERIFY)
         results = await self._service.verify(
-            request.name, _text(request.resource_type), _text(request.resource_id)
+            request.name, principal, _text(request.resource_type), _text(request.resource_id)
         )
         return pb.VerifyConnectorResponse(
             resources=[
@@ -219,6 +232,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
     async def ListResources(self, request: pb.ListResourcesRequest, context: Ctx) -> None:
         async with self._service.list_resources(
             _filter(request),
+            self._callers.principal(context),
             exclude_errors=request.exclude_errors,
             unit_timeout=request.timeout_seconds or None,
             refresh=request.refresh,
@@ -238,7 +252,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             request.connector,
             _text(request.resource_type),
             _text(request.resource_id),
-            caller=caller_of(context),
+            principal=self._callers.principal(context),
         )
         return convert.credential(
             issued.connector.name,
@@ -253,14 +267,14 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             request.connector,
             _text(request.resource_type),
             _text(request.resource_id),
-            caller=caller_of(context),
+            principal=self._callers.principal(context),
         )
         async for event in events:
             await context.write(_event(event))
 
     @_guard
     async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.Status:
-        st = await self._service.status()
+        st = await self._service.status(self._callers.principal(context))
         return pb.Status(
             version=st.version,
             health="SERVING",
@@ -286,7 +300,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
                 "resource_id (the registry host) is required", field="resource_id"
             )
         await self._service.set_preferred_registry_connector(
-            request.resource_id, request.connector or None
+            request.resource_id, request.connector or None, self._callers.principal(context)
         )
         return pb.SetPreferredConnectorResponse()
 
@@ -299,20 +313,90 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
     async def CreateSdkEndpoint(
         self, request: pb.CreateSdkEndpointRequest, context: Ctx
     ) -> pb.SdkEndpoint:
-        grant_id, env = await self._endpoints().create(
+        grant, env = await self._endpoints().create(
             request.kind,
             request.connector,
             _text(request.resource_type),
             _text(request.resource_id),
+            principal=self._callers.principal(context),
+            ttl_seconds=request.ttl_seconds or None,
+            bind_uid=request.bind_uid if request.HasField("bind_uid") else None,
         )
-        return pb.SdkEndpoint(id=grant_id, env=env)
+        return convert.sdk_grant(grant, env)
 
     @_guard
     async def RevokeSdkEndpoint(
         self, request: pb.RevokeSdkEndpointRequest, context: Ctx
     ) -> pb.RevokeSdkEndpointResponse:
-        await self._endpoints().revoke(request.id)
+        await self._endpoints().revoke(request.id, self._callers.principal(context))
         return pb.RevokeSdkEndpointResponse()
+
+    @_guard
+    async def ListSdkEndpoints(
+        self, request: pb.ListSdkEndpointsRequest, context: Ctx
+    ) -> pb.ListSdkEndpointsResponse:
+        grants = self._endpoints().list(self._callers.principal(context))
+        return pb.ListSdkEndpointsResponse(endpoints=[convert.sdk_grant(g) for g in grants])
+
+    @_guard
+    async def WhoAmI(self, request: pb.WhoAmIRequest, context: Ctx) -> pb.Identity:
+        principal = self._callers.principal(context)
+        return pb.Identity(
+            principal=principal.describe(),
+            selectors=sorted(principal.selectors),
+            roles=self._service.gate.roles(principal),
+        )
+
+    @_guard
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context: Ctx) -> pb.Policy:
+        self._service.gate.require(self._callers.principal(context), Action.ADMIN, Target())
+        return convert.policy(self._service.gate.policy)
+
+    @_guard
+    async def CheckPolicy(self, request: pb.CheckPolicyRequest, context: Ctx) -> pb.PolicyDecision:
+        self._service.gate.require(self._callers.principal(context), Action.ADMIN, Target())
+        subject = _subject(request)
+        try:
+            action = Action(request.action)
+        except ValueError:
+            raise InvalidArgument(
+                f"unknown action '{request.action}' (one of: {', '.join(a.value for a in Action)})",
+                field="action",
+            ) from None
+        target = Target()
+        if request.connector:
+            try:
+                connector = await self._service.get(request.connector)
+            except NotFound:
+                target = Target(request.connector)
+            else:
+                target = connector_target(connector)
+            target = replace(
+                target,
+                resource_type=_text(request.resource_type),
+                resource_id=_text(request.resource_id),
+            )
+        decision = self._service.gate.decide(subject, action, target)
+        return pb.PolicyDecision(
+            allowed=decision.allowed,
+            reason=decision.reason,
+            principal=subject.describe(),
+            rule=decision.rule,
+        )
+
+
+def _subject(request: pb.CheckPolicyRequest) -> Principal:
+    given = [request.HasField("uid"), bool(request.user), bool(request.cert_id)]
+    if sum(given) != 1:
+        raise InvalidArgument("give exactly one of uid, user or cert_id", field="uid")
+    if request.cert_id:
+        return cert_principal(request.cert_id)
+    try:
+        if request.user:
+            return local_user(name=request.user)
+        return local_user(uid=request.uid)
+    except LookupError as exc:
+        raise InvalidArgument(str(exc), field="user" if request.user else "uid") from None
 
 
 def _event(event: IssuedEvent) -> pb.CredentialEvent:

@@ -1,0 +1,1 @@
+"""Who is calling: principals from the kernel (peer credentials) or a client certificate."""

@@ -1,0 +1,182 @@
+"""Peer credentials for gRPC on a Unix socket, which grpcio does not expose.
+
+grpcio reports a Unix peer as plain ``unix:`` (grpc/grpc#15511), so the
+daemon accepts the public socket itself: for each connection it reads
+``SO_PEERCRED`` / ``SO_PEERGROUPS``, opens a connection to the gRPC server's
+private socket (in a 0700 directory only the daemon's user can enter) from a
+socket bound to a unique abstract name, and relays bytes both ways. gRPC
+then reports that name as the peer (``unix-abstract:NAME``), which maps back
+to the principal. A relay is two asyncio protocols writing into each other's
+transport, with flow control passed across, so it adds no task per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from broker.identity.peercred import peer_principal
+from broker.identity.principal import Principal
+
+log = structlog.get_logger(__name__)
+
+ABSTRACT_PEER_PREFIX = "unix-abstract:"
+
+
+class _Half(asyncio.Protocol):
+    """One side of a relay: what it reads goes to ``other``'s transport."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.other: _Half | None = None
+        self.pending: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        other = self.other
+        if other is not None and other.transport is not None and other.transport.can_write_eof():
+            other.transport.write_eof()
+        return True  # keep our write side open until the other half closes it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.close()
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+
+class _Relay:
+    def __init__(self, acceptor: PeerAcceptor) -> None:
+        self.acceptor = acceptor
+        self.client = _Half(self)
+        self.upstream = _Half(self)
+        self.name: str | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for half in (self.client, self.upstream):
+            if half.transport is not None:
+                half.transport.close()
+        if self.name is not None:
+            self.acceptor.peers.pop(self.name, None)
+        self.acceptor.relays.discard(self)
+
+    async def start(self) -> None:
+        """Runs once the client connected: identify it, then connect upstream."""
+        client = self.client.transport
+        assert client is not None
+        client.pause_reading()
+        try:
+            sock = client.get_extra_info("socket")
+            principal = peer_principal(sock, via="grpc unix socket")
+            name = self.acceptor.next_name()
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                up.bind("\0" + name)
+                up.setblocking(False)
+                loop = asyncio.get_running_loop()
+                await loop.sock_connect(up, str(self.acceptor.private_path))
+            except BaseException:
+                up.close()
+                raise
+            self.name = name
+            self.acceptor.peers[name] = principal
+            await loop.create_unix_connection(lambda: self.upstream, sock=up)
+        except Exception as exc:  # one bad connection never hurts the daemon
+            log.warning("grpc_accept_failed", error=str(exc))
+            self.close()
+            return
+        if self.closed:
+            return
+        self.client.other, self.upstream.other = self.upstream, self.client
+        for data in self.client.pending:
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+        self.client.pending.clear()
+        client.resume_reading()
+
+
+class _ClientSide(_Half):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        task = asyncio.get_running_loop().create_task(self.relay.start())
+        self.relay.acceptor.tasks.add(task)
+        task.add_done_callback(self.relay.acceptor.tasks.discard)
+
+
+class PeerAcceptor:
+    """Accepts the public gRPC Unix socket and relays to gRPC's private one."""
+
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="cb-"))  # 0700, short (socket paths ≤ 107)
+        self.private_path = self._dir / "grpc.sock"
+        self.peers: dict[str, Principal] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.relays: set[_Relay] = set()
+        self._counter = itertools.count()
+        self._prefix = f"credential-broker-{os.getpid()}-{os.urandom(4).hex()}-"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"unix://{self.private_path}"
+
+    def next_name(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
+
+    def principal(self, peer: str) -> Principal | None:
+        """The caller behind gRPC's ``context.peer()``, if it came through this acceptor."""
+        if peer.startswith(ABSTRACT_PEER_PREFIX):
+            return self.peers.get(peer[len(ABSTRACT_PEER_PREFIX) :])
+        return None
+
+    async def start(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Half:
+            relay = _Relay(self)
+            relay.client = _ClientSide(relay)
+            self.relays.add(relay)
+            return relay.client
+
+        self._server = await loop.create_unix_server(factory, sock=listener)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        for relay in list(self.relays):
+            relay.close()
+        self.relays.clear()
+        for task in list(self.tasks):
+            task.cancel()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self._dir)
