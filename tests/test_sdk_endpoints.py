@@ -1,5 +1,7 @@
-"""Unmodified SDKs fetch credentials from the broker: the real `aws` CLI through the
-container credentials endpoint, gcloud-aio-auth through the GCE metadata endpoint."""
+"""Unmodified SDKs fetch credentials from the broker: the real `aws` CLI and boto3 through
+the container credentials endpoint, gcloud-aio-auth and google-auth through the GCE
+metadata endpoint; both endpoints hardened (proxy headers, foreign Host, Origin), grants
+with a TTL and an owner, metadata grants bound to a uid (checked with a real second user)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.daemon import Daemon, running_daemon
 from tests.servers.google import GoogleServer
 from tests.servers.moto import MotoServer, moto_for_test
+from tests.users import Users, fixture_users, run_as, wait_for_audit  # noqa: F401
 
 
 @pytest.fixture
@@ -165,3 +169,239 @@ def test_env_refuses_the_wrong_connector_type(
     result = daemon.cli("env", "aws", "gcp2", check=False)
     assert result.returncode == 1
     assert "resource type 'aws-generic'" in result.stderr or "not 'aws'" in result.stderr
+
+
+# --------------------------------------------------------------------------- hardening,
+# TTL, owner and uid binding against the real daemon (see test_sdk_hardening.py for the
+# FakeClock expiry and ownership cases).
+
+REFUSED_HEADERS = [
+    ("X-Forwarded-For", "10.1.2.3"),
+    ("Forwarded", "for=10.1.2.3;proto=http"),
+    ("Host", "evil.example:{port}"),
+    ("Origin", "http://evil.example"),
+]
+METADATA_TOKEN = "/computeMetadata/v1/instance/service-accounts/default/token"
+
+
+def _register_aws(daemon: Daemon, moto: MotoServer, name: str = "aws1") -> str:
+    key, secret = moto.create_user(f"{name}-user")
+    daemon.cli(
+        "connector",
+        "register",
+        name,
+        "--type",
+        "aws",
+        "--auth-method",
+        "session-token",
+        "region=us-east-1",
+        f"endpoint_url={moto.url}",
+        f"aws_access_key_id={key}",
+        f"aws_secret_access_key={secret}",
+        "--resource-type",
+        "aws-generic",
+    )
+    return secret
+
+
+def _register_gcp(daemon: Daemon, google: GoogleServer, tmp: Path, name: str = "gcp1") -> str:
+    account = google.service_account(name, "sdk-project")
+    key = account.write(tmp / f"{name}.json")
+    daemon.cli(
+        "connector",
+        "register",
+        name,
+        "--type",
+        "gcp",
+        "--auth-method",
+        "service-account",
+        f"service_account_json=@{key}",
+    )
+    return f"{name}@sdk-project.iam.gserviceaccount.com"
+
+
+def _http(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, dict(reply.headers), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def _clean_sdk_env(tmp: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "GCE_"))}
+    env.update(
+        {
+            "AWS_CONFIG_FILE": str(tmp / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "none"),
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "CLOUDSDK_CONFIG": str(tmp / "gcloud"),
+            "HOME": str(tmp),
+            **extra,
+        }
+    )
+    return env
+
+
+def test_both_endpoints_refuse_proxied_foreign_host_and_origin_requests(
+    daemon: Daemon, moto: MotoServer, google: GoogleServer, tmp_path: Path
+) -> None:
+    _register_aws(daemon, moto)
+    _register_gcp(daemon, google, tmp_path)
+    aws = daemon.cli_json("env", "aws", "aws1")["env"]
+    gcp_host = daemon.cli_json("env", "gcp", "gcp1")["env"]["GCE_METADATA_HOST"]
+    aws_url = aws["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+    aws_port = aws_url.split("/")[2].split(":")[1]
+    token = {"Authorization": aws["AWS_CONTAINER_AUTHORIZATION_TOKEN"]}
+    flavor = {"Metadata-Flavor": "Google"}
+
+    assert _http(aws_url, token)[0] == 200
+    assert _http(f"http://{gcp_host}{METADATA_TOKEN}", flavor)[0] == 200
+    for name, value in REFUSED_HEADERS:
+        status, _, body = _http(aws_url, {**token, name: value.format(port=aws_port)})
+        assert status == 403, (name, body)
+        assert name in json.loads(body)["error"]
+        gcp_port = gcp_host.split(":")[1]
+        status, headers, body = _http(
+            f"http://{gcp_host}{METADATA_TOKEN}", {**flavor, name: value.format(port=gcp_port)}
+        )
+        assert status == 403, (name, body)
+        assert headers["Metadata-Flavor"] == "Google"
+        assert name in json.loads(body)["error"]
+        assert "Traceback" not in body
+    assert "Traceback" not in daemon.log()
+
+
+def test_google_auth_and_boto3_work_through_the_hardened_endpoints(
+    daemon: Daemon, moto: MotoServer, google: GoogleServer, tmp_path: Path
+) -> None:
+    secret = _register_aws(daemon, moto)
+    email = _register_gcp(daemon, google, tmp_path)
+    aws = daemon.cli_json("env", "aws", "aws1")
+    gcp = daemon.cli_json("env", "gcp", "gcp1")
+
+    boto = (
+        "import json, sys, boto3\n"
+        "sts = boto3.client('sts', endpoint_url=sys.argv[1])\n"
+        "print(json.dumps(sts.get_caller_identity()['Arn']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", boto, moto.url],
+        capture_output=True,
+        text=True,
+        env=_clean_sdk_env(tmp_path, aws["env"]),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "aws1-user" in json.loads(result.stdout) or json.loads(result.stdout).startswith("arn:")
+    assert secret not in result.stdout
+
+    google_auth = (
+        "import json\n"
+        "import google.auth.transport.requests as tr\n"
+        "from google.auth import compute_engine\n"
+        "from google.auth.compute_engine import _metadata\n"
+        "request = tr.Request()\n"
+        "assert _metadata.is_on_gce(request)\n"
+        "creds = compute_engine.Credentials()\n"
+        "creds.refresh(request)\n"
+        "print(json.dumps({'token': creds.token, 'email': creds.service_account_email,\n"
+        "                  'project': _metadata.get_project_id(request)}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", google_auth],
+        capture_output=True,
+        text=True,
+        env=_clean_sdk_env(tmp_path, gcp["env"]),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert google.validate_token(got["token"]) == email
+    assert got["project"] == "sdk-project"
+    issued = wait_for_audit(
+        daemon, "credential_issued", via=f"gce-metadata-endpoint grant={gcp['id']}"
+    )
+    assert issued[-1]["uid"] == os.getuid() and issued[-1]["principal"].startswith("uid=")
+    wait_for_audit(daemon, "credential_issued", via=f"aws-container-endpoint grant={aws['id']}")
+
+
+def test_ttl_owner_and_list(
+    daemon: Daemon, moto: MotoServer, google: GoogleServer, tmp_path: Path
+) -> None:
+    _register_aws(daemon, moto)
+    _register_gcp(daemon, google, tmp_path)
+    aws = daemon.cli_json("env", "aws", "aws1", "--ttl", "60")
+    gcp = daemon.cli_json("env", "gcp", "gcp1", "--ttl", "1h30m")
+    default = daemon.cli_json("env", "gcp", "gcp1")
+    assert 50 <= aws["expires_in_seconds"] <= 60
+    assert 5390 <= gcp["expires_in_seconds"] <= 5400
+    assert 12 * 3600 - 10 <= default["expires_in_seconds"] <= 12 * 3600
+    assert aws["bound_uid"] is None and gcp["bound_uid"] == os.getuid()
+    assert aws["owner"].startswith(f"uid={os.getuid()}")
+
+    table = daemon.cli("env", "gcp", "gcp1", "--ttl", "12h").stdout
+    assert "export GCE_METADATA_HOST=" in table
+    assert "# expires 20" in table
+    assert "(in 11h59m" in table or "(in 12h00m" in table
+    assert f"# only sockets of uid {os.getuid()} may connect" in table
+
+    listed = daemon.cli_json("env", "list")
+    assert {e["id"] for e in listed} >= {aws["id"], gcp["id"], default["id"]}
+    one = next(e for e in listed if e["id"] == gcp["id"])
+    assert one["owner"] == gcp["owner"] and one["bound_uid"] == os.getuid()
+    assert one["kind"] == "gcp" and one["connector"] == "gcp1" and "env" not in one
+    assert listed[0]["id"] == aws["id"]  # soonest expiry first
+    text = daemon.cli("env", "list").stdout
+    assert aws["id"] in text and "BOUND UID" in text
+
+    for bad, words in (("30", "ttl_seconds must be between 60"), ("8d", "7 days"), ("2x", "--ttl")):
+        result = daemon.cli("env", "aws", "aws1", "--ttl", bad, check=False)
+        assert result.returncode == 1, bad
+        assert words in result.stderr
+    daemon.cli("env", "revoke", aws["id"])
+    assert aws["id"] not in {e["id"] for e in daemon.cli_json("env", "list")}
+    revoked = daemon.cli("env", "revoke", aws["id"], check=False)
+    assert revoked.returncode == 1 and "of yours" in revoked.stderr
+
+
+def test_a_uid_bound_metadata_endpoint_refuses_other_uids(
+    daemon: Daemon, google: GoogleServer, tmp_path: Path, users: Users
+) -> None:
+    _register_gcp(daemon, google, tmp_path)
+    mine = daemon.cli_json("env", "gcp", "gcp1")  # bound to the creator: root
+    eves = daemon.cli_json("env", "gcp", "gcp1", "--bind-uid", str(users.eve.uid))
+    fetch = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(sys.argv[1], headers={'Metadata-Flavor': 'Google'})\n"
+        "try:\n"
+        "    with urllib.request.urlopen(req, timeout=10) as r:\n"
+        "        out = [r.status, r.headers['Metadata-Flavor'], r.read().decode()]\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    out = [e.code, e.headers['Metadata-Flavor'], e.read().decode()]\n"
+        "print(json.dumps(out))\n"
+    )
+
+    def as_eve(grant: dict[str, Any]) -> list[Any]:
+        url = f"http://{grant['env']['GCE_METADATA_HOST']}{METADATA_TOKEN}"
+        result = run_as(users.eve, ["/usr/bin/python3", "-I", "-c", fetch, url], check=True)
+        out: list[Any] = json.loads(result.stdout)
+        return out
+
+    def as_root(grant: dict[str, Any]) -> tuple[int, dict[str, str], str]:
+        url = f"http://{grant['env']['GCE_METADATA_HOST']}{METADATA_TOKEN}"
+        return _http(url, {"Metadata-Flavor": "Google"})
+
+    status, flavor, body = as_eve(mine)
+    assert (status, flavor) == (403, "Google")
+    assert f"the connection comes from uid {users.eve.uid}" in json.loads(body)["error"]
+    assert as_root(mine)[0] == 200
+    refused = wait_for_audit(daemon, "sdk_endpoint_refused", id=mine["id"])
+    assert refused[-1]["peer_uid"] == users.eve.uid
+
+    status, flavor, body = as_eve(eves)
+    assert (status, flavor) == (200, "Google"), body
+    assert google.validate_token(json.loads(body)["access_token"])
+    status, _, body = as_root(eves)
+    assert status == 403 and f"comes from uid {os.getuid()}" in body

@@ -5,28 +5,50 @@
   random token bound to one (connector, resource type, resource ID), kept
   only as a hash, revocable, and gone when the daemon restarts.
 - GCP: a GCE-metadata-compatible server (``GCE_METADATA_HOST``). Metadata
-  clients send no credentials, so each grant gets its own loopback port:
-  anything on this host that can reach that port gets that connector's
-  tokens — revoke the grant when the job is done.
+  clients send no credentials, so each grant gets its own loopback port,
+  and by default only sockets of the creator's uid may use it: the
+  connecting peer's uid is looked up in the kernel's socket table
+  (:mod:`broker.identity.tcp_owner`).
+
+Hardened like the cloud metadata servers they imitate: a request that went
+through a proxy (``X-Forwarded-For``, ``Forwarded``), came from a web page
+(``Origin``) or names another host (``Host`` other than the listener's own
+loopback address: DNS rebinding) is refused with 403 before anything else.
+
+Every grant has an owner and a TTL. Each fetch re-checks the owner's
+permission (a policy reload applies at once); an expired grant is refused
+and dropped on use, and a background sweep drops the rest (closing their
+metadata listeners).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import structlog
 from aiohttp import web
 
 from broker.clock import Clock
-from broker.errors import BrokerError, InvalidArgument, NotFound, Unauthenticated
+from broker.errors import (
+    BrokerError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from broker.identity.principal import Principal
+from broker.identity.tcp_owner import peer_uid
 from broker.local import formats
 from broker.local.endpoint import error_response
 from broker.model import ClientCredential
+from broker.policy import Action, Target
 from broker.service import BrokerService
 
 log = structlog.get_logger(__name__)
@@ -37,19 +59,89 @@ AWS_PATH = "/v1/aws/credentials"
 METADATA_FLAVOR = {"Metadata-Flavor": "Google"}
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 
+#: How long a grant lives unless its creator asks otherwise.
+DEFAULT_GRANT_TTL_SECONDS = 12 * 3600
+MIN_GRANT_TTL_SECONDS = 60
+MAX_GRANT_TTL_SECONDS = 7 * 24 * 3600
+#: How often expired grants are looked for (they are refused on use at once anyway).
+SWEEP_INTERVAL_SECONDS = 30.0
+#: ``bind_uid`` value meaning "any local uid" (admin only).
+ANY_UID = -1
+_MAX_UID = 2**32 - 2
+#: Token hashes of expired AWS grants remembered, to say "expired" rather than "unknown".
+_EXPIRED_TOKENS_KEPT = 1024
+#: Headers a proxy adds: the endpoints serve local clients directly, never through one.
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded")
+
 
 @dataclass(frozen=True)
 class Grant:
+    """One SDK endpoint grant: who made it, for what, until when, and for which uid."""
+
     id: str
     kind: Literal["aws", "gcp"]
     connector: str
     resource_type: str | None
     resource_id: str | None
+    owner: Principal
+    created_at: datetime
+    expires_at: datetime
+    #: gcp: the only local uid whose sockets may use the endpoint (None: any).
+    bound_uid: int | None = None
     token_hash: bytes = b""
+
+
+GRANT = web.AppKey("grant", Grant)
+#: Headers every answer of that listener carries (GCE: ``Metadata-Flavor: Google``).
+ANSWER_HEADERS = web.AppKey("answer_headers", dict[str, str])
+LISTENER = web.AppKey("listener", str)
 
 
 def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def _stamp(when: datetime) -> str:
+    return formats.rfc3339(when.astimezone(UTC))
+
+
+def validate_ttl(ttl_seconds: int | None) -> int:
+    """The grant's lifetime in seconds: the default, or a value within the bounds."""
+    if ttl_seconds is None:
+        return DEFAULT_GRANT_TTL_SECONDS
+    if not MIN_GRANT_TTL_SECONDS <= ttl_seconds <= MAX_GRANT_TTL_SECONDS:
+        raise InvalidArgument(
+            f"ttl_seconds must be between {MIN_GRANT_TTL_SECONDS} (1 minute) and "
+            f"{MAX_GRANT_TTL_SECONDS} (7 days), got {ttl_seconds}",
+            field="ttl_seconds",
+        )
+    return ttl_seconds
+
+
+def _own_hosts(request: web.Request) -> list[str]:
+    """The ``Host`` values naming this listener: its loopback address and port."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    if not sockname:
+        return []
+    host, port = str(sockname[0]), int(sockname[1])
+    literal = f"[{host}]" if ":" in host else host
+    return [f"{literal}:{port}", f"localhost:{port}"]
+
+
+def refusal(request: web.Request) -> str | None:
+    """Why a request must not be served (proxied, from a web page, or for another host)."""
+    for name in FORWARDING_HEADERS:
+        if name in request.headers:
+            return f"requests carrying a {name} header are refused: no proxies"
+    if "Origin" in request.headers:
+        return "requests carrying an Origin header (from a web page) are refused"
+    own = _own_hosts(request)
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) != 1 or hosts[0].strip().lower() not in own:
+        expected = own[0] if own else "this listener's address"
+        return f"the Host header must be this listener's own address {expected}"
+    return None
 
 
 class SdkEndpoints:
@@ -63,6 +155,9 @@ class SdkEndpoints:
         self._aws_runner: web.AppRunner | None = None
         self._aws_port = 0
         self._gcp_runners: dict[str, web.AppRunner] = {}
+        self._expired_tokens: dict[bytes, datetime] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def _listen(self, app: web.Application) -> tuple[web.AppRunner, int]:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -74,22 +169,71 @@ class SdkEndpoints:
 
     async def _aws_listener(self) -> int:
         if self._aws_runner is None:
-            app = web.Application()
+            app = web.Application(middlewares=[self._guard])
+            app[LISTENER] = "aws"
             app.router.add_get(AWS_PATH, self._aws_credentials)
             self._aws_runner, self._aws_port = await self._listen(app)
             log.info("aws_container_endpoint_listening", port=self._aws_port)
         return self._aws_port
 
+    def _is_admin(self, principal: Principal) -> bool:
+        return self._service.gate.allowed(principal, Action.ADMIN, Target())
+
+    def list(self, principal: Principal) -> list[Grant]:
+        """The caller's live grants; every live grant for an admin."""
+        self._expire_due()
+        admin = self._is_admin(principal)
+        return [g for g in self._grants.values() if admin or g.owner.key == principal.key]
+
+    def _binding(self, kind: str, principal: Principal, bind_uid: int | None) -> int | None:
+        """The uid a grant is bound to. Anyone may bind to their own uid (the default
+        for gcp); binding to another uid, or to any uid (-1), needs admin."""
+        if kind == "aws":
+            if bind_uid is not None:
+                raise InvalidArgument(
+                    "bind_uid applies to gcp grants only: an aws grant is bound by its token",
+                    field="bind_uid",
+                )
+            return None
+        if bind_uid is None or bind_uid == principal.uid:
+            return principal.uid
+        if bind_uid != ANY_UID and not 0 <= bind_uid <= _MAX_UID:
+            raise InvalidArgument(
+                f"bind_uid must be a uid (0-{_MAX_UID}) or {ANY_UID} for any uid, got {bind_uid}",
+                field="bind_uid",
+            )
+        if not self._is_admin(principal):
+            wanted = "any uid" if bind_uid == ANY_UID else f"uid {bind_uid}"
+            own = "its own uid" if principal.uid is not None else "no uid (it has none)"
+            self._service.gate.deny(
+                principal,
+                Action.ADMIN,
+                Target(),
+                f"permission denied: {principal.describe()} may bind an SDK endpoint only to "
+                f"{own}, not {wanted} (needs 'admin')",
+            )
+        return None if bind_uid == ANY_UID else bind_uid
+
     async def create(
-        self, kind: str, connector: str, resource_type: str | None, resource_id: str | None
-    ) -> tuple[str, dict[str, str]]:
+        self,
+        kind: str,
+        connector: str,
+        resource_type: str | None,
+        resource_id: str | None,
+        *,
+        principal: Principal,
+        ttl_seconds: int | None = None,
+        bind_uid: int | None = None,
+    ) -> tuple[Grant, dict[str, str]]:
         """Check the request resolves now (clear errors early), then grant it."""
         if kind not in ("aws", "gcp"):
             raise InvalidArgument(f"kind must be 'aws' or 'gcp', not '{kind}'", field="kind")
+        ttl = validate_ttl(ttl_seconds)
+        bound_uid = self._binding(kind, principal, bind_uid)
         if kind == "gcp":
             resource_type = resource_type or "gcp-generic"
         issued = await self._service.get_credentials(
-            connector, resource_type, resource_id, caller="sdk-endpoint check"
+            connector, resource_type, resource_id, principal=principal, via="sdk-endpoint check"
         )
         if issued.connector.connector_type != kind:
             raise InvalidArgument(
@@ -100,21 +244,34 @@ class SdkEndpoints:
         grant_id = secrets.token_hex(8)
         resource_type = issued.credential.resource_type
         resource_id = issued.credential.resource_id
+        now = self._clock.now()
+        base = Grant(
+            grant_id,
+            "aws" if kind == "aws" else "gcp",
+            connector,
+            resource_type,
+            resource_id,
+            owner=principal,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            bound_uid=bound_uid,
+        )
         if kind == "aws":
             formats.container_credentials(issued.credential)  # refuses non-AWS-key types
             token = secrets.token_urlsafe(32)
             port = await self._aws_listener()
-            self._grants[grant_id] = Grant(
-                grant_id, "aws", connector, resource_type, resource_id, _hash(token)
-            )
+            grant = replace(base, token_hash=_hash(token))
+            self._grants[grant_id] = grant
             env = {
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://{self._host}:{port}{AWS_PATH}",
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
             }
         else:
-            grant = Grant(grant_id, "gcp", connector, resource_type, resource_id)
-            app = web.Application(middlewares=[self._metadata_rules])
-            app["grant"] = grant
+            grant = base
+            app = web.Application(middlewares=[self._guard, self._metadata_rules])
+            app[GRANT] = grant
+            app[ANSWER_HEADERS] = METADATA_FLAVOR
+            app[LISTENER] = f"gce grant={grant_id}"
             app.router.add_get("/", self._gce_ping)
             app.router.add_get(TOKEN_PATH, self._gce_token)
             app.router.add_get("/computeMetadata/v1/project/project-id", self._gce_project)
@@ -131,25 +288,168 @@ class SdkEndpoints:
                 "GCE_METADATA_HOST": f"{self._host}:{port}",
                 "GCE_METADATA_IP": f"{self._host}:{port}",
             }
-        log.info("sdk_endpoint_granted", id=grant_id, kind=kind, connector=connector)
-        return grant_id, env
+        self._start_sweeper()
+        self._service.audit.record(
+            "sdk_endpoint_granted",
+            id=grant_id,
+            kind=kind,
+            connector=connector,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            expires_at=_stamp(grant.expires_at),
+            bound_uid=bound_uid,
+            **principal.audit_fields(),
+        )
+        return grant, env
 
-    async def revoke(self, grant_id: str) -> None:
-        grant = self._grants.pop(grant_id, None)
-        if grant is None:
-            raise NotFound(f"no SDK endpoint '{grant_id}'", field="id")
+    async def revoke(self, grant_id: str, principal: Principal) -> None:
+        grant = self._grants.get(grant_id)
+        if grant is None or not (grant.owner.key == principal.key or self._is_admin(principal)):
+            # Someone else's grant looks exactly like a missing one.
+            raise NotFound(f"no SDK endpoint '{grant_id}' of yours", field="id")
+        del self._grants[grant_id]
         runner = self._gcp_runners.pop(grant_id, None)
         if runner is not None:
             await runner.cleanup()
-        log.info("sdk_endpoint_revoked", id=grant_id, connector=grant.connector)
+        self._service.audit.record(
+            "sdk_endpoint_revoked",
+            id=grant_id,
+            kind=grant.kind,
+            connector=grant.connector,
+            owner=grant.owner.describe(),
+            **principal.audit_fields(),
+        )
+
+    # -- expiry ---------------------------------------------------------------
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_forever(), name="sdk-grant-sweeper"
+            )
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await self._clock.sleep(SWEEP_INTERVAL_SECONDS)
+            try:
+                await self.sweep()
+            except Exception:  # keep sweeping whatever one close did
+                log.exception("sdk_endpoint_sweep_failed")
+
+    def _expire(self, grant: Grant) -> web.AppRunner | None:
+        """Forget an expired grant; its metadata listener (if any) is returned to close."""
+        if self._grants.pop(grant.id, None) is None:
+            return None
+        if grant.kind == "aws":
+            if len(self._expired_tokens) >= _EXPIRED_TOKENS_KEPT:
+                self._expired_tokens.pop(next(iter(self._expired_tokens)))
+            self._expired_tokens[grant.token_hash] = grant.expires_at
+        self._service.audit.record(
+            "sdk_endpoint_expired",
+            id=grant.id,
+            kind=grant.kind,
+            connector=grant.connector,
+            expires_at=_stamp(grant.expires_at),
+            **grant.owner.audit_fields(),
+        )
+        return self._gcp_runners.pop(grant.id, None)
+
+    def _due(self) -> tuple[Grant, ...]:
+        now = self._clock.now()
+        return tuple(g for g in self._grants.values() if now >= g.expires_at)
+
+    def _expire_due(self) -> None:
+        """Drop expired grants now; their listeners close in the background.
+
+        Used from inside requests, where awaiting a listener's own shutdown
+        would wait for the request itself.
+        """
+        for grant in self._due():
+            runner = self._expire(grant)
+            if runner is not None:
+                task = asyncio.get_running_loop().create_task(runner.cleanup())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    async def sweep(self) -> int:
+        """Drop every expired grant and close its listener; returns how many."""
+        due = self._due()
+        for grant in due:
+            runner = self._expire(grant)
+            if runner is not None:
+                await runner.cleanup()
+        return len(due)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         for runner in [self._aws_runner, *self._gcp_runners.values()]:
             if runner is not None:
                 await runner.cleanup()
         self._aws_runner = None
         self._gcp_runners.clear()
         self._grants.clear()
+
+    # -- checks on every request ----------------------------------------------
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Shared by the AWS endpoint and every metadata listener: hardening, then one-line
+        errors (never a traceback), and the listener's answer headers on every response."""
+        extra = request.app.get(ANSWER_HEADERS, {})
+        reason = refusal(request)
+        try:
+            if reason is not None:
+                self._service.audit.record(
+                    "sdk_endpoint_refused",
+                    listener=request.app.get(LISTENER, ""),
+                    reason=reason,
+                    peer=request.remote,
+                )
+                raise PermissionDenied(f"permission denied: {reason}")
+            response = await handler(request)
+        except BrokerError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:  # 404 / 405 from the router
+            exc.headers.update(extra)
+            raise
+        except Exception:
+            log.exception("sdk_endpoint_error", listener=request.app.get(LISTENER, ""))
+            response = web.json_response(
+                {"error": "internal error", "code": "internal"}, status=500
+            )
+        response.headers.update(extra)
+        return response
+
+    async def _check_peer(self, request: web.Request, grant: Grant) -> None:
+        """A uid-bound grant serves only sockets that uid owns (kernel socket table)."""
+        if grant.bound_uid is None:
+            return
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport else None
+        own = transport.get_extra_info("sockname") if transport else None
+        uid = None
+        if peer and own:
+            uid = await asyncio.to_thread(
+                peer_uid, (str(peer[0]), int(peer[1])), (str(own[0]), int(own[1]))
+            )
+        if uid == grant.bound_uid:
+            return
+        who = f"uid {uid}" if uid is not None else "a socket whose owner could not be found"
+        self._service.audit.record(
+            "sdk_endpoint_refused",
+            id=grant.id,
+            kind=grant.kind,
+            connector=grant.connector,
+            peer_uid=uid,
+            peer=request.remote,
+        )
+        raise PermissionDenied(
+            f"permission denied: this endpoint is bound to another uid; the connection "
+            f"comes from {who}"
+        )
 
     # -- AWS ----------------------------------------------------------------
     def _aws_grant(self, request: web.Request) -> Grant:
@@ -161,47 +461,57 @@ class SdkEndpoints:
         digest = _hash(token)
         for grant in self._grants.values():
             if grant.kind == "aws" and hmac.compare_digest(grant.token_hash, digest):
+                if self._clock.now() >= grant.expires_at:
+                    self._expire_due()
+                    break
                 return grant
+        expired = self._expired_tokens.get(digest)
+        if expired is not None:
+            raise Unauthenticated(
+                f"authorization token expired at {_stamp(expired)}: "
+                "create a new one with `broker env aws`"
+            )
         raise Unauthenticated("unknown or revoked authorization token")
 
     async def _aws_credentials(self, request: web.Request) -> web.Response:
-        try:
-            grant = self._aws_grant(request)
-            issued = await self._service.get_credentials(
-                grant.connector,
-                grant.resource_type,
-                grant.resource_id,
-                caller=f"aws-container-endpoint grant={grant.id}",
-            )
-            return web.json_response(formats.container_credentials(issued.credential))
-        except BrokerError as exc:
-            return error_response(exc)
-
-    # -- GCE metadata ---------------------------------------------------------
-    @staticmethod
-    @web.middleware
-    async def _metadata_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """As on GCE: every path but ``/`` needs ``Metadata-Flavor: Google``; answers carry it."""
-        if request.path != "/" and request.headers.get("Metadata-Flavor") != "Google":
-            return web.Response(
-                status=403, text="Missing Metadata-Flavor: Google header", headers=METADATA_FLAVOR
-            )
-        try:
-            response = await handler(request)
-        except BrokerError as exc:
-            return error_response(exc)
-        response.headers.update(METADATA_FLAVOR)
-        return response
-
-    async def _gce_credential(self, request: web.Request) -> ClientCredential:
-        grant: Grant = request.app["grant"]
-        if grant.id not in self._grants:
-            raise Unauthenticated("this metadata endpoint was revoked")
+        grant = self._aws_grant(request)
+        await self._check_peer(request, grant)
         issued = await self._service.get_credentials(
             grant.connector,
             grant.resource_type,
             grant.resource_id,
-            caller=f"gce-metadata-endpoint grant={grant.id}",
+            principal=grant.owner,
+            via=f"aws-container-endpoint grant={grant.id}",
+        )
+        return web.json_response(formats.container_credentials(issued.credential))
+
+    # -- GCE metadata ---------------------------------------------------------
+    @web.middleware
+    async def _metadata_rules(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """As on GCE: every path but ``/`` needs ``Metadata-Flavor: Google``. Then the
+        grant must be live and the peer its bound uid."""
+        if request.path != "/" and request.headers.get("Metadata-Flavor") != "Google":
+            return web.Response(status=403, text="Missing Metadata-Flavor: Google header")
+        grant = request.app[GRANT]
+        if grant.id not in self._grants:
+            raise PermissionDenied("this metadata endpoint was revoked")
+        if self._clock.now() >= grant.expires_at:
+            self._expire_due()
+            raise PermissionDenied(
+                f"this metadata endpoint expired at {_stamp(grant.expires_at)}: "
+                "create a new one with `broker env gcp`"
+            )
+        await self._check_peer(request, grant)
+        return await handler(request)
+
+    async def _gce_credential(self, request: web.Request) -> ClientCredential:
+        grant = request.app[GRANT]
+        issued = await self._service.get_credentials(
+            grant.connector,
+            grant.resource_type,
+            grant.resource_id,
+            principal=grant.owner,
+            via=f"gce-metadata-endpoint grant={grant.id}",
         )
         return issued.credential
 
@@ -222,11 +532,11 @@ class SdkEndpoints:
         return web.Response(text=str(cred.config.get("project_id", "")))
 
     async def _gce_email(self, request: web.Request) -> web.Response:
-        grant: Grant = request.app["grant"]
+        grant = request.app[GRANT]
         return web.Response(text=f"{grant.connector}@credential-broker")
 
     async def _gce_account(self, request: web.Request) -> web.Response:
-        grant: Grant = request.app["grant"]
+        grant = request.app[GRANT]
         return web.json_response(
             {
                 "aliases": ["default"],
