@@ -92,4 +92,3 @@ class Gatekeeper:
 
     def roles(self, principal: Principal) -> list[str]:
         return self._policy.roles(principal)
-

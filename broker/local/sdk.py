@@ -195,6 +195,14 @@ class SdkEndpoints:
                     field="bind_uid",
                 )
             return None
+        if bind_uid is None and principal.uid is None:
+            # A certificate or anonymous TCP caller has no local uid to bind to, and an
+            # unbound metadata endpoint serves every local process: make it explicit.
+            raise InvalidArgument(
+                f"{principal.describe()} has no local uid: a gcp grant made over TCP must "
+                f"name bind_uid (a uid, or {ANY_UID} for any uid, which needs admin)",
+                field="bind_uid",
+            )
         if bind_uid is None or bind_uid == principal.uid:
             return principal.uid
         if bind_uid != ANY_UID and not 0 <= bind_uid <= _MAX_UID:
