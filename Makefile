@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-run: install  ## start the daemon in the foreground (SQLite + Unix socket under ./.broker)
+run: install  ## start the daemon in the foreground (SQLite + sockets under ./.broker, recorded in a pointer file)
 	$(BIN)/broker serve
 
 test-deps:

@@ -34,7 +34,12 @@ KUBE_VERSIONS = ("1.29.0", "1.37.0")
 BROKER_GID = 65532
 BIN = Path(sys.executable).parent
 #: BROKER_* variables read outside Settings (by the key loader and the clients).
-OTHER_BROKER_ENV = {"BROKER_SECRET_KEY", "BROKER_HELPER_SOCKET", "BROKER_CONFIG"}
+OTHER_BROKER_ENV = {
+    "BROKER_SECRET_KEY",
+    "BROKER_HELPER_SOCKET",
+    "BROKER_CONFIG",
+    "BROKER_DAEMON_USER",
+}
 
 
 def documents(name: str) -> list[dict[str, Any]]:
@@ -146,6 +151,8 @@ def test_sidecar_job_shares_the_socket_and_keeps_the_key_from_the_job() -> None:
     assert mounts(job)["/run/broker"] == socket_volume
     assert env_of(job)["BROKER_SOCKET"].startswith("/run/broker/")
     assert env_of(job)["BROKER_HELPER_SOCKET"].startswith("/run/broker/")
+    # The job's clients trust the broker's sockets, owned by its uid.
+    assert env_of(job)["BROKER_DAEMON_USER"] == str(BROKER_GID)
     # The sockets are 0660: the pod's fsGroup is the broker's group.
     assert spec["securityContext"]["fsGroup"] == BROKER_GID
     # State from a Secret, seen by the broker side only.

@@ -9,6 +9,8 @@ STOPPING=1 on SIGTERM.
 
 from __future__ import annotations
 
+import base64
+import os
 import shlex
 import signal
 import socket
@@ -117,6 +119,9 @@ def test_unit_declares_what_the_daemon_relies_on() -> None:
     assert argv[argv.index("--data-dir") + 1] == "/var/lib/broker"
     assert argv[argv.index("--socket") + 1] == "/run/broker/broker.sock"
     assert "BROKER_LOCAL_SOCKET=/run/broker/helper.sock" in entries["Environment"]
+    # The key apart from the DB: a root-only file systemd hands over as a credential.
+    assert one["LoadCredential"] == "secret.key:/etc/credential-broker/secret.key"
+    assert "BROKER_SECRET_KEY_FILE=%d/secret.key" in entries["Environment"]
 
 
 def test_sysusers_snippet_creates_the_user_and_group(tmp_path: Path) -> None:
@@ -214,6 +219,35 @@ def _serving(sock: Path) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _unit_command(
+    tmp_path: Path, state: Path, runtime: Path, *, with_key: bool
+) -> tuple[list[str], dict[str, str]]:
+    """The unit's ExecStart and Environment, with its directories and %d (the credentials
+    directory systemd fills from LoadCredential=) under ``tmp_path``."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    if with_key:
+        key = credentials / "secret.key"
+        key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        key.chmod(0o400)  # as systemd leaves it: read-only, the service user's
+
+    def here(value: str) -> str:
+        return (
+            value.replace("/var/lib/broker", str(state))
+            .replace("/run/broker", str(runtime))
+            .replace("%d", str(credentials))
+        )
+
+    entries = unit_entries(UNIT)
+    argv = [here(arg) for arg in shlex.split(entries["ExecStart"][-1])]
+    argv[0] = VENV_BROKER
+    env = _clean_env(dict(here(e).split("=", 1) for e in entries["Environment"]))
+    runtime_dir = tmp_path / "xdg"  # pointer files, if any, go here and not to ~/.config
+    runtime_dir.mkdir(mode=0o700)
+    env |= {"CREDENTIALS_DIRECTORY": str(credentials), "XDG_RUNTIME_DIR": str(runtime_dir)}
+    return argv, env
+
+
 def test_daemon_speaks_notify_protocol_under_the_units_settings(
     tmp_path: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
@@ -221,16 +255,10 @@ def test_daemon_speaks_notify_protocol_under_the_units_settings(
     state, runtime = tmp_path / "var-lib-broker", tmp_path / "run-broker"
     state.mkdir(mode=0o700)
     runtime.mkdir(mode=0o750)
-
-    def here(value: str) -> str:
-        return value.replace("/var/lib/broker", str(state)).replace("/run/broker", str(runtime))
-
-    entries = unit_entries(UNIT)
-    argv = [here(arg) for arg in shlex.split(entries["ExecStart"][-1])]
-    argv[0] = VENV_BROKER
-    env = _clean_env(dict(here(e).split("=", 1) for e in entries["Environment"]))
+    argv, env = _unit_command(tmp_path, state, runtime, with_key=True)
     watchdog_usec = 400_000  # pings every 0.2 s
     env |= {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": str(watchdog_usec)}
+    entries = unit_entries(UNIT)
     log = (tmp_path / "daemon.log").open("wb")
     proc = subprocess.Popen(
         argv,
@@ -257,7 +285,8 @@ def test_daemon_speaks_notify_protocol_under_the_units_settings(
         for name in ("broker.sock", "helper.sock"):
             mode = stat.S_IMODE((runtime / name).stat().st_mode)
             assert mode == 0o660, (name, oct(mode))
-        assert stat.S_IMODE((state / "secret.key").stat().st_mode) == 0o600
+        # The key came from the credential; none was created next to the DB.
+        assert not (state / "secret.key").exists()
         assert stat.S_IMODE((state / "broker.db").stat().st_mode) & 0o077 == 0
 
         proc.send_signal(signal.SIGTERM)
@@ -274,6 +303,26 @@ def test_daemon_speaks_notify_protocol_under_the_units_settings(
         log.close()
         if proc.returncode != 0:
             print((tmp_path / "daemon.log").read_text(errors="replace"))
+
+
+def test_missing_key_credential_is_a_clear_error(tmp_path: Path) -> None:
+    """No /etc/credential-broker/secret.key handed over: say so, create nothing."""
+    state, runtime = tmp_path / "var-lib-broker", tmp_path / "run-broker"
+    state.mkdir(mode=0o700)
+    runtime.mkdir(mode=0o750)
+    (state / "secret.key").write_text("an older key\n")  # from before the unit kept it apart
+    argv, env = _unit_command(tmp_path, state, runtime, with_key=False)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    message = result.stderr.strip()
+    assert "Traceback" not in message
+    credentials = tmp_path / "credentials"
+    assert message.startswith(f"error: secret key file {credentials / 'secret.key'} does not exist")
+    assert "LoadCredential=secret.key:/etc/credential-broker/secret.key" in message
+    assert f"A key from before is in {state / 'secret.key'}" in message
+    assert os.listdir(credentials) == []
+    assert sorted(os.listdir(state)) == ["secret.key"]  # no DB opened, no key made
+    assert os.listdir(runtime) == []
 
 
 def test_startup_failure_sends_no_ready(

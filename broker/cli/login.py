@@ -23,11 +23,11 @@ import yaml
 
 from broker.api.v1 import broker_pb2 as pb
 from broker.cli import render
-from broker.cli.client import connect
+from broker.cli.client import checked_socket, connect
 from broker.cli.files import write_private
 from broker.cli.options import ResourceIdOpt, SocketOpt
-from broker.errors import InvalidArgument
-from broker.helpers.client import POINTER_FILE
+from broker.errors import FailedPrecondition, InvalidArgument
+from broker.pointers import GRPC_POINTER, HELPER_POINTER, write_pointer
 
 login_app = typer.Typer(no_args_is_help=True, help="Configure docker, kubectl or AWS SDKs.")
 logout_app = typer.Typer(no_args_is_help=True, help="Undo `broker login`.")
@@ -56,6 +56,16 @@ def _client_credential(
         )
         helper_socket = stub.GetStatus(pb.GetStatusRequest()).helper_socket
     return cred, helper_socket
+
+
+def _write_pointers(socket: Path | None, helper_socket: str) -> None:
+    """Point helpers docker starts with no arguments (and later CLI calls) at this daemon."""
+    try:
+        write_pointer(GRPC_POINTER, str(checked_socket(socket).resolve()))
+        if helper_socket:
+            write_pointer(HELPER_POINTER, helper_socket)
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot write the pointer file: {exc}") from None
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -115,8 +125,7 @@ def login_docker(
     for key in keys:
         helpers[key] = "broker"
     write_private(path, json.dumps(data, indent=2) + "\n")
-    if helper_socket:
-        write_private(Path(POINTER_FILE).expanduser(), helper_socket + "\n")
+    _write_pointers(socket, helper_socket)
     render.console.print(f"docker now asks credential-broker ('{name}') for {host} ({path}).")
 
 

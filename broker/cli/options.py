@@ -21,8 +21,10 @@ SocketOpt = Annotated[
     Path | None,
     typer.Option(
         "--socket",
-        envvar="BROKER_SOCKET",
-        help="The daemon's Unix socket [default: .broker/broker.sock]",
+        help=(
+            "The daemon's Unix socket [default: BROKER_SOCKET, BROKER_DATA_DIR/broker.sock, "
+            "the pointer file written by `broker serve`, /run/broker/broker.sock]"
+        ),
         show_default=False,
     ),
 ]

@@ -10,8 +10,8 @@ from broker.helpers.client import (
     emit,
     fail,
     json_object,
+    locate,
     parse_args,
-    socket_path,
 )
 
 
@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> None:
             "resource_id": opts.get("resource_id"),
         }
     )
+    path, source = locate(opts.get("socket"))
     try:
-        emit(call(socket_path(opts.get("socket")), "POST", "/v1/credential-process", request))
+        emit(call(path, source, "POST", "/v1/credential-process", request))
     except HelperError as exc:
         fail(exc.message)
 

@@ -16,13 +16,53 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import NoReturn
 
-#: Where `broker login` records the helper socket for helpers docker starts with no arguments.
-POINTER_FILE = "~/.config/credential-broker/helper-socket"
-SYSTEM_SOCKET = "/run/broker/helper.sock"
-LOCAL_SOCKET = ".broker/helper.sock"
+#: Pointer files (written by `broker serve` / `broker login`, see broker/pointers.py):
+#: one line naming a socket, in $XDG_RUNTIME_DIR/credential-broker/ or ~/.config/credential-broker/.
+DIR_NAME = "credential-broker"
+#: Pointer to the gRPC socket (read by the CLI).
+GRPC_POINTER = "socket"
+#: Pointer to the helper socket (read by docker / kubectl / aws helpers).
+HELPER_POINTER = "helper-socket"
+#: Where the systemd unit and the container image put the sockets; found without a pointer.
+SYSTEM_GRPC_SOCKET = "/run/broker/broker.sock"
+SYSTEM_HELPER_SOCKET = "/run/broker/helper.sock"
+
+
+def pointer_dirs(env: Mapping[str, str] | None = None) -> list[str]:
+    """Directories holding pointer files, in the order they are read."""
+    env = os.environ if env is None else env
+    dirs = []
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        dirs.append(os.path.join(runtime, DIR_NAME))
+    home = env.get("HOME") or os.path.expanduser("~")
+    dirs.append(os.path.join(home, ".config", DIR_NAME))
+    return dirs
+
+
+def read_pointer(name: str, env: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """``(socket path, pointer file)`` from the first pointer file naming one, else None."""
+    for directory in pointer_dirs(env):
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as handle:
+                recorded = handle.read(4096).strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if recorded:
+            return recorded, path
+    return None
+
+
+SYSTEM_SOCKET = SYSTEM_HELPER_SOCKET
 TIMEOUT_SECONDS = 30.0
+#: Whose sockets to trust besides root and yourself; a user name or uid.
+DAEMON_USER_ENV = "BROKER_DAEMON_USER"
+#: The account of the systemd unit and of the container image.
+DEFAULT_DAEMON_USER = "broker"
 
 
 class HelperError(Exception):
@@ -34,23 +74,74 @@ class HelperError(Exception):
         self.code = code
 
 
-def socket_path(explicit: str | None = None) -> str:
-    """Explicit flag > BROKER_HELPER_SOCKET > the login pointer file > system > ./.broker."""
+def locate(explicit: str | None = None) -> tuple[str, str]:
+    """``(socket, where it came from)``: --socket > BROKER_HELPER_SOCKET > pointer > system.
+
+    Never the current directory: a socket planted there could collect requests.
+    """
     if explicit:
-        return explicit
+        return explicit, "given with --socket"
     env = os.environ.get("BROKER_HELPER_SOCKET")
     if env:
-        return env
+        return env, "from BROKER_HELPER_SOCKET"
+    found = read_pointer(HELPER_POINTER)
+    if found:
+        return found[0], f"from the pointer file {found[1]}"
+    looked = " or ".join(os.path.join(d, HELPER_POINTER) for d in pointer_dirs())
+    return SYSTEM_SOCKET, f"the system default; no --socket, BROKER_HELPER_SOCKET or {looked}"
+
+
+def socket_path(explicit: str | None = None) -> str:
+    return locate(explicit)[0]
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
     try:
-        with open(os.path.expanduser(POINTER_FILE)) as pointer:
-            recorded = pointer.read().strip()
-    except OSError:
-        recorded = ""
-    if recorded:
-        return recorded
-    if os.path.exists(SYSTEM_SOCKET):
-        return SYSTEM_SOCKET
-    return LOCAL_SOCKET
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_owner(path: str, source: str) -> None:
+    """Refuse a socket that neither root, you, nor the daemon user (BROKER_DAEMON_USER) owns.
+
+    Whoever owns the socket file bound it (only root can give it away), so a
+    socket owned by anyone else may be an impostor collecting requests. One
+    stat; ``pwd`` only when the owner is a stranger and the daemon user a name.
+    """
+    try:
+        owner = os.stat(path).st_uid
+    except FileNotFoundError:
+        raise HelperError(
+            f"credential-broker daemon not running at {path} ({source})", "unavailable"
+        ) from None
+    except OSError as exc:
+        raise HelperError(
+            f"cannot reach credential-broker at {path} ({source}): {exc.strerror}", "unavailable"
+        ) from None
+    me = os.geteuid()
+    if owner in (0, me):
+        return
+    daemon_user = os.environ.get(DAEMON_USER_ENV) or DEFAULT_DAEMON_USER
+    if daemon_user.isdigit():
+        daemon_uid = int(daemon_user)
+    else:
+        import pwd
+
+        try:
+            daemon_uid = pwd.getpwnam(daemon_user).pw_uid
+        except KeyError:
+            daemon_uid = -1
+    if owner == daemon_uid:
+        return
+    raise HelperError(
+        f"refusing socket {path} ({source}): it is owned by {_user_name(owner)} (uid {owner}), "
+        f"not by root, you ({_user_name(me)}) or the daemon user {daemon_user}; "
+        f"if that is your daemon's account, set {DAEMON_USER_ENV}={_user_name(owner)}",
+        "permission_denied",
+    )
 
 
 def json_string(value: str) -> str:
@@ -89,8 +180,13 @@ def _exchange(path: str, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def call(path: str, method: str, route: str, body: bytes | None = None) -> bytes:
-    """One HTTP/1.1 exchange; the response body, or HelperError with the daemon's message."""
+def call(path: str, source: str, method: str, route: str, body: bytes | None = None) -> bytes:
+    """One HTTP/1.1 exchange; the response body, or HelperError with the daemon's message.
+
+    ``path`` and ``source`` are what :func:`locate` found; the socket's owner
+    is checked before anything is sent.
+    """
+    check_owner(path, source)
     head = [f"{method} {route} HTTP/1.1", "Host: localhost", "Connection: close"]
     if body is not None:
         head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -99,11 +195,11 @@ def call(path: str, method: str, route: str, body: bytes | None = None) -> bytes
         raw = _exchange(path, request)
     except (FileNotFoundError, ConnectionRefusedError):
         raise HelperError(
-            f"credential-broker daemon not running at {path}", "unavailable"
+            f"credential-broker daemon not running at {path} ({source})", "unavailable"
         ) from None
     except OSError as exc:
         raise HelperError(
-            f"cannot reach credential-broker at {path}: {exc}", "unavailable"
+            f"cannot reach credential-broker at {path} ({source}): {exc}", "unavailable"
         ) from None
     header, _, payload = raw.partition(b"\r\n\r\n")
     lines = header.decode("latin-1").split("\r\n")

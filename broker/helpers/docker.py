@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from broker.helpers.client import HelperError, call, emit, json_object, socket_path
+from broker.helpers.client import HelperError, call, emit, json_object, locate
 
 NOT_FOUND = "credentials not found in native keychain"
 USAGE = "usage: docker-credential-broker get|store|erase|list|version"
@@ -29,12 +29,9 @@ def run(argv: list[str], stdin: str) -> int:
         server_url = stdin.strip()
         if not server_url:
             return _out("no server URL given on stdin", 1)
+        request = json_object({"server_url": server_url})
         try:
-            emit(
-                call(
-                    socket_path(), "POST", "/v1/docker/get", json_object({"server_url": server_url})
-                )
-            )
+            emit(call(*locate(), "POST", "/v1/docker/get", request))
         except HelperError as exc:
             if exc.code == "not_found":
                 return _out(NOT_FOUND, 1)
@@ -42,7 +39,7 @@ def run(argv: list[str], stdin: str) -> int:
         return 0
     if action == "list":
         try:
-            emit(call(socket_path(), "GET", "/v1/docker/list"))
+            emit(call(*locate(), "GET", "/v1/docker/list"))
         except HelperError as exc:
             return _out(f"credential-broker: {exc.message}", 1)
         return 0

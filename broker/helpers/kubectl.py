@@ -17,8 +17,8 @@ from broker.helpers.client import (
     emit,
     fail,
     json_object,
+    locate,
     parse_args,
-    socket_path,
 )
 
 
@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
             "exec_info": os.environ.get("KUBERNETES_EXEC_INFO"),
         }
     )
+    path, source = locate(opts.get("socket"))
     try:
-        emit(call(socket_path(opts.get("socket")), "POST", "/v1/exec-credential", request))
+        emit(call(path, source, "POST", "/v1/exec-credential", request))
     except HelperError as exc:
         fail(exc.message)
 
