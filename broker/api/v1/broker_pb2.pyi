@@ -203,7 +203,7 @@ class RegisterConnectorResponse(_message.Message):
     def __init__(self, connector: _Optional[_Union[Connector, _Mapping]] = ..., resources: _Optional[_Iterable[_Union[ResourceResult, _Mapping]]] = ...) -> None: ...
 
 class UpdateConnectorRequest(_message.Message):
-    __slots__ = ("name", "auth_method", "resource_type", "resource_id", "config", "remove_attributes", "labels", "remove_labels", "expiration_seconds", "expires_at", "clear_resource_type", "clear_resource_id", "clear_expiration_seconds", "clear_expires_at", "no_verify", "description")
+    __slots__ = ("name", "auth_method", "resource_type", "resource_id", "config", "remove_attributes", "labels", "remove_labels", "expiration_seconds", "expires_at", "clear_resource_type", "clear_resource_id", "clear_expiration_seconds", "clear_expires_at", "no_verify", "description", "expected_revision")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,7 @@ class UpdateConnectorRequest(_message.Message):
     CLEAR_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     NO_VERIFY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     auth_method: str
     resource_type: str
@@ -250,7 +251,8 @@ class UpdateConnectorRequest(_message.Message):
     clear_expires_at: bool
     no_verify: bool
     description: str
-    def __init__(self, name: _Optional[str] = ..., auth_method: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ..., remove_attributes: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., remove_labels: _Optional[_Iterable[str]] = ..., expiration_seconds: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_resource_type: _Optional[bool] = ..., clear_resource_id: _Optional[bool] = ..., clear_expiration_seconds: _Optional[bool] = ..., clear_expires_at: _Optional[bool] = ..., no_verify: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    expected_revision: int
+    def __init__(self, name: _Optional[str] = ..., auth_method: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ..., remove_attributes: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., remove_labels: _Optional[_Iterable[str]] = ..., expiration_seconds: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., clear_resource_type: _Optional[bool] = ..., clear_resource_id: _Optional[bool] = ..., clear_expiration_seconds: _Optional[bool] = ..., clear_expires_at: _Optional[bool] = ..., no_verify: _Optional[bool] = ..., description: _Optional[str] = ..., expected_revision: _Optional[int] = ...) -> None: ...
 
 class UpdateConnectorResponse(_message.Message):
     __slots__ = ("connector", "resources")
@@ -275,7 +277,7 @@ class GetConnectorRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., show_secrets: _Optional[bool] = ...) -> None: ...
 
 class ListConnectorsRequest(_message.Message):
-    __slots__ = ("name", "connector_type", "auth_method", "resource_type", "resource_id", "labels")
+    __slots__ = ("name", "connector_type", "auth_method", "resource_type", "resource_id", "labels", "page_size", "page_token")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -289,19 +291,25 @@ class ListConnectorsRequest(_message.Message):
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     connector_type: str
     auth_method: str
     resource_type: str
     resource_id: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., connector_type: _Optional[str] = ..., auth_method: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, name: _Optional[str] = ..., connector_type: _Optional[str] = ..., auth_method: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListConnectorsResponse(_message.Message):
-    __slots__ = ("connectors",)
+    __slots__ = ("connectors", "next_page_token")
     CONNECTORS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     connectors: _containers.RepeatedCompositeFieldContainer[Connector]
-    def __init__(self, connectors: _Optional[_Iterable[_Union[Connector, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, connectors: _Optional[_Iterable[_Union[Connector, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class VerifyConnectorRequest(_message.Message):
     __slots__ = ("name", "resource_type", "resource_id")
