@@ -36,10 +36,11 @@ class Daemon:
         data_dir: Path,
         env: Mapping[str, str] | None = None,
         command: Sequence[str] = BROKER,
+        socket: Path | None = None,
     ) -> None:
         self.command = list(command)
         self.data_dir = data_dir
-        self.socket = data_dir / "broker.sock"
+        self.socket = socket or data_dir / "broker.sock"
         self.log_path = data_dir.parent / f"{data_dir.name}-daemon.log"
         self.env = _clean_env(env)
         # The daemon writes pointer files to its sockets (broker/pointers.py): into a
@@ -137,8 +138,10 @@ def running_daemon(
     *extra: str,
     env: Mapping[str, str] | None = None,
     command: Sequence[str] = BROKER,
+    socket: Path | None = None,
 ) -> Iterator[Daemon]:
-    daemon = Daemon(data_dir, env, command)
+    """``socket``: where the daemon's config puts its gRPC socket, if not DATA_DIR."""
+    daemon = Daemon(data_dir, env, command, socket)
     daemon.start(*extra)
     try:
         yield daemon

@@ -131,6 +131,7 @@ def issue_cert(
     dns_names: tuple[str, ...] = ("localhost",),
     ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
     client: bool = False,
+    uris: tuple[str, ...] = (),
 ) -> IssuedCert:
     """A leaf certificate signed by ``ca``: a server cert, or a client cert if ``client``."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -170,10 +171,15 @@ def issue_cert(
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    elif uris:  # a workload identity, e.g. a SPIFFE ID
+        san = [x509.UniformResourceIdentifier(u) for u in uris]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
     cert = builder.sign(ca.key, hashes.SHA256())
     return IssuedCert(key=key, cert=cert, ca=ca)
 
 
-def issue_client_cert(ca: CertificateAuthority, common_name: str = "broker-client") -> IssuedCert:
-    """A client certificate for mTLS, the user named by ``common_name``."""
-    return issue_cert(ca, common_name, client=True)
+def issue_client_cert(
+    ca: CertificateAuthority, common_name: str = "broker-client", *, uris: tuple[str, ...] = ()
+) -> IssuedCert:
+    """A client certificate for mTLS, the user named by ``common_name`` (or a URI SAN)."""
+    return issue_cert(ca, common_name, client=True, uris=uris)
