@@ -11,13 +11,12 @@ import json
 import re
 import subprocess
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from broker.config import Settings, describe, load_settings
+from broker.config import Settings, describe, load_settings, setting_fields
 from broker.errors import InvalidArgument
 from tests.daemon import BROKER, _clean_env, running_daemon
 
@@ -62,7 +61,7 @@ def test_example_file_is_up_to_date() -> None:
 def test_example_file_documents_every_setting_with_its_default(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
     lines = text.splitlines()
-    for f in fields(Settings):
+    for f in setting_fields():
         at = next((i for i, line in enumerate(lines) if line.startswith(f"# {f.name} = ")), None)
         assert at is not None, f"deploy/broker.toml does not list '{f.name}'"
         assert lines[at - 1] == f"# {f.metadata['doc']}", f"doc of '{f.name}' out of date"
@@ -214,7 +213,7 @@ def test_config_show_json_is_the_effective_config_with_secrets_hidden(tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert set(shown) == {f.name for f in fields(Settings)}
+    assert set(shown) == {f.name for f in setting_fields()}
     assert shown["log_level"] == "warning"
     assert shown["cache_max_entries"] == 12
     assert shown["discovery_concurrency"] == 5
