@@ -39,19 +39,20 @@ POLICY = """\
 # grants). Selectors (all must match): uid:N, gid:N, user:NAME, group:NAME,
 # cert:ID (glob), tcp:anonymous. Scope (optional): connectors (globs or
 # "re:REGEX"), labels, resource_types, resource_ids (globs or "re:").
-# long_lived_secrets = true lets a consumer get credentials that are a stored
-# secret itself (secret-key, password, static token methods).
+# With long_lived_secrets = true a consumer may get credentials that are a stored
+# secret itself (secret-key, password, static token methods). An example
+# (remove the "#>" to use it):
 #
-# [[policy.rules]]
-# selector = "group:ci"
-# role = "consumer"
-# connectors = ["ci-*"]
-# resource_types = ["s3-bucket", "docker-registry"]
-# resource_ids = ["s3://ci-*", "registry.example:5000"]
-#
-# [[policy.rules]]
-# selector = "cert:spiffe://example.org/ops/*"
-# role = "admin"
+#> [[policy.rules]]
+#> selector = "group:ci"
+#> role = "consumer"
+#> connectors = ["ci-*"]
+#> resource_types = ["s3-bucket", "docker-registry"]
+#> resource_ids = ["s3://ci-*", "registry.example:5000"]
+#>
+#> [[policy.rules]]
+#> selector = "cert:spiffe://example.org/ops/*"
+#> role = "admin"
 """
 
 

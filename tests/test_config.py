@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,12 @@ def test_example_file_documents_every_setting_with_its_default(tmp_path: Path) -
         assert at is not None, f"deploy/broker.toml does not list '{f.name}'"
         assert lines[at - 1] == f"# {f.metadata['doc']}", f"doc of '{f.name}' out of date"
     # Switching every line on changes nothing: the values shown are the defaults.
-    assert load_text(tmp_path, _uncommented(text)) == Settings()
+    assert replace(load_text(tmp_path, _uncommented(text)), config_file=None) == Settings()
     assert tomllib.loads(text) == {}  # as shipped it sets nothing
+    # The policy example is valid as written.
+    example = "\n".join(line[3:] for line in lines if line.startswith("#> "))
+    rules = load_text(tmp_path, example).policy_rules
+    assert [r.role for r in rules] == ["consumer", "admin"]
 
 
 # -- the validation table ------------------------------------------------------------
