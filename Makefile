@@ -31,7 +31,8 @@ test-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@if [ ! -d tests/node/node_modules ]; then \
+	@# npm ci again whenever package-lock.json is newer than the installed tree (a new client)
+	@if [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then \
 	  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error); fi
 
 proto: install  ## regenerate broker/api/v1 from protos/
