@@ -1,9 +1,10 @@
 """The composition root: builds every layer from settings and runs them.
 
-Startup order: store -> providers -> cache -> service -> listeners, then
-readiness. Shutdown is the reverse and ordered: health NOT_SERVING, stop
-accepting, drain in-flight calls (bounded), cancel background work, close
-upstream sessions and the store — the cleanup shielded from cancellation.
+Startup order: store -> providers -> cache -> service (its catalog loaded) ->
+listeners, then readiness. Shutdown is the reverse and ordered: health
+NOT_SERVING, stop accepting, drain in-flight calls (bounded), cancel background
+work, close upstream sessions and the store — the cleanup shielded from
+cancellation.
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ async def run_daemon(
 
         metrics = MetricsServer(settings.metrics, cache.stats, service.upstream)
     try:
+        # The connector view, loaded once before any listener accepts a call: no first
+        # calls racing to load it, and every call sees every write acknowledged before.
+        await service.catalog.load()
         if metrics is not None:  # first, outside the task group: a plain error, no socket yet
             await metrics.start()
         async with anyio.create_task_group() as tg:

@@ -69,6 +69,24 @@ class CredentialsRejected(FailedPrecondition):
     """
 
 
+class Aborted(BrokerError):
+    """A write lost a race: the connector changed since the caller read it.
+
+    Retryable after reading it again (the caller decides whether its change
+    still applies to what it reads now).
+    """
+
+    retryable = True
+
+    @classmethod
+    def stale(cls, name: str, expected: int, actual: int) -> Aborted:
+        return cls(
+            f"connector '{name}' is at revision {actual}, not the expected revision "
+            f"{expected}: it was changed since it was read; read it again and retry",
+            field="expected_revision",
+        )
+
+
 class PermissionDenied(BrokerError):
     """The caller, or the connector's credentials, lack a permission."""
 

@@ -1,8 +1,8 @@
 """The application facade every front end calls (gRPC, local helper endpoint).
 
 Flow: store -> providers -> cache -> front ends. The service validates
-requests into connectors, keeps an in-memory snapshot of the store for the
-hot path (this daemon is the store's only writer), runs discovery, and
+requests into connectors, reads and writes them through the catalog (the one
+in-memory view of the store, for the hot path), runs discovery, and
 issues credentials through the cache, writing one audit event per issue.
 """
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
-import anyio
 import structlog
 
 from broker import __version__
 from broker.access import Gatekeeper, connector_target
 from broker.audit import AuditLog
 from broker.cache.cache import CacheKey
+from broker.catalog import Catalog
 from broker.clock import Clock
 from broker.connectors import (
     ConnectorDraft,
@@ -33,6 +33,7 @@ from broker.connectors import (
 )
 from broker.discovery import Discovery, Found
 from broker.errors import (
+    Aborted,
     AlreadyExists,
     BrokerError,
     FailedPrecondition,
@@ -168,8 +169,8 @@ class BrokerService:
         self._discovery = discovery
         self._clock = clock
         self._started = time.monotonic()
-        self._by_name: dict[str, Connector] | None = None
-        self._write_lock = anyio.Lock()
+        #: The connector view: loaded once, changed only by acknowledged writes, in order.
+        self.catalog = Catalog(store)
         #: Mint counts and latency per connector type, for the metrics endpoint.
         self.upstream = UpstreamStats()
         self.audit = AuditLog()
@@ -234,16 +235,11 @@ class BrokerService:
         return self._registry.get(connector.connector_type)
 
     # -- connectors -------------------------------------------------------
-    async def _snapshot(self) -> dict[str, Connector]:
-        if self._by_name is None:
-            self._by_name = {c.name: c for c in await self._store.list()}
-        return self._by_name
+    async def _snapshot(self) -> Mapping[str, Connector]:
+        return await self.catalog.view()
 
     async def get(self, name: str) -> Connector:
-        snapshot = await self._snapshot()
-        connector = snapshot.get(name)
-        if connector is None:
-            connector = next((c for c in snapshot.values() if c.id == name), None)
+        connector = await self.catalog.find(name)
         if connector is None:
             raise NotFound(f"connector '{name}' not found", field="name")
         return connector
@@ -351,13 +347,10 @@ class BrokerService:
         self.gate.require(principal, Action.MANAGE, Target(draft.name, draft.labels))
         provider = self._registry.get(draft.connector_type)
         connector = build_connector(provider, draft, self._clock)
-        snapshot = await self._snapshot()
-        if connector.name in snapshot:
+        if connector.name in await self._snapshot():
             raise AlreadyExists(f"connector '{connector.name}' already exists", field="name")
         results = await self._verify_or_refuse(connector, verify)
-        async with self._write_lock:
-            stored = await self._store.create(connector, self._secret_names(provider, connector))
-            snapshot[stored.name] = stored
+        stored = await self.catalog.create(connector, self._secret_names(provider, connector))
         self.audit.record(
             "connector_registered",
             connector=stored.name,
@@ -369,9 +362,24 @@ class BrokerService:
         return stored, results
 
     async def update(
-        self, name: str, change: ConnectorUpdate, principal: Principal, *, verify: bool = True
+        self,
+        name: str,
+        change: ConnectorUpdate,
+        principal: Principal,
+        *,
+        verify: bool = True,
+        expected_revision: int | None = None,
     ) -> tuple[Connector, list[TypeResources]]:
+        """Apply ``change`` to the connector as read now.
+
+        ``expected_revision``: refuse (Aborted) unless it is still at the revision
+        the caller read. Either way the store write is a compare-and-swap on the
+        revision read here, so a change made meanwhile (e.g. while verifying) is
+        never overwritten: that update is Aborted instead.
+        """
         current = await self.authorized(name, principal, Action.MANAGE)
+        if expected_revision is not None and expected_revision != current.revision:
+            raise Aborted.stale(current.name, expected_revision, current.revision)
         provider = self.provider(current)
         config = dict(current.config)
         auth_method = change.auth_method or current.auth_method
@@ -419,11 +427,9 @@ class BrokerService:
         # New labels must stay within what the caller may manage.
         self.gate.require(principal, Action.MANAGE, connector_target(connector))
         results = await self._verify_or_refuse(connector, verify)
-        async with self._write_lock:
-            stored = await self._store.update(
-                connector, self._secret_names(provider, connector), current.revision
-            )
-            (await self._snapshot())[stored.name] = stored
+        stored = await self.catalog.update(
+            connector, self._secret_names(provider, connector), current.revision
+        )
         self._cache.invalidate_connector(stored.id, "updated", revision=stored.revision)
         self._discovery.forget(stored.id)
         self.audit.record(
@@ -436,9 +442,7 @@ class BrokerService:
 
     async def delete(self, name: str, principal: Principal) -> Connector:
         current = await self.authorized(name, principal, Action.MANAGE)
-        async with self._write_lock:
-            deleted = await self._store.delete(current.id)
-            (await self._snapshot()).pop(deleted.name, None)
+        deleted = await self.catalog.delete(current.id)
         self._cache.invalidate_connector(deleted.id, "deleted")
         self._discovery.forget(deleted.id)
         self.audit.record("connector_deleted", connector=deleted.name, **principal.audit_fields())

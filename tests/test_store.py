@@ -16,7 +16,13 @@ import anyio
 import pytest
 
 from broker.clock import FakeClock
-from broker.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from broker.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from broker.model import Connector, Value
 from broker.store import migrations
 from broker.store.base import ConnectorFilter
@@ -386,7 +392,7 @@ async def test_update_bumps_revision_and_refuses_stale_writes(
 
     stale = replace(created, description="lost update")
     with pytest.raises(
-        FailedPrecondition, match=r"connector 'prod' was changed concurrently \(revision 2\), retry"
+        Aborted, match=r"connector 'prod' is at revision 2, not the expected revision 1"
     ):
         await store.update(stale, SECRETS, expected_revision=1)
     assert await store.get("prod") == updated  # the stale write changed nothing

@@ -382,11 +382,25 @@ def update(
         bool, typer.Option("--multi-instance", help="Drop the resource ID")
     ] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify")] = False,
+    expected_revision: Annotated[
+        int | None,
+        typer.Option(
+            "--expected-revision",
+            help="Refuse unless the connector is still at this revision "
+            "(default: the revision read just before updating)",
+        ),
+    ] = None,
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Change a connector (its type cannot change); every update bumps its revision."""
+    """Change a connector (its type cannot change); every update bumps its revision.
+
+    The update applies only to the revision it was based on: if the connector
+    changed in between, it is refused (ABORTED) and nothing is written.
+    """
     with connect(socket) as stub:
+        if expected_revision is None:
+            expected_revision = stub.GetConnector(pb.GetConnectorRequest(name=name)).revision
         reply = stub.UpdateConnector(
             pb.UpdateConnectorRequest(
                 name=name,
@@ -403,6 +417,7 @@ def update(
                 clear_resource_type=multi_type,
                 clear_resource_id=multi_instance,
                 no_verify=no_verify,
+                expected_revision=expected_revision,
             )
         )
     _print_change(

@@ -177,7 +177,11 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             clear_expires_at=request.clear_expires_at,
         )
         connector, results = await self._service.update(
-            request.name, change, self._callers.principal(context), verify=not request.no_verify
+            request.name,
+            change,
+            self._callers.principal(context),
+            verify=not request.no_verify,
+            expected_revision=opt("expected_revision"),
         )
         return pb.UpdateConnectorResponse(
             connector=self._connector(connector),

@@ -46,7 +46,8 @@ class ConnectorStore(Protocol):
     ) -> Connector:
         """Replace a connector's fields; bump ``revision`` and ``updated_at``.
 
-        Raise NotFound if gone, FailedPrecondition if ``expected_revision`` is stale.
+        Raise NotFound if gone, Aborted (naming both revisions) if ``expected_revision``
+        is stale: a compare-and-swap, so two writers never silently overwrite each other.
         """
 
     async def delete(self, name_or_id: str) -> Connector:

@@ -29,6 +29,7 @@ import structlog
 
 from broker.clock import Clock
 from broker.errors import (
+    Aborted,
     AlreadyExists,
     BrokerError,
     ConnectorTampered,
@@ -322,10 +323,7 @@ class SqliteStore:
             if row is None:
                 raise NotFound(f"connector '{connector.name}' not found", field="name")
             if row["revision"] != expected_revision:
-                raise FailedPrecondition(
-                    f"connector '{row['name']}' was changed concurrently "
-                    f"(revision {row['revision']}), retry"
-                )
+                raise Aborted.stale(row["name"], expected_revision, row["revision"])
             stored = _normalized(
                 replace(
                     connector,
