@@ -32,6 +32,8 @@ class Principal:
     gids: frozenset[int] = frozenset()
     pid: int | None = None
     user: str | None = None
+    #: Name of the primary group (``gid``), when it has one.
+    group: str | None = None
     groups: frozenset[str] = frozenset()
     cert_id: str | None = None
     selectors: frozenset[str] = field(default=frozenset())
@@ -57,6 +59,7 @@ class Principal:
                 "uid": self.uid,
                 "user": self.user,
                 "gid": self.gid,
+                "group": self.group,
                 "pid": self.pid,
             }
         if self.kind == "cert":
@@ -116,6 +119,7 @@ def unix_principal(
         gids=all_gids,
         pid=pid or None,
         user=user,
+        group=primary,
         groups=groups,
         selectors=frozenset(selectors),
         label=f"{label} via {via}",
