@@ -179,7 +179,9 @@ class BrokerService:
         self._stored_secret: dict[CacheKey, bool] = {}
         #: (connector id, revision, requested type, requested ID) -> cache key and mint:
         #: scope checks and ID parsing run once per connector revision, not per call.
-        self._resolved: dict[tuple[str, int, str | None, str | None], tuple[CacheKey, Mint]] = {}
+        self._resolved: dict[
+            tuple[str, int, str | None, str | None, str], tuple[CacheKey, Mint]
+        ] = {}
 
     # -- connector types --------------------------------------------------
     def list_types(
@@ -551,27 +553,34 @@ class BrokerService:
         resource_id: str | None,
         principal: Principal,
         action: Action,
+        variant: str = "",
     ) -> tuple[Connector, CacheKey, Mint]:
         """Checks the caller may ``action`` the connector, then the resolved resource."""
         connector = await self.authorized(name, principal, action)
         check_not_tampered(connector)
         check_not_expired(connector, self._clock.now())
-        key, mint = await self._resolve(connector, resource_type, resource_id)
+        key, mint = await self._resolve(connector, resource_type, resource_id, variant)
         self.gate.require_connector(
             principal, action, connector, key.resource_type, key.resource_id
         )
         return connector, key, mint
 
     async def _resolve(
-        self, connector: Connector, resource_type: str | None, resource_id: str | None
+        self,
+        connector: Connector,
+        resource_type: str | None,
+        resource_id: str | None,
+        variant: str = "",
     ) -> tuple[CacheKey, Mint]:
-        memo = (connector.id, connector.revision, resource_type, resource_id)
+        memo = (connector.id, connector.revision, resource_type, resource_id, variant)
         known = self._resolved.get(memo)
         if known is not None:
             return known
         provider = self.provider(connector)
         rt, rid = await resolve_resource(provider, connector, resource_type, resource_id)
-        key = CacheKey(connector.id, connector.revision, rt, rid)
+        # A variant the plain credential already satisfies shares its entry ("").
+        variant = provider.variant_for(connector, rt, variant)
+        key = CacheKey(connector.id, connector.revision, rt, rid, variant)
 
         async def mint() -> ClientCredential:
             check_not_tampered(connector)
@@ -579,7 +588,11 @@ class BrokerService:
             started = self._clock.monotonic()
             ok = False
             try:
-                credential = await provider.mint(connector, rt, rid)
+                credential = await (
+                    provider.mint_variant(connector, rt, rid, variant)
+                    if variant
+                    else provider.mint(connector, rt, rid)
+                )
                 ok = True
                 self.audit.record(
                     "credential_minted",
@@ -609,9 +622,12 @@ class BrokerService:
         *,
         principal: Principal,
         via: str = "grpc",
+        variant: str = "",
     ) -> Issued:
+        """``variant``: a front end's own form of the credential (see
+        :meth:`broker.providers.base.Provider.variant_for`), cached and renewed apart."""
         connector, key, mint = await self._key_and_mint(
-            name, resource_type, resource_id, principal, Action.GET
+            name, resource_type, resource_id, principal, Action.GET, variant
         )
         credential = await self._cache.get(key, mint)
         self._check_long_lived(principal, connector, key, credential)

@@ -61,6 +61,7 @@ class FakeService:
         *,
         principal: Principal,
         via: str = "grpc",
+        variant: str = "",
     ) -> Issued:
         if self.error is not None:
             raise self.error

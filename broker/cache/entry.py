@@ -39,9 +39,15 @@ class CacheKey:
     revision: int
     resource_type: str
     resource_id: str
+    #: A credential minted differently for one front end (e.g. ``sdk-session``: temporary
+    #: keys for the AWS container endpoint); "" for the plain one.
+    variant: str = ""
 
     def describe(self) -> str:
-        return f"{self.resource_type} '{self.resource_id}' of connector {self.connector_id}"
+        what = f"{self.resource_type} '{self.resource_id}'"
+        if self.variant:
+            what += f" ({self.variant})"
+        return f"{what} of connector {self.connector_id}"
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.errors import InvalidArgument
+from broker.errors import FailedPrecondition, InvalidArgument
 from broker.model import ClientCredential
 
 #: kubectl applies no skew of its own: tell it the token dies a minute early.
@@ -74,16 +74,31 @@ def credential_process(cred: ClientCredential) -> dict[str, Any]:
 
 
 def container_credentials(cred: ClientCredential) -> dict[str, Any]:
-    """The container credentials endpoint document (ECS / EKS pod identity shape)."""
+    """The container credentials endpoint document (ECS / EKS pod identity shape).
+
+    Every AWS SDK needs all four fields (botocore: ``KeyError: 'Expiration'``), so
+    temporary keys without a token or an expiry are refused, never sent half-made.
+    """
     doc = credential_process(cred)
-    out = {
+    missing = [
+        what
+        for what, name in (("session token", "SessionToken"), ("expiry", "Expiration"))
+        if name not in doc
+    ]
+    if missing:
+        raise FailedPrecondition(
+            f"the AWS keys for {cred.resource_type} '{cred.resource_id}' have no "
+            f"{' and no '.join(missing)}: the container endpoint hands SDKs only temporary "
+            "keys with an expiry (use a method that mints sessions, e.g. secret-key, "
+            "session-token or iam-role; implicit auth with the daemon's own temporary keys "
+            "needs role_arn)"
+        )
+    return {
         "AccessKeyId": doc["AccessKeyId"],
         "SecretAccessKey": doc["SecretAccessKey"],
-        "Token": doc.get("SessionToken", ""),
+        "Token": doc["SessionToken"],
+        "Expiration": doc["Expiration"],
     }
-    if "Expiration" in doc:
-        out["Expiration"] = doc["Expiration"]
-    return out
 
 
 def docker_secret(cred: ClientCredential, server_url: str) -> dict[str, str]:

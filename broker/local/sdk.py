@@ -3,7 +3,10 @@
 - AWS: the container credentials endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI``
   + ``AWS_CONTAINER_AUTHORIZATION_TOKEN``). One listener; each grant is a
   random token bound to one (connector, resource type, resource ID), kept
-  only as a hash, revocable, and gone when the daemon restarts.
+  only as a hash, revocable, and gone when the daemon restarts. Every answer
+  holds temporary keys, a token and an expiry: a secret-key connector's
+  long-lived key is exchanged for STS sessions (the ``sdk-session`` variant,
+  cached and renewed like any credential), never handed out.
 - GCP: a GCE-metadata-compatible server (``GCE_METADATA_HOST``). Metadata
   clients send no credentials, so each grant gets its own loopback port,
   and by default only sockets of the creator's uid may use it: the
@@ -38,6 +41,7 @@ from aiohttp import web
 from broker.clock import Clock
 from broker.errors import (
     BrokerError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -49,6 +53,7 @@ from broker.local import formats
 from broker.local.endpoint import error_response
 from broker.model import ClientCredential
 from broker.policy import Action, Target
+from broker.providers.base import VARIANT_SDK_SESSION
 from broker.service import BrokerService
 
 log = structlog.get_logger(__name__)
@@ -240,8 +245,15 @@ class SdkEndpoints:
         bound_uid = self._binding(kind, principal, bind_uid)
         if kind == "gcp":
             resource_type = resource_type or "gcp-generic"
+        # AWS: what the endpoint will serve (temporary keys, minted now), so a connector
+        # that cannot back it is refused here, not when the SDK first calls.
         issued = await self._service.get_credentials(
-            connector, resource_type, resource_id, principal=principal, via="sdk-endpoint check"
+            connector,
+            resource_type,
+            resource_id,
+            principal=principal,
+            via="sdk-endpoint check",
+            variant=VARIANT_SDK_SESSION if kind == "aws" else "",
         )
         if issued.connector.connector_type != kind:
             raise InvalidArgument(
@@ -265,7 +277,12 @@ class SdkEndpoints:
             bound_uid=bound_uid,
         )
         if kind == "aws":
-            formats.container_credentials(issued.credential)  # refuses non-AWS-key types
+            try:
+                formats.container_credentials(issued.credential)
+            except FailedPrecondition as exc:
+                raise FailedPrecondition(
+                    f"connector '{connector}' cannot back the AWS container endpoint: {exc.message}"
+                ) from None
             token = secrets.token_urlsafe(32)
             port = await self._aws_listener()
             grant = replace(base, token_hash=_hash(token))
@@ -490,6 +507,7 @@ class SdkEndpoints:
             grant.resource_id,
             principal=grant.owner,
             via=f"aws-container-endpoint grant={grant.id}",
+            variant=VARIANT_SDK_SESSION,
         )
         return web.json_response(formats.container_credentials(issued.credential))
 

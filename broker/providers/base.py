@@ -22,6 +22,10 @@ from broker.model import (
     ConnectorTypeSpec,
 )
 
+#: Credential variant for SDK credential endpoints (the AWS container endpoint): temporary
+#: keys with an expiry, never a stored long-lived secret.
+VARIANT_SDK_SESSION = "sdk-session"
+
 
 @dataclass(frozen=True)
 class ProviderContext:
@@ -83,6 +87,26 @@ class Provider(abc.ABC):
         if fixed is not None and fixed != rid:
             return None
         return rid
+
+    # -- credential variants ----------------------------------------------
+    def variant_for(self, connector: Connector, resource_type: str, variant: str) -> str:
+        """Which credential answers a request for ``variant``: "" when the plain one already
+        qualifies (the two share a cache entry), else the variant, minted apart by
+        :meth:`mint_variant`. Raises FailedPrecondition when the connector cannot issue it."""
+        if not variant:
+            return ""
+        raise FailedPrecondition(
+            f"connector '{connector.name}' is of type '{self.spec.connector_type}', which "
+            f"cannot issue '{variant}' credentials"
+        )
+
+    async def mint_variant(
+        self, connector: Connector, resource_type: str, resource_id: str, variant: str
+    ) -> ClientCredential:
+        """Mint the ``variant`` form of a credential (see :meth:`variant_for`)."""
+        raise FailedPrecondition(
+            f"connector type '{self.spec.connector_type}' cannot issue '{variant}' credentials"
+        )
 
     # -- upstream ---------------------------------------------------------
     @abc.abstractmethod

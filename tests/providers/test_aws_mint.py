@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from broker.errors import InvalidArgument
+from broker.errors import FailedPrecondition, InvalidArgument
 from broker.model import ClientCredential
 from broker.providers.aws import AwsProvider
 from broker.providers.aws.policy import generated_policy
-from broker.providers.base import ProviderContext
-from tests.servers.moto import REGION, MotoServer, aws_connector, moto_for_test
+from broker.providers.base import VARIANT_SDK_SESSION, ProviderContext
+from tests.servers.moto import ACCOUNT, REGION, MotoServer, aws_connector, moto_for_test
 
 ARNS = ["arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess", "arn:aws:iam::123456789012:policy/x"]
 INLINE = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:*"}]}
@@ -222,6 +222,52 @@ async def test_secret_key_hands_its_keys_through(provider: Make) -> None:
         "aws_secret_access_key": "long-lived-secret",
     }
     assert cred.secret_names == {"aws_secret_access_key"}
+
+
+# -- the container endpoint's variant: temporary keys, never the long-lived ones ----------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("seconds", "expected"), [(None, 3600), (1800, 1800)])
+async def test_sdk_session_for_secret_key_is_a_session_token_minted_from_it(
+    moto: MotoServer, provider: Make, seconds: int | None, expected: int
+) -> None:
+    config = keys_for(moto)
+    aws = provider()
+    conn = aws_connector(aws, "secret-key", expiration_seconds=seconds, **config)
+    assert aws.variant_for(conn, "aws-generic", VARIANT_SDK_SESSION) == VARIANT_SDK_SESSION
+    cred = await aws.mint_variant(conn, "aws-generic", REGION, VARIANT_SDK_SESSION)
+    assert_sts_credential(cred, config)
+    assert cred.config["aws_secret_access_key"] != config["aws_secret_access_key"]
+    assert near(cred.expires_at, expected)
+    [call] = moto.recorded("GetSessionToken")
+    assert call.params["DurationSeconds"] == str(expected)
+    assert config["aws_access_key_id"] in call.headers["authorization"]
+    # The plain credential is still the key itself (for clients allowed long-lived secrets).
+    plain = await aws.mint(conn, "aws-generic", REGION)
+    assert plain.config["aws_access_key_id"] == config["aws_access_key_id"]
+
+
+@pytest.mark.anyio
+async def test_sdk_session_bounds_and_which_methods_share_the_plain_entry(
+    provider: Make,
+) -> None:
+    aws = provider()
+    keys = {"region": REGION, "aws_access_key_id": "AKIAIOSFODNN7EXAMPLE"}
+    secret = {**keys, "aws_secret_access_key": "s"}
+    with pytest.raises(InvalidArgument, match=r"outside 900\.\.129600"):
+        aws_connector(aws, "secret-key", expiration_seconds=600, **secret)
+    # Every other method hands out temporary keys already: same cache entry ("").
+    role = f"arn:aws:iam::{ACCOUNT}:role/r"
+    for method, extra in (("session-token", {}), ("iam-role", {"role_arn": role})):
+        conn = aws_connector(aws, method, **secret, **extra)
+        assert aws.variant_for(conn, "s3-bucket", VARIANT_SDK_SESSION) == ""
+    conn = aws_connector(aws, "secret-key", **secret)
+    for resource_type in ("kubernetes-cluster", "docker-registry"):
+        with pytest.raises(FailedPrecondition, match="yields no AWS keys"):
+            aws.variant_for(conn, resource_type, VARIANT_SDK_SESSION)
+    with pytest.raises(FailedPrecondition, match="cannot issue 'other' credentials"):
+        aws.variant_for(conn, "aws-generic", "other")
 
 
 @pytest.mark.anyio

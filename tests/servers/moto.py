@@ -10,7 +10,10 @@ subprocess cannot offer:
 * EKS clusters can be pointed at a real test API server and CA
   (:meth:`MotoServer.set_cluster_endpoint`): moto invents both;
 * ECR tokens get a real expiry (:attr:`MotoServer.ecr_token_expiry`, 12 h
-  ahead like AWS by default): moto hard-codes one in 2015.
+  ahead like AWS by default): moto hard-codes one in 2015;
+* STS sessions can be made short (:attr:`MotoServer.sts_lifetime`, below STS's
+  900 s minimum) with a distinct token per GetSessionToken / GetFederationToken
+  call (moto's are fixed), so renewals happen and can be told apart in a test.
 
 Auth enforcement is off after a reset; :meth:`MotoServer.enable_auth` turns
 moto's signature and IAM policy checks on (set up users and roles first, or
@@ -27,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import io
+import itertools
 import json
 import logging
 import threading
@@ -90,6 +94,8 @@ class MotoServer:
     url: str
     requests: list[Recorded] = field(default_factory=list)
     ecr_token_expiry: Callable[[], datetime] | None = None
+    #: When set, every STS session lasts this long, whatever DurationSeconds says.
+    sts_lifetime: timedelta | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _clients: dict[Any, Any] = field(default_factory=dict)
 
@@ -99,6 +105,7 @@ class MotoServer:
         self.disable_auth()
         self._post("/moto-api/reset", b"")
         self.ecr_token_expiry = lambda: datetime.now(UTC) + ECR_TOKEN_LIFETIME
+        self.sts_lifetime = None
         self.clear_requests()
 
     def enable_auth(self) -> None:
@@ -259,6 +266,7 @@ def _start() -> MotoServer:
     server = MotoServer(url=f"http://127.0.0.1:{wsgi.server_port}")
     holder.append(server)
     _patch_ecr_expiry(server)
+    _patch_sts_lifetime(server)
     server.reset()
     return server
 
@@ -277,6 +285,42 @@ def _patch_ecr_expiry(server: MotoServer) -> None:
         return result
 
     ECRResponse.get_authorization_token = get_authorization_token
+
+
+def _patch_sts_lifetime(server: MotoServer) -> None:
+    """With :attr:`MotoServer.sts_lifetime` set: sessions that short, and distinct
+    GetSessionToken / GetFederationToken tokens (moto returns the same one every time)."""
+    from moto.sts.models import STSBackend
+    from moto.sts.responses import TokenResponse
+
+    def shortened(name: str) -> None:
+        original = getattr(STSBackend, name)
+
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if server.sts_lifetime is not None:
+                kwargs["duration"] = max(1, int(server.sts_lifetime.total_seconds()))
+            return original(self, *args, **kwargs)
+
+        setattr(STSBackend, name, call)
+
+    for name in ("get_session_token", "get_federation_token", "assume_role"):
+        shortened(name)
+    counter = itertools.count(1)
+
+    def distinct(name: str) -> None:
+        original = getattr(TokenResponse, name)
+
+        def call(self: Any) -> Any:
+            result = original(self)
+            if server.sts_lifetime is not None:
+                creds = result.result["Credentials"]
+                creds["SessionToken"] = f"{creds['SessionToken']}-{next(counter)}"
+            return result
+
+        setattr(TokenResponse, name, call)
+
+    for name in ("get_session_token", "get_federation_token"):
+        distinct(name)
 
 
 #: Environment that keeps boto3/botocore in the test process away from real AWS and ~/.aws.

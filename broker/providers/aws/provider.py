@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from broker.errors import InvalidArgument, NotFound
+from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.aws import ids, resources, sts
 from broker.providers.aws.autoconfig import auto_configure
@@ -50,7 +50,7 @@ from broker.providers.aws.spec import (
     RT_S3,
     SPEC,
 )
-from broker.providers.base import Provider, ProviderContext
+from broker.providers.base import VARIANT_SDK_SESSION, Provider, ProviderContext
 
 _ACCESS_KEY_RE = re.compile(r"^\w{16,128}$")
 #: Working role sessions are reused while this much of their life is left.
@@ -229,6 +229,34 @@ class AwsProvider(Provider):
             session_policy=policy.audit_text,
             issued_at=self.context.clock.now(),
         )
+
+    # -- the container endpoint's sessions ------------------------------------
+    def variant_for(self, connector: Connector, resource_type: str, variant: str) -> str:
+        """``sdk-session``: SDKs get temporary keys with an expiry. Every method but
+        secret-key mints (or holds) those already; secret-key's long-lived key is
+        exchanged for a GetSessionToken session, cached and renewed apart from the key."""
+        if variant != VARIANT_SDK_SESSION:
+            return super().variant_for(connector, resource_type, variant)
+        if resource_type not in (RT_GENERIC, RT_S3):
+            raise FailedPrecondition(
+                f"resource type '{resource_type}' of connector '{connector.name}' yields no "
+                f"AWS keys; the container endpoint serves {RT_GENERIC} and {RT_S3}"
+            )
+        return VARIANT_SDK_SESSION if connector.auth_method == AUTH_SECRET_KEY else ""
+
+    async def mint_variant(
+        self, connector: Connector, resource_type: str, resource_id: str, variant: str
+    ) -> ClientCredential:
+        if self.variant_for(connector, resource_type, variant) != VARIANT_SDK_SESSION:
+            return await super().mint_variant(connector, resource_type, resource_id, variant)
+        rid = self.canonical_resource_id(connector, resource_type, resource_id)
+        duration = connector.expiration_seconds or default_duration(connector.auth_method)
+        # GetSessionToken takes no session policy: the session has the key's permissions.
+        session = await sts.session_token(
+            self._clients, where_of(connector), await self._base(connector), duration
+        )
+        now = self.context.clock.now()
+        return _aws_credential(connector, resource_type, rid, session, SessionPolicy(), now)
 
     async def _client_session(
         self, connector: Connector, resource_type: str, rid: str, base: AwsCredentials

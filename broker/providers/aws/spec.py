@@ -36,6 +36,8 @@ ROLE_MAX_SESSION = 43200
 ROLE_DEFAULT_SESSION = 3600
 USER_MAX_SESSION = 129600
 USER_DEFAULT_SESSION = 43200
+#: Sessions the container endpoint mints from a secret-key connector (renewed by the cache).
+SDK_DEFAULT_SESSION = 3600
 
 GENERIC_RESOURCE = ResourceTypeSpec(
     resource_type=RT_GENERIC,
@@ -156,10 +158,17 @@ SECRET_KEY_METHOD = AuthMethodSpec(
     auth_method=AUTH_SECRET_KEY,
     name="AWS secret key",
     description=(
-        "A long-lived access key, handed to clients as is. Prefer session-token, "
-        "federation-token or iam-role, which hand out temporary keys instead."
+        "A long-lived access key, handed to clients as is (which needs a long-lived-secrets "
+        "rule). The AWS container endpoint (`broker env aws`) never hands it out: SDKs get "
+        "GetSessionToken sessions minted from it, expiration_seconds long. Prefer "
+        "session-token, federation-token or iam-role, which hand out temporary keys to "
+        "every client."
     ),
     attributes=(_REGION, _ENDPOINT, _ACCESS_KEY, _SECRET_KEY),
+    # GetSessionToken's bounds: they apply to the container endpoint's sessions only.
+    min_expiration_seconds=MIN_SESSION,
+    max_expiration_seconds=USER_MAX_SESSION,
+    default_expiration_seconds=SDK_DEFAULT_SESSION,
 )
 
 STS_TOKEN_METHOD = AuthMethodSpec(
