@@ -165,7 +165,9 @@ def env_gcp(
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """GCE_METADATA_HOST of a metadata server serving one gcp connector's tokens."""
+    """GCE_METADATA_HOST / _ROOT / _IP of a GCE metadata server for one gcp connector: its
+    tokens (any scopes), ID tokens, service account email and project, for Google's
+    clients as they are (google-auth, gcloud, Node's google-auth-library)."""
     _print(_create("gcp", name, resource_type, resource_id, socket, ttl, bind_uid), output)
 
 

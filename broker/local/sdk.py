@@ -7,7 +7,8 @@
   holds temporary keys, a token and an expiry: a secret-key connector's
   long-lived key is exchanged for STS sessions (the ``sdk-session`` variant,
   cached and renewed like any credential), never handed out.
-- GCP: a GCE-metadata-compatible server (``GCE_METADATA_HOST``). Metadata
+- GCP: a GCE-metadata-compatible server (``GCE_METADATA_HOST``; what it
+  serves is :mod:`broker.local.gce`). Metadata
   clients send no credentials, so each grant gets its own loopback port,
   and by default only sockets of the creator's uid may use it: the
   connecting peer's uid is looked up in the kernel's socket table
@@ -49,9 +50,8 @@ from broker.errors import (
 )
 from broker.identity.principal import Principal
 from broker.identity.tcp_owner import peer_uid
-from broker.local import formats
+from broker.local import formats, gce
 from broker.local.endpoint import error_response
-from broker.model import ClientCredential
 from broker.policy import Action, Target
 from broker.providers.base import VARIANT_SDK_SESSION
 from broker.service import BrokerService
@@ -61,8 +61,7 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AWS_PATH = "/v1/aws/credentials"
-METADATA_FLAVOR = {"Metadata-Flavor": "Google"}
-TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
+METADATA_FLAVOR = gce.FLAVOR
 
 #: How long a grant lives unless its creator asks otherwise.
 DEFAULT_GRANT_TTL_SECONDS = 12 * 3600
@@ -292,27 +291,24 @@ class SdkEndpoints:
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
             }
         else:
+            gce.check_credential(connector, issued.credential)  # a token, not a key file
             grant = base
             app = web.Application(middlewares=[self._guard, self._metadata_rules])
             app[GRANT] = grant
             app[ANSWER_HEADERS] = METADATA_FLAVOR
             app[LISTENER] = f"gce grant={grant_id}"
-            app.router.add_get("/", self._gce_ping)
-            app.router.add_get(TOKEN_PATH, self._gce_token)
-            app.router.add_get("/computeMetadata/v1/project/project-id", self._gce_project)
-            app.router.add_get(
-                "/computeMetadata/v1/instance/service-accounts/default/email", self._gce_email
+            source = gce.Source(
+                connector,
+                resource_type,
+                resource_id,
+                principal,
+                via=f"gce-metadata-endpoint grant={grant_id}",
             )
-            app.router.add_get(
-                "/computeMetadata/v1/instance/service-accounts/default/", self._gce_account
-            )
+            gce.install(app, self._service, self._clock, source)
             runner, port = await self._listen(app)
             self._gcp_runners[grant_id] = runner
             self._grants[grant_id] = grant
-            env = {
-                "GCE_METADATA_HOST": f"{self._host}:{port}",
-                "GCE_METADATA_IP": f"{self._host}:{port}",
-            }
+            env = gce.environment(f"{self._host}:{port}")
         self._start_sweeper()
         self._service.audit.record(
             "sdk_endpoint_granted",
@@ -529,44 +525,3 @@ class SdkEndpoints:
             )
         await self._check_peer(request, grant)
         return await handler(request)
-
-    async def _gce_credential(self, request: web.Request) -> ClientCredential:
-        grant = request.app[GRANT]
-        issued = await self._service.get_credentials(
-            grant.connector,
-            grant.resource_type,
-            grant.resource_id,
-            principal=grant.owner,
-            via=f"gce-metadata-endpoint grant={grant.id}",
-        )
-        return issued.credential
-
-    async def _gce_ping(self, request: web.Request) -> web.Response:
-        return web.Response(text="")
-
-    async def _gce_token(self, request: web.Request) -> web.Response:
-        cred = await self._gce_credential(request)
-        expires_in = (
-            int((cred.expires_at - self._clock.now()).total_seconds()) if cred.expires_at else 3600
-        )
-        return web.json_response(
-            {"access_token": cred.config["token"], "expires_in": expires_in, "token_type": "Bearer"}
-        )
-
-    async def _gce_project(self, request: web.Request) -> web.Response:
-        cred = await self._gce_credential(request)
-        return web.Response(text=str(cred.config.get("project_id", "")))
-
-    async def _gce_email(self, request: web.Request) -> web.Response:
-        grant = request.app[GRANT]
-        return web.Response(text=f"{grant.connector}@credential-broker")
-
-    async def _gce_account(self, request: web.Request) -> web.Response:
-        grant = request.app[GRANT]
-        return web.json_response(
-            {
-                "aliases": ["default"],
-                "email": f"{grant.connector}@credential-broker",
-                "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
-            }
-        )

@@ -6,17 +6,29 @@ sync tests and daemon subprocesses can use it) serves:
 * ``POST /token`` - OAuth2 token endpoint: the JWT-bearer grant (RS256
   assertion verified against the registered key's public half: issuer,
   audience = this ``token_uri``, scope, expiry at most an hour after
-  issue) and the ``refresh_token`` grant of authorized_user logins.
+  issue; an assertion with ``target_audience`` instead of a scope gets an
+  ``id_token``, as Google does) and the ``refresh_token`` grant of
+  authorized_user logins (an optional ``scope`` narrows the token; the answer
+  carries an ``id_token`` naming the user, as for gcloud's openid logins).
 * ``POST /sts/v1/token`` - STS token exchange for external accounts.
 * ``POST /iam/v1/projects/-/serviceAccounts/T:generateAccessToken`` - IAM
   Credentials: the bearer must be a token issued here for a principal
   allowed to impersonate T; honours the requested lifetime (<= 3600 s).
+  ``...:generateIdToken`` likewise, for an ID token of T (``includeEmail``).
+* ``GET /crm/v3/projects/P`` - Resource Manager: the project's number (set
+  with :meth:`add_project`), for a live bearer token.
 * ``/gcs/storage/v1/b`` (paginated) and ``/gcs/storage/v1/b/B``;
   ``/container/v1/projects/P/locations/-/clusters``;
   ``/ar/v1/projects/P/locations`` and ``.../locations/L/repositories``
   (both paginated) and single repositories - each checks the bearer token.
-* ``/computeMetadata/v1/instance/service-accounts/default/token`` - GCE
-  metadata (needs ``Metadata-Flavor: Google``) when ``metadata_principal`` is set.
+* ``/computeMetadata/v1/instance/service-accounts/default/token`` (with
+  ``scopes=``), ``.../email`` and ``.../identity?audience=`` - GCE metadata
+  (needs ``Metadata-Flavor: Google``) when ``metadata_principal`` is set.
+
+ID tokens are RS256 JWTs signed by the server's own key (issuer
+``https://accounts.google.com``); :meth:`GoogleServer.verify_id_token` checks
+one as a relying party would. Every token lives ``token_lifetime`` seconds,
+which tests may shorten at any time.
 * ``GET /tokeninfo?access_token=`` - token validation for other processes;
   in-process servers (the Kubernetes test API server) can call
   :meth:`GoogleServer.validate_token` instead.
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import secrets
 import threading
 import time
@@ -39,6 +52,7 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.servers.google_accounts import (
     ExternalAccount,
@@ -50,6 +64,7 @@ from tests.servers.google_accounts import (
 from tests.servers.threaded import ThreadedAiohttpServer
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+ID_TOKEN_ISSUER = "https://accounts.google.com"
 MAX_LIFETIME = 3600
 START_TIMEOUT = 10.0
 
@@ -64,6 +79,17 @@ class IssuedToken:
 
     principal: str
     scope: str
+    expires_at: float
+    via: str
+
+
+@dataclass(frozen=True)
+class IssuedIdToken:
+    """An ID token this server issued: for whom, for which audience, how it was asked."""
+
+    principal: str
+    audience: str
+    email: str | None
     expires_at: float
     via: str
 
@@ -112,6 +138,9 @@ class GoogleServer(ThreadedAiohttpServer):
         self.metadata_principal: str | None = None
         self.port = 0
         self.issued: list[IssuedToken] = []
+        self.id_tokens: list[IssuedIdToken] = []
+        self._signing_key: rsa.RSAPrivateKey | None = None
+        self._project_numbers: dict[str, str] = {}
         self.requests: list[SeenRequest] = []
         self._tokens: dict[str, IssuedToken] = {}
         self._keys: dict[str, ServiceAccountKey] = {}
@@ -149,6 +178,7 @@ class GoogleServer(ThreadedAiohttpServer):
             "BROKER_GCP_STORAGE_URL": f"{self.url}/gcs",
             "BROKER_GCP_CONTAINER_URL": f"{self.url}/container",
             "BROKER_GCP_ARTIFACTREGISTRY_URL": f"{self.url}/ar",
+            "BROKER_GCP_RESOURCEMANAGER_URL": f"{self.url}/crm",
             "BROKER_GCP_METADATA_HOST": f"127.0.0.1:{self.port}",
         }
 
@@ -240,6 +270,15 @@ class GoogleServer(ThreadedAiohttpServer):
         with self._lock:
             self._repos.setdefault(project, {}).setdefault(location, []).append(entry)
 
+    def add_project(self, project: str, number: str) -> None:
+        """Resource Manager knows ``project`` by ``number``."""
+        with self._lock:
+            self._project_numbers[project] = number
+
+    def project_number(self, project: str) -> str | None:
+        with self._lock:
+            return self._project_numbers.get(project)
+
     def add_location(self, project: str, location: str) -> None:
         with self._lock:
             self._repos.setdefault(project, {}).setdefault(location, [])
@@ -270,6 +309,34 @@ class GoogleServer(ThreadedAiohttpServer):
         ):
             return None
         return issued.principal
+
+    def issued_to(self, token: str) -> str | None:
+        """Whose a token issued here is, live or expired (None: not one of ours)."""
+        with self._lock:
+            issued = self._tokens.get(token)
+        return issued.principal if issued is not None else None
+
+    def token_scope(self, token: str) -> str | None:
+        """The scope string a token issued here carries (None: not one of ours)."""
+        with self._lock:
+            issued = self._tokens.get(token)
+        return issued.scope if issued is not None else None
+
+    def verify_id_token(
+        self, token: str, audience: str, *, check_expiry: bool = True
+    ) -> dict[str, Any]:
+        """The claims of a live ID token issued here for ``audience``; raises
+        jwt.InvalidTokenError otherwise (bad signature, audience, issuer or expiry;
+        ``check_expiry=False`` for tokens a test looks at after they died)."""
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self._id_key().public_key(),
+            algorithms=["RS256"],
+            audience=audience,
+            issuer=ID_TOKEN_ISSUER,
+            options={"require": ["exp", "iat", "iss", "aud", "sub"], "verify_exp": check_expiry},
+        )
+        return claims
 
     def count(self, path_prefix: str, status: int | None = None) -> int:
         with self._lock:
@@ -319,6 +386,34 @@ class GoogleServer(ThreadedAiohttpServer):
             self._tokens[value] = issued
             self.issued.append(issued)
         return value, issued
+
+    def _id_key(self) -> rsa.RSAPrivateKey:
+        with self._lock:
+            if self._signing_key is None:
+                self._signing_key = new_rsa_key()
+            return self._signing_key
+
+    def issue_id_token(
+        self, principal: str, audience: str, email: str | None, via: str, azp: str | None = None
+    ) -> str:
+        """An RS256 ID token as Google's: ``sub`` a stable number, email claims if asked."""
+        now = int(time.time())
+        sub = str(int.from_bytes(hashlib.sha256(principal.encode()).digest()[:8], "big"))
+        claims: dict[str, Any] = {
+            "iss": ID_TOKEN_ISSUER,
+            "aud": audience,
+            "azp": azp or sub,
+            "sub": sub,
+            "iat": now,
+            "exp": now + self.token_lifetime,
+        }
+        if email:
+            claims.update(email=email, email_verified=True)
+        token = jwt.encode(claims, self._id_key(), algorithm="RS256", headers={"kid": "test"})
+        issued = IssuedIdToken(principal, audience, email, now + self.token_lifetime, via)
+        with self._lock:
+            self.id_tokens.append(issued)
+        return token
 
     def key_of(self, email: str) -> ServiceAccountKey | None:
         with self._lock:

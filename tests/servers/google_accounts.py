@@ -93,6 +93,8 @@ class UserAccount:
         default_factory=lambda: "1//" + secrets.token_urlsafe(32), repr=False
     )
     quota_project_id: str | None = None
+    #: Logged in with the openid scope (as gcloud does): refreshes carry an id_token.
+    openid: bool = True
 
     def info(self) -> dict[str, str]:
         doc = {

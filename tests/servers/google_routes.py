@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jwt
 from aiohttp import web
@@ -33,7 +34,14 @@ def add_routes(app: web.Application, server: GoogleServer) -> None:
     app.router.add_post(
         "/iam/v1/projects/-/serviceAccounts/{target}:generateAccessToken", r.impersonate
     )
-    app.router.add_get("/computeMetadata/v1/instance/service-accounts/default/token", r.metadata)
+    app.router.add_post(
+        "/iam/v1/projects/-/serviceAccounts/{target}:generateIdToken", r.generate_id_token
+    )
+    app.router.add_get("/crm/v3/projects/{project}", r.project)
+    metadata = "/computeMetadata/v1/instance/service-accounts/default"
+    app.router.add_get(f"{metadata}/token", r.metadata)
+    app.router.add_get(f"{metadata}/email", r.metadata_email)
+    app.router.add_get(f"{metadata}/identity", r.metadata_identity)
     app.router.add_get("/gcs/storage/v1/b", r.list_buckets)
     app.router.add_get("/gcs/storage/v1/b/{bucket}", r.get_bucket)
     app.router.add_get("/container/v1/projects/{project}/locations/{location}/clusters", r.clusters)
@@ -83,7 +91,15 @@ class _Routes:
                 or form.get("client_secret") != user.client_secret
             ):
                 return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
-            return self._grant(user.email, CLOUD_PLATFORM, "refresh", request)
+            scope = str(form.get("scope") or CLOUD_PLATFORM)
+            response = self._grant(user.email, scope, "refresh", request)
+            if user.openid:  # gcloud logins ask for openid + email: Google adds an id_token
+                doc = json.loads(cast(bytes, response.body))
+                doc["id_token"] = self.s.issue_id_token(
+                    user.email, user.client_id, user.email, "refresh", azp=user.client_id
+                )
+                response = web.json_response(doc)
+            return response
         return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type.")
 
     def _jwt_grant(self, assertion: str, request: web.Request) -> web.Response:
@@ -104,6 +120,11 @@ class _Routes:
             return _oauth_error(
                 400, "invalid_grant", "Invalid JWT: Token must be a short-lived token"
             )
+        audience = claims.get("target_audience")
+        if audience:  # Google's ID token flow for service account keys
+            request[PRINCIPAL] = key.email
+            token = self.s.issue_id_token(key.email, str(audience), key.email, "jwt")
+            return web.json_response({"id_token": token})
         scope = str(claims.get("scope", ""))
         if not scope:
             return _oauth_error(400, "invalid_scope", "Empty or missing scope not allowed.")
@@ -138,15 +159,40 @@ class _Routes:
             return _oauth_error(400, "invalid_token", "Invalid Value")
         return web.json_response({"email": principal, "scope": CLOUD_PLATFORM})
 
-    async def metadata(self, request: web.Request) -> web.Response:
+    def _metadata_principal(self, request: web.Request) -> str | web.Response:
         if request.headers.get("Metadata-Flavor") != "Google":
             return web.Response(status=403, text="Missing Metadata-Flavor header")
         principal = self.s.metadata_principal
         if principal is None:
             return web.Response(status=404, text="not on GCE")
-        return self._grant(principal, CLOUD_PLATFORM, "metadata", request)
+        request[PRINCIPAL] = principal
+        return principal
 
-    async def impersonate(self, request: web.Request) -> web.Response:
+    async def metadata(self, request: web.Request) -> web.Response:
+        principal = self._metadata_principal(request)
+        if isinstance(principal, web.Response):
+            return principal
+        scopes = request.query.get("scopes", "").replace(",", " ").split()
+        return self._grant(principal, " ".join(scopes) or CLOUD_PLATFORM, "metadata", request)
+
+    async def metadata_email(self, request: web.Request) -> web.Response:
+        principal = self._metadata_principal(request)
+        if isinstance(principal, web.Response):
+            return principal
+        return web.Response(text=principal)
+
+    async def metadata_identity(self, request: web.Request) -> web.Response:
+        principal = self._metadata_principal(request)
+        if isinstance(principal, web.Response):
+            return principal
+        audience = request.query.get("audience", "")
+        if not audience:
+            return web.Response(status=400, text="non-empty audience parameter required")
+        email = principal if request.query.get("format") == "full" else None
+        return web.Response(text=self.s.issue_id_token(principal, audience, email, "metadata"))
+
+    def _impersonation(self, request: web.Request, permission: str) -> str | web.Response:
+        """The target the bearer may act as, or the error Google would answer."""
         source = self._bearer(request)
         if source is None:
             return _unauthenticated()
@@ -157,13 +203,55 @@ class _Routes:
                 404, f"Not found; Gaia id not found for email {target}", "NOT_FOUND"
             )
         if not allowed:
-            perm = "iam.serviceAccounts.getAccessToken"
             return _google_error(
                 403,
-                f"Permission '{perm}' denied on resource (or it may not exist).",
+                f"Permission '{permission}' denied on resource (or it may not exist).",
+                "PERMISSION_DENIED",
+                permission,
+            )
+        return target
+
+    async def generate_id_token(self, request: web.Request) -> web.Response:
+        target = self._impersonation(request, "iam.serviceAccounts.getOpenIdToken")
+        if isinstance(target, web.Response):
+            return target
+        body = await request.json()
+        audience = str(body.get("audience") or "")
+        if not audience:
+            return _google_error(400, "audience must not be empty", "INVALID_ARGUMENT")
+        email = target if body.get("includeEmail") else None
+        token = self.s.issue_id_token(target, audience, email, "generateIdToken")
+        return web.json_response({"token": token})
+
+    async def project(self, request: web.Request) -> web.Response:
+        project = request.match_info["project"]
+        denial = "{principal} does not have {permission} access to the project."
+        refused = self._check(request, "resourcemanager.projects.get", denial)
+        if refused:
+            return refused
+        number = self.s.project_number(project)
+        if number is None:  # Google answers 403 for projects that do not exist, too
+            perm = "resourcemanager.projects.get"
+            return _google_error(
+                403,
+                f"Permission '{perm}' denied on resource '//cloudresourcemanager.googleapis.com/"
+                f"projects/{project}' (or it may not exist).",
                 "PERMISSION_DENIED",
                 perm,
             )
+        return web.json_response(
+            {
+                "name": f"projects/{number}",
+                "projectId": project,
+                "state": "ACTIVE",
+                "displayName": project,
+            }
+        )
+
+    async def impersonate(self, request: web.Request) -> web.Response:
+        target = self._impersonation(request, "iam.serviceAccounts.getAccessToken")
+        if isinstance(target, web.Response):
+            return target
         body = await request.json()
         lifetime_text = str(body.get("lifetime") or f"{MAX_LIFETIME}s")
         lifetime = int(lifetime_text.rstrip("s"))

@@ -3,7 +3,8 @@
 Every Google API base URL can be moved with a daemon environment variable
 (private endpoints, VPC-SC, local test servers): ``BROKER_GCP_STORAGE_URL``,
 ``BROKER_GCP_CONTAINER_URL``, ``BROKER_GCP_ARTIFACTREGISTRY_URL``,
-``BROKER_GCP_IAMCREDENTIALS_URL`` and ``BROKER_GCP_METADATA_HOST``
+``BROKER_GCP_IAMCREDENTIALS_URL``, ``BROKER_GCP_RESOURCEMANAGER_URL`` and
+``BROKER_GCP_METADATA_HOST``
 (``host[:port]`` of the GCE metadata server; falls back to ``GCE_METADATA_HOST``).
 Token endpoints are not here: they come from each key file's ``token_uri``.
 
@@ -45,6 +46,10 @@ _ENV_URLS = {
         "BROKER_GCP_ARTIFACTREGISTRY_URL",
         "https://artifactregistry.googleapis.com",
     ),
+    "resourcemanager": (
+        "BROKER_GCP_RESOURCEMANAGER_URL",
+        "https://cloudresourcemanager.googleapis.com",
+    ),
 }
 _METADATA_VARS = ("BROKER_GCP_METADATA_HOST", "GCE_METADATA_HOST", "GCE_METADATA_ROOT")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
@@ -64,6 +69,7 @@ class Endpoints:
     storage: str
     container: str
     artifactregistry: str
+    resourcemanager: str
     metadata_host: str
 
     @classmethod

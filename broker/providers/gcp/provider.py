@@ -14,22 +14,34 @@ key file itself where a consumer can use one: gcp-generic and gcs-bucket get a
 ``gcp`` credential of the connector's own method, registries get docker's
 ``_json_key`` login for a service account key. GKE clusters always get a
 token: kubectl cannot use a key file.
+
+Tokens carry ``account`` (the identity's email) where it is known. For the
+GCE metadata endpoint, gcp-generic and gcs-bucket also issue variants
+(:mod:`broker.providers.gcp.variants`): access tokens for other scopes, and
+ID tokens for an audience; :meth:`GcpProvider.project_number` answers its
+``numeric-project-id``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import aiohttp
 
-from broker.errors import BrokerError, ConnectorExpired, FailedPrecondition, InvalidArgument
+from broker.errors import (
+    BrokerError,
+    ConnectorExpired,
+    FailedPrecondition,
+    InvalidArgument,
+    UpstreamError,
+)
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.base import Provider
-from broker.providers.gcp import autoconfig, discovery, ids, tokens
+from broker.providers.gcp import autoconfig, discovery, ids, tokens, variants
 from broker.providers.gcp.api import Endpoints, GoogleApi
-from broker.providers.gcp.keys import SERVICE_ACCOUNT
+from broker.providers.gcp.keys import AUTHORIZED_USER, SERVICE_ACCOUNT
 from broker.providers.gcp.settings import KEY_ATTRIBUTES, GcpSettings
 from broker.providers.gcp.spec import (
     AUTH_EXTERNAL,
@@ -49,6 +61,10 @@ from broker.providers.http import client_session
 REGISTRY_TOKEN_USER = "oauth2accesstoken"
 #: The docker user name Google registries take with a service account key as password.
 REGISTRY_KEY_USER = "_json_key"
+#: The client credential ``auth_method`` of an ID token variant.
+ID_TOKEN_METHOD = "id-token"
+#: Resource types whose credential is a plain token for the project (variants apply).
+_TOKEN_TYPES = (RT_GENERIC, RT_GCS)
 
 
 class GcpProvider(Provider):
@@ -58,6 +74,8 @@ class GcpProvider(Provider):
 
     _session: aiohttp.ClientSession | None = None
     _endpoints: Endpoints | None = None
+    #: Project ID -> number, as Resource Manager said (numbers never change).
+    _project_numbers: dict[str, str] | None = None
 
     # -- configuration ------------------------------------------------------
     def settings(self, connector: Connector) -> GcpSettings:
@@ -116,8 +134,14 @@ class GcpProvider(Provider):
         return None
 
     # -- tokens -------------------------------------------------------------
-    async def access_token(self, connector: Connector) -> tokens.AccessToken:
-        """One fresh access token for the connector's identity (one upstream attempt)."""
+    async def access_token(
+        self, connector: Connector, scopes: Sequence[str] = variants.DEFAULT_SCOPES
+    ) -> tokens.AccessToken:
+        """One fresh access token for the connector's identity (one upstream attempt).
+
+        ``scopes``: what the token is for; a stored token (oauth2-token) is handed
+        through whatever was asked, as it is the only one there is.
+        """
         self.implicit_allowed(connector)
         settings = self.settings(connector)
         now = self.context.clock.now()
@@ -127,12 +151,21 @@ class GcpProvider(Provider):
             return _stored_token(connector, settings, now)
         if settings.key is None:  # implicit without an ADC file: the metadata server
             return await tokens.metadata_token(
-                session, self.endpoints().metadata_host, now=now, request_timeout=timeout
+                session,
+                self.endpoints().metadata_host,
+                now=now,
+                request_timeout=timeout,
+                scopes=scopes,
             )
-        token = await tokens.key_token(session, settings.key, now=now, request_timeout=timeout)
-        target = settings.target
-        if settings.auth_method == AUTH_EXTERNAL:
-            target = settings.key.impersonation_target
+        target = _target(settings)
+        # An impersonating source needs cloud-platform (to call IAM), not the target's scopes.
+        token = await tokens.key_token(
+            session,
+            settings.key,
+            now=now,
+            request_timeout=timeout,
+            scopes=variants.DEFAULT_SCOPES if target else scopes,
+        )
         if target is None:
             return token
         lifetime = TOKEN_LIFETIME
@@ -145,7 +178,147 @@ class GcpProvider(Provider):
             target,
             lifetime,
             request_timeout=timeout,
+            scopes=scopes,
         )
+
+    async def id_token(
+        self, connector: Connector, audience: str, *, include_email: bool
+    ) -> tokens.IdToken:
+        """One fresh ID token of the connector's service account for ``audience``."""
+        self.implicit_allowed(connector)
+        settings = self.settings(connector)
+        self._check_id_tokens(connector, settings)
+        now = self.context.clock.now()
+        timeout = self.context.request_timeout
+        session = self._http()
+        key = settings.key
+        if key is None:
+            return await tokens.metadata_id_token(
+                session,
+                self.endpoints().metadata_host,
+                audience,
+                include_email=include_email,
+                now=now,
+                request_timeout=timeout,
+            )
+        target = _target(settings)
+        if target is None:
+            return await tokens.key_id_token(
+                session, key, audience, now=now, request_timeout=timeout
+            )
+        source = await tokens.key_token(session, key, now=now, request_timeout=timeout)
+        return await tokens.generate_id_token(
+            session,
+            self.endpoints().iamcredentials,
+            source,
+            target,
+            audience,
+            include_email=include_email,
+            now=now,
+            request_timeout=timeout,
+        )
+
+    def _check_id_tokens(self, connector: Connector, settings: GcpSettings) -> None:
+        """Google issues ID tokens for a chosen audience to service accounts only."""
+        key = settings.key
+        if settings.auth_method == AUTH_TOKEN:
+            what = "a stored OAuth2 access token"
+        elif key is None or key.type == SERVICE_ACCOUNT or _target(settings) is not None:
+            return
+        elif key.type == AUTHORIZED_USER:
+            what = "a user account"
+        else:
+            what = "an external account that impersonates no service account"
+        raise FailedPrecondition(
+            f"connector '{connector.name}' authenticates with {what}: Google issues ID "
+            "tokens for an audience to service accounts only (use a service account key, "
+            "impersonation, or an external account with service_account_impersonation_url)"
+        )
+
+    # -- variants (the GCE metadata endpoint) ----------------------------------
+    def variant_for(self, connector: Connector, resource_type: str, variant: str) -> str:
+        if not variant:
+            return ""
+        wanted = variants.parse(variant)
+        if resource_type not in _TOKEN_TYPES:
+            raise FailedPrecondition(
+                f"resource type '{resource_type}' has no token variants (other scopes, ID "
+                f"tokens): they exist for {' and '.join(_TOKEN_TYPES)}"
+            )
+        if wanted.is_id_token:
+            self.implicit_allowed(connector)
+            self._check_id_tokens(connector, self.settings(connector))
+            return variant
+        return variants.scopes_variant(wanted.scopes)
+
+    async def mint_variant(
+        self, connector: Connector, resource_type: str, resource_id: str, variant: str
+    ) -> ClientCredential:
+        _check_type(resource_type)
+        wanted = variants.parse(variant)
+        if resource_type not in _TOKEN_TYPES:
+            raise FailedPrecondition(f"resource type '{resource_type}' has no token variants")
+        settings = self.settings(connector)
+        canonical = self.canonical_resource_id(connector, resource_type, resource_id)
+        issued = self.context.clock.now()
+        config: dict[str, Value] = {"project_id": settings.project}
+        if wanted.audience is not None:
+            id_token = await self.id_token(
+                connector, wanted.audience, include_email=wanted.include_email
+            )
+            config.update(id_token=id_token.value, audience=wanted.audience)
+            if id_token.account:
+                config["account"] = id_token.account
+            # Its lifetime is what the JWT declares (iat to exp), not this mint's duration.
+            if id_token.lifetime is not None:
+                issued = min(issued, id_token.expires_at - id_token.lifetime)
+            return ClientCredential(
+                connector_type=CONNECTOR_TYPE,
+                auth_method=ID_TOKEN_METHOD,
+                resource_type=resource_type,
+                resource_id=canonical,
+                config=config,
+                secret_names=frozenset({"id_token"}),
+                expires_at=id_token.expires_at,
+                issued_at=issued,
+            )
+        token = await self.access_token(connector, wanted.scopes)
+        return _token_credential(resource_type, canonical, token, settings, issued, wanted.scopes)
+
+    async def project_number(self, connector: Connector, token: str) -> str:
+        """The connector project's number: the ``project_number`` attribute, else Resource
+        Manager's answer (asked once per project with ``token``, then remembered)."""
+        settings = self.settings(connector)
+        if settings.project_number is not None:
+            return settings.project_number
+        known = self._project_numbers
+        if known is None:
+            known = self._project_numbers = {}
+        if settings.project in known:
+            return known[settings.project]
+        api = GoogleApi(self._http(), token, self.context.request_timeout)
+        try:
+            doc = await api.get(
+                f"{self.endpoints().resourcemanager}/v3/projects/{settings.project}",
+                action="read the project's number",
+                resource=f"project '{settings.project}'",
+            )
+        except BrokerError as exc:
+            raise type(exc)(
+                f"{exc.message} (or set the connector's project_number attribute)",
+                field=exc.field,
+                retryable=exc.retryable,
+            ) from None
+        name = str(doc.get("name") or "")
+        number = name.removeprefix("projects/")
+        if not name.startswith("projects/") or not number.isdigit():
+            raise UpstreamError(
+                f"Resource Manager named project '{settings.project}' '{name[:80]}', "
+                "not projects/NUMBER",
+                retryable=False,
+            )
+        known[settings.project] = number
+        return number
 
     # -- upstream ---------------------------------------------------------
     async def discover(
@@ -193,17 +366,8 @@ class GcpProvider(Provider):
             if handed is not None:
                 return handed
         token = await self.access_token(connector)
-        if resource_type in (RT_GENERIC, RT_GCS):
-            return ClientCredential(
-                connector_type=CONNECTOR_TYPE,
-                auth_method=AUTH_TOKEN,
-                resource_type=resource_type,
-                resource_id=canonical,
-                config={"token": token.value, "project_id": settings.project},
-                secret_names=frozenset({"token"}),
-                expires_at=token.expires_at,
-                issued_at=issued,
-            )
+        if resource_type in _TOKEN_TYPES:
+            return _token_credential(resource_type, canonical, token, settings, issued)
         if resource_type == RT_GKE:
             ref = ids.parse_cluster(canonical, settings.project)
             api = GoogleApi(self._http(), token.value, self.context.request_timeout)
@@ -275,6 +439,39 @@ def _check_type(resource_type: str) -> None:
             f"(it offers: {', '.join(SPEC.resource_type_names)})",
             field="resource_type",
         )
+
+
+def _target(settings: GcpSettings) -> str | None:
+    """The service account the connector's tokens are minted for by impersonation."""
+    if settings.auth_method == AUTH_EXTERNAL and settings.key is not None:
+        return settings.key.impersonation_target
+    return settings.target
+
+
+def _token_credential(
+    resource_type: str,
+    canonical: str,
+    token: tokens.AccessToken,
+    settings: GcpSettings,
+    issued: datetime,
+    scopes: Sequence[str] | None = None,
+) -> ClientCredential:
+    """A ``gcp`` ``oauth2-token`` credential: the token, the project, and whose it is."""
+    config: dict[str, Value] = {"token": token.value, "project_id": settings.project}
+    if token.account:
+        config["account"] = token.account
+    if scopes is not None and settings.auth_method != AUTH_TOKEN:
+        config["scopes"] = " ".join(scopes)
+    return ClientCredential(
+        connector_type=CONNECTOR_TYPE,
+        auth_method=AUTH_TOKEN,
+        resource_type=resource_type,
+        resource_id=canonical,
+        config=config,
+        secret_names=frozenset({"token"}),
+        expires_at=token.expires_at,
+        issued_at=issued,
+    )
 
 
 def _stored_token(connector: Connector, settings: GcpSettings, now: datetime) -> tokens.AccessToken:

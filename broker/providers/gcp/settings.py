@@ -9,6 +9,7 @@ nothing can be scoped and registration fails naming ``project_id``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ KEY_ATTRIBUTES: dict[str, tuple[str, str]] = {
     AUTH_EXTERNAL: ("external_account_json", EXTERNAL_ACCOUNT),
 }
 _GENERATE = AttributeSpec("generate_temporary_tokens", "", kind=AttrKind.BOOL)
+_PROJECT_NUMBER = re.compile(r"^[0-9]{1,20}$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class GcpSettings:
     #: The service account to impersonate (impersonation only).
     target: str | None = None
     generate_tokens: bool = True
+    #: The project's number, if the connector names it.
+    project_number: str | None = None
 
     @classmethod
     def from_connector(cls, connector: Connector, env: Mapping[str, str]) -> GcpSettings:
@@ -91,6 +95,12 @@ class GcpSettings:
                 field="project_id",
             )
         generate = parse_value(_GENERATE, config.get("generate_temporary_tokens", True))
+        number = _text(config, "project_number")
+        if number is not None and not _PROJECT_NUMBER.match(number):
+            raise InvalidArgument(
+                "attribute 'project_number' must be the project's number (digits only)",
+                field="project_number",
+            )
         return cls(
             connector=connector.name,
             auth_method=method,
@@ -99,6 +109,7 @@ class GcpSettings:
             token=token,
             target=target,
             generate_tokens=generate is True,
+            project_number=number,
         )
 
 

@@ -93,6 +93,12 @@ _PROJECT = AttributeSpec(
     "Google Cloud project ID. Optional when the key file names one (project_id, or "
     "quota_project_id of a user account).",
 )
+_PROJECT_NUMBER = AttributeSpec(
+    "project_number",
+    "The project's number (digits), served as the GCE metadata endpoint's "
+    "numeric-project-id. Optional: without it the endpoint asks the Resource Manager "
+    "API once (needs resourcemanager.projects.get).",
+)
 _GENERATE = AttributeSpec(
     "generate_temporary_tokens",
     "Hand out short-lived OAuth2 access tokens (default). false hands out the key file "
@@ -115,7 +121,7 @@ IMPLICIT_METHOD = AuthMethodSpec(
         "file, or the GCE metadata server. Disabled unless the daemon runs with "
         "BROKER_ENABLE_IMPLICIT_AUTH_METHODS=true."
     ),
-    attributes=(_PROJECT,),
+    attributes=(_PROJECT, _PROJECT_NUMBER),
     min_expiration_seconds=TOKEN_LIFETIME,
     max_expiration_seconds=TOKEN_LIFETIME,
     default_expiration_seconds=TOKEN_LIFETIME,
@@ -134,6 +140,7 @@ USER_METHOD = AuthMethodSpec(
             "user_account_json", "authorized_user JSON (client_id, client_secret, refresh_token)."
         ),
         _PROJECT,
+        _PROJECT_NUMBER,
         _GENERATE,
     ),
     min_expiration_seconds=TOKEN_LIFETIME,
@@ -150,6 +157,7 @@ SERVICE_METHOD = AuthMethodSpec(
     attributes=(
         _key_attr("service_account_json", "service_account key JSON."),
         _PROJECT,
+        _PROJECT_NUMBER,
         _GENERATE,
     ),
     min_expiration_seconds=TOKEN_LIFETIME,
@@ -167,6 +175,7 @@ TOKEN_METHOD = AuthMethodSpec(
     attributes=(
         AttributeSpec("token", "OAuth2 access token.", required=True, secret=True),
         _PROJECT,
+        _PROJECT_NUMBER,
     ),
     requires_expires_at=True,
 )
@@ -187,6 +196,7 @@ IMPERSONATION_METHOD = AuthMethodSpec(
             required=True,
         ),
         _PROJECT,
+        _PROJECT_NUMBER,
     ),
     min_expiration_seconds=MIN_IMPERSONATION_LIFETIME,
     max_expiration_seconds=TOKEN_LIFETIME,
@@ -203,6 +213,7 @@ EXTERNAL_METHOD = AuthMethodSpec(
     attributes=(
         _key_attr("external_account_json", "external_account credential configuration JSON."),
         _PROJECT,
+        _PROJECT_NUMBER,
     ),
     min_expiration_seconds=TOKEN_LIFETIME,
     max_expiration_seconds=TOKEN_LIFETIME,
