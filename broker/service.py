@@ -748,16 +748,29 @@ class BrokerService:
         return connector.name, rid
 
     async def registry_usernames(self, principal: Principal) -> dict[str, str]:
-        """``list`` for docker: registry URL -> user name, for long-lived docker connectors."""
+        """``list`` for docker: every registry host ``get`` serves the caller (docker
+        registries, ECR, gcr.io / Artifact Registry) -> the user name its login carries.
+
+        Only connectors the caller may get credentials from, as for ``get``. A connector
+        whose hosts cannot be worked out now (e.g. ECR's account, upstream down) is left
+        out rather than failing the whole list.
+        """
         out: dict[str, str] = {}
-        for connector in await self.list_visible(
-            principal, ConnectorFilter(connector_type="docker")
-        ):
-            rid = await self.provider(connector).resolve_default_resource_id(
-                connector, "docker-registry"
-            )
-            if rid:
-                out[rid] = str(connector.config.get("username", ""))
+        for connector in await self.list_connectors():
+            try:
+                check_not_tampered(connector)
+                provider = self.provider(connector)
+                if "docker-registry" not in served_types(provider, connector):
+                    continue
+                hosts = await provider.registry_hosts(connector)
+            except BrokerError as exc:
+                log.info("registry_hosts_unknown", connector=connector.name, error=exc.message)
+                continue
+            for host, user in hosts.items():
+                rid = provider.registry_resource_id(connector, host)
+                target = connector_target(connector, "docker-registry", rid)
+                if rid is not None and self.gate.allowed(principal, Action.GET, target):
+                    out.setdefault(host, user)
         return out
 
     async def set_preferred_registry_connector(

@@ -307,7 +307,13 @@ def test_docker_helper_obeys_the_policy(setup: Setup) -> None:
     assert "credentials not found" in mallory.stdout
     assert "app-reg" not in mallory.stdout + mallory.stderr
     listing = helper(setup, "mallory", ["docker-credential-broker", "list"])
-    assert listing.returncode == 1 or json.loads(listing.stdout or "{}") == {}
+    assert listing.returncode == 0 and json.loads(listing.stdout) == {}
+    # list names only the hosts of connectors the caller may get credentials from.
+    alice_list = helper(setup, "alice", ["docker-credential-broker", "list"])
+    assert json.loads(alice_list.stdout)[host] == "robot"
+    assert "ops.authz.test" not in json.loads(alice_list.stdout)
+    carol_list = json.loads(helper(setup, "carol", ["docker-credential-broker", "list"]).stdout)
+    assert {host, "ops.authz.test"} <= set(carol_list)
     wait_for_audit(setup.daemon, "access_denied", uid=setup.users.alice.uid)
 
 

@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from tests.daemon import Daemon, running_daemon
+from tests.servers.google import GoogleServer
 from tests.servers.kube_api import KubeApiServer
+from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test
 from tests.servers.registry import RegistryServer, start_registry
 
 BIN = Path(sys.executable).parent
@@ -98,15 +100,56 @@ def test_docker_helper_protocol(daemon: Daemon, registry: RegistryServer) -> Non
     assert unknown.stdout.strip() == "credentials not found in native keychain"
     listed = _docker_helper(daemon, "list", "")
     assert json.loads(listed.stdout) == {registry.address: "carol"}
-    assert (
-        _docker_helper(
-            daemon, "store", json.dumps({"ServerURL": "x", "Username": "u", "Secret": "s"})
-        ).returncode
-        == 0
+
+    # store / erase: the broker manages these credentials; nothing is stored or erased,
+    # and docker is told so (exit 1, one line naming the connector and the way to change it).
+    login = {"ServerURL": registry.address, "Username": "carol", "Secret": "typed-Secret-1"}
+    store = _docker_helper(daemon, "store", json.dumps(login))
+    assert store.returncode == 1
+    assert store.stdout.count("\n") == 1 and store.stderr == ""
+    assert store.stdout.strip() == (
+        f"credentials for {registry.address} are managed by credential-broker (connector "
+        "'reg'), not by docker: change them with "
+        "`broker connector update reg username=USER password=SECRET`"
     )
-    assert _docker_helper(daemon, "erase", "x").returncode == 0
-    bad = _docker_helper(daemon, "store", "not json")
-    assert bad.returncode == 1
+    assert "typed-Secret-1" not in daemon.log()
+    erase = _docker_helper(daemon, "erase", registry.address)
+    assert erase.returncode == 1
+    assert erase.stdout.strip().endswith(
+        "`broker connector update reg username=USER password=SECRET`, or stop docker using "
+        "the broker for it with `broker logout docker reg`"
+    )
+    assert _docker_helper(daemon, "get", registry.address).returncode == 0  # still served
+    other = _docker_helper(daemon, "store", json.dumps({**login, "ServerURL": "new.example"}))
+    assert other.returncode == 1
+    assert "no connector serves new.example" in other.stdout
+    assert "broker connector register NAME --type docker registry=new.example" in other.stdout
+
+    # Input checked as docker-credential-helpers does, with its messages.
+    cases = {
+        "not json": "store expects a JSON object with ServerURL, Username and Secret: ",
+        '["ServerURL"]': "store expects a JSON object with ServerURL, Username and Secret",
+        '{"ServerURL": 5, "Username": "u", "Secret": "s"}': "ServerURL is not a string",
+        '{"Username": "u", "Secret": "s"}': "no credentials server URL",
+        '{"ServerURL": "r.example", "Secret": "s"}': "no credentials username",
+    }
+    for stdin, message in cases.items():
+        bad = _docker_helper(daemon, "store", stdin)
+        assert bad.returncode == 1, stdin
+        assert message in bad.stdout and bad.stdout.count("\n") == 1, (stdin, bad.stdout)
+    for action in ("get", "erase"):
+        empty = _docker_helper(daemon, action, "\n")
+        assert (empty.returncode, empty.stdout) == (1, "no credentials server URL\n")
+    unknown_action = _docker_helper(daemon, "frobnicate", "")
+    assert (unknown_action.returncode, unknown_action.stdout) == (
+        1,
+        "Unknown credential action `frobnicate`\n",
+    )
+    usage = subprocess.run(
+        [str(BIN / "docker-credential-broker")], capture_output=True, text=True, timeout=30
+    )
+    assert usage.returncode == 1
+    assert usage.stdout == "Usage: docker-credential-broker <store|get|erase|list|version>\n"
 
 
 def test_docker_helper_when_daemon_down(tmp_path: Path) -> None:
@@ -296,20 +339,29 @@ def test_exec_plugin_formats_and_errors(daemon: Daemon) -> None:
         [plugin, "kube"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30
     )
     cred = json.loads(out.stdout)
-    assert cred["apiVersion"] == "client.authentication.k8s.io/v1"
+    # No KUBERNETES_EXEC_INFO: v1beta1, as the reference plugins answer; spec always echoed.
+    assert cred["apiVersion"] == "client.authentication.k8s.io/v1beta1"
     assert cred["kind"] == "ExecCredential"
+    assert cred["spec"] == {"interactive": False}
     assert cred["status"]["token"] == "kube-Token-42"
-    info = json.dumps(
-        {"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential", "spec": {}}
-    )
-    beta = subprocess.run(
-        [plugin, "kube"],
-        capture_output=True,
-        text=True,
-        env=_helper_env(daemon, KUBERNETES_EXEC_INFO=info),
-        timeout=30,
-    )
-    assert json.loads(beta.stdout)["apiVersion"] == "client.authentication.k8s.io/v1beta1"
+    for version in ("v1", "v1beta1"):
+        info = json.dumps(
+            {
+                "apiVersion": f"client.authentication.k8s.io/{version}",
+                "kind": "ExecCredential",
+                "spec": {"interactive": False},
+            }
+        )
+        asked = subprocess.run(
+            [plugin, "kube"],
+            capture_output=True,
+            text=True,
+            env=_helper_env(daemon, KUBERNETES_EXEC_INFO=info),
+            timeout=30,
+        )
+        answer = json.loads(asked.stdout)
+        assert answer["apiVersion"] == f"client.authentication.k8s.io/{version}"
+        assert answer["spec"] == {"interactive": False}
     missing = subprocess.run(
         [plugin, "ghost"], capture_output=True, text=True, env=_helper_env(daemon), timeout=30
     )
@@ -358,17 +410,18 @@ def test_login_docker_edits_config_and_records_preference(
     daemon.cli("connector", "delete", "reg2")
 
 
-def test_docker_cli_login_calls_store(
+def test_docker_cli_login_and_logout_give_the_documented_errors(
     daemon: Daemon, registry: RegistryServer, tmp_path: Path
 ) -> None:
     config_dir = tmp_path / "dockercfg"
     daemon.cli("login", "docker", "reg", "--config", str(config_dir))
+    config_before = (config_dir / "config.json").read_text()
     env = {
         **_helper_env(daemon),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "DOCKER_CONFIG": str(config_dir),
     }
-    result = subprocess.run(
+    login = subprocess.run(
         ["docker", "login", "--username", "carol", "--password-stdin", registry.address],
         input=SECRET,
         capture_output=True,
@@ -376,4 +429,95 @@ def test_docker_cli_login_calls_store(
         env=env,
         timeout=60,
     )
-    assert "Login Succeeded" in result.stdout, result.stderr
+    # docker checked the login with the registry, then the helper refused to store it.
+    assert login.returncode != 0
+    assert "Login Succeeded" not in login.stdout
+    output = login.stdout + login.stderr
+    assert "error storing credentials" in output, output
+    assert (
+        f"credentials for {registry.address} are managed by credential-broker (connector "
+        "'reg'), not by docker: change them with "
+        "`broker connector update reg username=USER password=SECRET`"
+    ) in output
+    assert (config_dir / "config.json").read_text() == config_before
+
+    # logout asks the helper to erase each spelling of the address (URL, host, http://,
+    # https://) and warns only if every erase failed. docker 28 counts failures per
+    # distinct spelling, so for a bare host (two identical spellings) it never warns:
+    # the refusal shows when the broker is the credsStore and the address is a URL.
+    plain = subprocess.run(
+        ["docker", "logout", registry.address], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert plain.returncode == 0 and "Removing login credentials" in plain.stdout
+    assert (config_dir / "config.json").read_text() == config_before
+    config = json.loads(config_before)
+    config["credsStore"] = "broker"
+    (config_dir / "config.json").write_text(json.dumps(config))
+    url = f"https://{registry.address}/v2/"
+    logout = subprocess.run(
+        ["docker", "logout", url], capture_output=True, text=True, env=env, timeout=60
+    )
+    output = logout.stdout + logout.stderr
+    assert "WARNING: could not erase credentials:" in logout.stderr, output
+    managed = (
+        f"credentials for {registry.address} are managed by credential-broker (connector "
+        "'reg'), not by docker: change them with "
+        "`broker connector update reg username=USER password=SECRET`, or stop docker using "
+        "the broker for it with `broker logout docker reg`"
+    )
+    for spelling in (url, registry.address, f"http://{registry.address}"):
+        assert (
+            f"{spelling}: error erasing credentials - err: exit status 1, out: `{managed}`"
+        ) in logout.stderr, output
+    # Nothing was erased: the broker still serves docker for that registry.
+    assert _docker_helper(daemon, "get", registry.address).returncode == 0
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    yield from moto_for_test(monkeypatch)
+
+
+def test_docker_list_covers_every_host_get_serves(
+    registry: RegistryServer, moto: MotoServer, tmp_path: Path
+) -> None:
+    """ECR (aws), gcr.io / Artifact Registry (gcp) and plain registries (docker) alike."""
+    key, secret = moto.create_user("lister")
+    with (
+        GoogleServer() as google,
+        running_daemon(tmp_path / "data", env={"HOME": str(tmp_path), **google.env()}) as d,
+    ):
+        sa = google.service_account("lister", "list-project").write(tmp_path / "sa.json")
+        common = ["connector", "register"]
+        d.cli(*common, "reg", "--type", "docker", "username=carol", f"password={SECRET}",
+              f"registry={registry.address}")  # fmt: skip
+        d.cli(*common, "ecr", "--type", "aws", "--auth-method", "session-token",
+              "--resource-type", "docker-registry", f"region={REGION}",
+              f"endpoint_url={moto.url}", f"aws_access_key_id={key}",
+              f"aws_secret_access_key={secret}", "--no-verify")  # fmt: skip
+        d.cli(*common, "gcr", "--type", "gcp", "--auth-method", "service-account",
+              "--resource-type", "docker-registry", f"service_account_json=@{sa}",
+              "--no-verify")  # fmt: skip
+        d.cli(*common, "ar", "--type", "gcp", "--auth-method", "service-account",
+              "--resource-type", "docker-registry",
+              "--resource-id", "europe-docker.pkg.dev/list-project/images",
+              f"service_account_json=@{sa}", "--no-verify")  # fmt: skip
+        d.cli(*common, "k8s", "--type", "kubernetes", "--auth-method", "token",
+              "server=https://k8s.example", "token=t", "--no-verify")  # fmt: skip
+
+        listed = _docker_helper(d, "list", "")
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        ecr = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+        gcr = {host: "oauth2accesstoken" for host in ("gcr.io", "us.gcr.io", "eu.gcr.io")}
+        assert json.loads(listed.stdout) == {
+            registry.address: "carol",
+            ecr: "AWS",
+            **gcr,
+            "asia.gcr.io": "oauth2accesstoken",
+            "europe-docker.pkg.dev": "oauth2accesstoken",
+        }
+        # get serves every host list names, with the user name list gave.
+        for host, user in json.loads(listed.stdout).items():
+            got = _docker_helper(d, "get", host)
+            assert got.returncode == 0, (host, got.stdout)
+            assert json.loads(got.stdout)["Username"] == user, host

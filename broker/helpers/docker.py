@@ -1,9 +1,17 @@
 """``docker-credential-broker``: the docker credential helper protocol.
 
-docker runs ``docker-credential-broker get|store|erase|list`` with the
-request on stdin. For a registry no connector serves, ``get`` prints the
-exact "credentials not found" message with exit 1 so docker falls back to
-anonymous access.
+docker runs ``docker-credential-broker get|store|erase|list|version`` with the
+request on stdin and reads the answer (or the error line) on stdout, as
+docker-credential-helpers does; its messages are used where one exists.
+
+- ``get``: the credential for a registry host; for a host no connector serves,
+  ``credentials not found in native keychain`` with exit 1, so docker falls
+  back to anonymous access.
+- ``list``: every registry host ``get`` serves the caller, with its user name.
+- ``store`` / ``erase``: the broker manages these credentials itself (connectors),
+  like helpers for registries that mint their own logins. Nothing is written or
+  removed: both exit 1 with one line saying so and how to change them, so
+  ``docker login`` does not report a login that would never be used.
 """
 
 from __future__ import annotations
@@ -12,13 +20,54 @@ import sys
 
 from broker.helpers.client import HelperError, call, emit, json_object, locate
 
+NAME = "docker-credential-broker"
+#: docker-credential-helpers' texts (credentials/error.go, credentials/credentials.go).
 NOT_FOUND = "credentials not found in native keychain"
-USAGE = "usage: docker-credential-broker get|store|erase|list|version"
+MISSING_SERVER_URL = "no credentials server URL"
+MISSING_USERNAME = "no credentials username"
+USAGE = f"Usage: {NAME} <store|get|erase|list|version>"
 
 
 def _out(text: str, code: int = 0) -> int:
     sys.stdout.write(text + "\n")
     return code
+
+
+def _store_server_url(stdin: str) -> tuple[str, str | None]:
+    """``store``'s JSON (``{"ServerURL", "Username", "Secret"}``) checked: its server
+    URL, or what is wrong. ``json`` is imported here only (``get`` would pay ~12 ms)."""
+    import json
+
+    expected = "store expects a JSON object with ServerURL, Username and Secret"
+    try:
+        creds = json.loads(stdin)
+    except ValueError as exc:
+        return "", f"{expected}: {exc}"
+    if not isinstance(creds, dict):
+        return "", expected
+    for key in ("ServerURL", "Username", "Secret"):
+        if not isinstance(creds.get(key, ""), str):
+            return "", f"{expected}: {key} is not a string"
+    server_url = creds.get("ServerURL", "").strip()
+    if not server_url:
+        return "", MISSING_SERVER_URL
+    if not creds.get("Username", "").strip():
+        return "", MISSING_USERNAME
+    return server_url, None
+
+
+def _managed(action: str, server_url: str) -> int:
+    """``store`` / ``erase``: say the broker manages this registry's credentials (the
+    daemon names the connector and how to change it), exit 1."""
+    request = json_object({"server_url": server_url, "action": action})
+    try:
+        line = call(*locate(), "POST", "/v1/docker/managed", request).decode().strip()
+    except HelperError:
+        line = (
+            f"credentials for {server_url} are managed by credential-broker, not by docker: "
+            "change them with `broker connector update NAME ...`"
+        )
+    return _out(line, 1)
 
 
 def run(argv: list[str], stdin: str) -> int:
@@ -28,7 +77,7 @@ def run(argv: list[str], stdin: str) -> int:
     if action == "get":
         server_url = stdin.strip()
         if not server_url:
-            return _out("no server URL given on stdin", 1)
+            return _out(MISSING_SERVER_URL, 1)
         request = json_object({"server_url": server_url})
         try:
             emit(call(*locate(), "POST", "/v1/docker/get", request))
@@ -44,19 +93,18 @@ def run(argv: list[str], stdin: str) -> int:
             return _out(f"credential-broker: {exc.message}", 1)
         return 0
     if action == "store":
-        # `docker login` hands over what the user typed; the broker keeps its own
-        # credentials (register a connector instead), so nothing is written.
-        if '"ServerURL"' not in stdin:
-            return _out("store expects a JSON object with ServerURL on stdin", 1)
-        sys.stderr.write(
-            "credential-broker: credentials are managed by the broker; nothing was stored\n"
-        )
-        return 0
+        server_url, problem = _store_server_url(stdin)
+        if problem is not None:
+            return _out(problem, 1)
+        return _managed("store", server_url)
     if action == "erase":
-        return 0
+        server_url = stdin.strip()
+        if not server_url:
+            return _out(MISSING_SERVER_URL, 1)
+        return _managed("erase", server_url)
     if action == "version":
-        return _out("docker-credential-broker (credential-broker)")
-    return _out(USAGE, 1)
+        return _out(f"{NAME} (credential-broker)")
+    return _out(f"Unknown credential action `{action}`", 1)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from broker.errors import (
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
 from broker.local import formats
-from broker.service import BrokerService
+from broker.service import BrokerService, registry_host
 from broker.sockets import listen_unix
 
 log = structlog.get_logger(__name__)
@@ -115,15 +115,16 @@ def _text(data: dict[str, Any], key: str, *, required: bool = False) -> str | No
 
 
 def _exec_info_version(exec_info: str | None) -> str:
-    """The apiVersion kubectl asked for in KUBERNETES_EXEC_INFO (v1 when absent)."""
+    """The apiVersion kubectl asked for in KUBERNETES_EXEC_INFO (v1beta1 when absent,
+    as the reference plugins answer)."""
     if not exec_info:
-        return formats.EXEC_API_VERSIONS[0]
+        return formats.DEFAULT_EXEC_API_VERSION
     try:
         info = json.loads(exec_info)
     except ValueError:
         raise InvalidArgument("KUBERNETES_EXEC_INFO is not valid JSON", field="exec_info") from None
     version = info.get("apiVersion") if isinstance(info, dict) else None
-    return str(version or formats.EXEC_API_VERSIONS[0])
+    return str(version or formats.DEFAULT_EXEC_API_VERSION)
 
 
 class HelperEndpoint:
@@ -140,6 +141,7 @@ class HelperEndpoint:
                 web.post("/v1/credential-process", self.credential_process),
                 web.post("/v1/docker/get", self.docker_get),
                 web.get("/v1/docker/list", self.docker_list),
+                web.post("/v1/docker/managed", self.docker_managed),
             ]
         )
         self._runner: web.AppRunner | None = None
@@ -215,3 +217,35 @@ class HelperEndpoint:
 
     async def docker_list(self, request: web.Request) -> web.Response:
         return web.json_response(await self._service.registry_usernames(principal_of(request)))
+
+    async def docker_managed(self, request: web.Request) -> web.Response:
+        """The one line ``store`` / ``erase`` print: the broker keeps these credentials
+        itself, so nothing is stored or erased; it says how to change them instead."""
+        data = await _body(request)
+        server_url = _text(data, "server_url", required=True) or ""
+        action = _text(data, "action") or "store"
+        if action not in ("store", "erase"):
+            raise InvalidArgument("'action' must be 'store' or 'erase'", field="action")
+        host = registry_host(server_url)
+        try:
+            name, _ = await self._service.registry_connector(server_url, principal_of(request))
+        except NotFound:
+            return web.Response(
+                text=f"credential-broker stores no credentials and no connector serves {host}: "
+                f"register one with `broker connector register NAME --type docker "
+                f"registry={host} username=USER password=SECRET`"
+            )
+        except FailedPrecondition:  # several connectors serve the host
+            name = ""
+        attrs = "ATTRIBUTE=VALUE ..."
+        if name and (await self._service.get(name)).connector_type == "docker":
+            attrs = "username=USER password=SECRET"
+        which = f" (connector '{name}')" if name else ""
+        name = name or "NAME"
+        line = (
+            f"credentials for {host} are managed by credential-broker{which}, not by docker: "
+            f"change them with `broker connector update {name} {attrs}`"
+        )
+        if action == "erase":
+            line += f", or stop docker using the broker for it with `broker logout docker {name}`"
+        return web.Response(text=line)

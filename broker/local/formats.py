@@ -15,6 +15,10 @@ from broker.model import ClientCredential
 #: kubectl applies no skew of its own: tell it the token dies a minute early.
 KUBECTL_EXPIRY_MARGIN = timedelta(seconds=60)
 EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+#: Without KUBERNETES_EXEC_INFO, answer what the reference plugins answer
+#: (gke-gcloud-auth-plugin, aws-iam-authenticator): v1beta1, which every kubectl
+#: since 1.11 reads.
+DEFAULT_EXEC_API_VERSION = "client.authentication.k8s.io/v1beta1"
 
 
 def rfc3339(value: datetime) -> str:
@@ -50,7 +54,13 @@ def exec_credential(cred: ClientCredential, api_version: str) -> dict[str, Any]:
         )
     if cred.expires_at is not None:
         status["expirationTimestamp"] = rfc3339(cred.expires_at - KUBECTL_EXPIRY_MARGIN)
-    return {"apiVersion": api_version, "kind": "ExecCredential", "status": status}
+    # `spec` echoed as the reference plugins do: this plugin never prompts.
+    return {
+        "apiVersion": api_version,
+        "kind": "ExecCredential",
+        "spec": {"interactive": False},
+        "status": status,
+    }
 
 
 def credential_process(cred: ClientCredential) -> dict[str, Any]:

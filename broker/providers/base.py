@@ -88,6 +88,24 @@ class Provider(abc.ABC):
             return None
         return rid
 
+    async def registry_hosts(self, connector: Connector) -> dict[str, str]:
+        """docker ``list``: every registry host ``get`` serves through this connector, with
+        the user name its logins carry. Providers whose registries are not one host per
+        connector override this."""
+        if connector.resource_type not in (None, "docker-registry"):
+            return {}
+        if "docker-registry" not in self.spec.resource_type_names:
+            return {}
+        rid = connector.resource_id or await self.resolve_default_resource_id(
+            connector, "docker-registry"
+        )
+        if rid is None:
+            return {}
+        host = rid.split("/", 1)[0]
+        if self.registry_resource_id(connector, host) is None:
+            return {}
+        return {host: str(connector.config.get("username", ""))}
+
     # -- credential variants ----------------------------------------------
     def variant_for(self, connector: Connector, resource_type: str, variant: str) -> str:
         """Which credential answers a request for ``variant``: "" when the plain one already

@@ -58,6 +58,8 @@ _REUSE_MARGIN = timedelta(minutes=5)
 #: Bound on the per-connector caches (accounts, working role sessions).
 _CACHE_LIMIT = 512
 _T = TypeVar("_T")
+#: The user name of every ECR login.
+ECR_USER = "AWS"
 
 
 class AwsProvider(Provider):
@@ -130,6 +132,9 @@ class AwsProvider(Provider):
             account = await self._account(connector, await self._base(connector))
             return ids.ecr_host(account, region_of(connector))
         return self.default_resource_id(connector, resource_type)
+
+    async def registry_hosts(self, connector: Connector) -> dict[str, str]:
+        return {host: ECR_USER for host in await super().registry_hosts(connector)}
 
     # -- discovery --------------------------------------------------------
     async def discover(

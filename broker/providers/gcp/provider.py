@@ -133,6 +133,30 @@ class GcpProvider(Provider):
             return None
         return None
 
+    async def registry_hosts(self, connector: Connector) -> dict[str, str]:
+        """docker ``list``: the hosts :meth:`registry_resource_id` answers for (every gcr.io
+        host, or the one Artifact Registry host of a fixed repository)."""
+        if connector.resource_type not in (None, RT_REGISTRY):
+            return {}
+        try:
+            settings = self.settings(connector)
+            hosts = (
+                [ids.parse_registry(connector.resource_id, settings.project).host]
+                if connector.resource_id is not None
+                else list(ids.GCR_HOSTS)
+            )
+        except BrokerError:
+            return {}
+        key = settings.key
+        hands_key = (
+            not settings.generate_tokens
+            and key is not None
+            and connector.auth_method in KEY_ATTRIBUTES
+            and key.type == SERVICE_ACCOUNT
+        )
+        user = REGISTRY_KEY_USER if hands_key else REGISTRY_TOKEN_USER
+        return {host: user for host in hosts if self.registry_resource_id(connector, host)}
+
     # -- tokens -------------------------------------------------------------
     async def access_token(
         self, connector: Connector, scopes: Sequence[str] = variants.DEFAULT_SCOPES
