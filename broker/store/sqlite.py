@@ -307,7 +307,16 @@ class SqliteStore:
             rows = list(await cur.fetchall())
         out = []
         for row in rows:
-            connector = self._decode(row)
+            try:
+                connector = self._decode(row)
+            except StoreCorrupt as exc:
+                # One unreadable row must not take every other connector down with it:
+                # it is listed as unusable (like a tampered one) and can be deleted.
+                log.error("store_row_corrupt", error=exc.message)
+                placeholder = _unreadable(row)
+                if placeholder is None:
+                    continue
+                connector = placeholder
             if all(connector.labels.get(k) == v for k, v in flt.labels.items()):
                 out.append(connector)
         return out
@@ -347,7 +356,13 @@ class SqliteStore:
             if row is None:
                 raise NotFound(f"connector '{name_or_id}' not found", field="name")
             # Decode first: an error must not follow a delete that already happened.
-            deleted = self._decode(row)
+            try:
+                deleted = self._decode(row)
+            except StoreCorrupt:  # the way out for a row that cannot be read back
+                unreadable = _unreadable(row)
+                if unreadable is None:
+                    raise
+                deleted = unreadable
             await db.execute("DELETE FROM connectors WHERE id = ?", (row["id"],))
         return deleted
 
@@ -441,7 +456,9 @@ class SqliteStore:
             row = await cur.fetchone()
         if row is not None and row["id"] != c.id:
             return AlreadyExists(f"connector '{c.name}' already exists", field="name")
-        return AlreadyExists(f"a connector with id '{c.id}' already exists", field="id")
+        return AlreadyExists(
+            f"connector '{c.name}': another connector already has its id '{c.id}'", field="id"
+        )
 
 
 async def _fetch(db: aiosqlite.Connection, name_or_id: str) -> sqlite3.Row | None:
@@ -465,6 +482,30 @@ def _create_private_file(path: Path) -> None:
     except OSError as exc:
         raise Unavailable(f"cannot create connector store {path}: {exc.strerror}") from None
     os.close(fd)
+
+
+def _unreadable(row: sqlite3.Row) -> Connector | None:
+    """A row whose columns cannot be read back, as a tampered connector (never used)."""
+    try:
+        created = _parse_time(row["created_at"], str(row["name"]), "created_at")
+        return Connector(
+            id=str(row["id"]),
+            name=str(row["name"]),
+            connector_type=str(row["connector_type"]),
+            auth_method=str(row["auth_method"]),
+            resource_type=None,
+            resource_id=None,
+            config={},
+            labels={},
+            expiration_seconds=None,
+            expires_at=None,
+            created_at=created,
+            updated_at=created,
+            revision=int(row["revision"]),
+            tampered=True,
+        )
+    except (BrokerError, TypeError, ValueError, IndexError, KeyError):
+        return None
 
 
 def _plain(row: sqlite3.Row) -> Connector:
