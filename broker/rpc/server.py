@@ -12,7 +12,6 @@ import os
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from broker.config import Settings
@@ -20,6 +19,7 @@ from broker.errors import FailedPrecondition, InvalidArgument
 from broker.local.sdk import SdkEndpoints
 from broker.rpc.acceptor import PeerAcceptor
 from broker.rpc.callers import Callers
+from broker.rpc.reflection import enable_server_reflection
 from broker.rpc.servicer import BrokerServicer
 from broker.service import BrokerService
 from broker.sockets import listen_unix
@@ -54,13 +54,10 @@ class GrpcServer:
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        # grpc.reflection.v1 and v1alpha (grpcio-reflection itself serves only v1alpha).
+        enable_server_reflection(
             self._server,
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
         )
         self.tcp_port: int | None = None
 
