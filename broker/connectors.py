@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from broker.attributes import parse_value
+from broker.cache import policy
 from broker.clock import Clock
 from broker.errors import ConnectorExpired, ConnectorTampered, InvalidArgument
-from broker.model import AuthMethodSpec, Connector, ConnectorTypeSpec, Value
+from broker.model import AuthMethodSpec, ClientCredential, Connector, ConnectorTypeSpec, Value
 from broker.providers.base import Provider
 
 #: Connector names are used in file names, CLI arguments and session names.
@@ -206,13 +207,87 @@ def scope_of(provider: Provider, connector: Connector) -> str:
     return "single-instance"
 
 
-def check_not_expired(connector: Connector, now: datetime) -> None:
-    if connector.expires_at is not None and connector.expires_at <= now:
-        raise ConnectorExpired(
-            f"connector '{connector.name}' credentials expired at "
-            f"{connector.expires_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; "
-            "update it with fresh credentials"
+#: What ``broker connector update`` needs to renew a connector's stored credential.
+_RENEWED_ATTRIBUTES: dict[tuple[str, str], str] = {
+    ("aws", "sts-token"): "aws_access_key_id=... aws_secret_access_key=... aws_session_token=...",
+    ("gcp", "oauth2-token"): "token=...",
+    ("kubernetes", "token"): "token=...",
+    ("kubernetes", "password"): "password=...",
+    ("docker", "password"): "password=...",
+}
+
+
+def connector_margin(
+    connector: Connector, resource_type: str | None = None
+) -> tuple[timedelta, str]:
+    """How long before its ``expires_at`` a connector stops issuing credentials.
+
+    The margin of its own credential's kind (the connector type's), or of the
+    client credential's kind for ``resource_type`` when that is larger (a gcp
+    token handed to docker as a registry password gets docker's 5 minutes).
+    The lifetime of a stored credential is unknown, so the whole margin applies.
+    Returns the margin and the kind it belongs to.
+    """
+    kinds = [connector.connector_type]
+    if resource_type is not None:
+        kinds.append(policy.client_kind(connector.connector_type, resource_type))
+    return max((policy.margin_of_kind(kind), kind) for kind in kinds)
+
+
+def rfc3339(when: datetime) -> str:
+    """UTC, to the second, with ``Z``: what ``--expires-at`` accepts back."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds_text(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def check_not_expired(
+    connector: Connector, now: datetime, resource_type: str | None = None
+) -> None:
+    """Refuse a connector whose own credential is expired or inside its safety margin.
+
+    A connector with ``expires_at`` (a stored STS or OAuth2 token, a docker or
+    kubernetes credential known to expire) issues nothing from
+    ``expires_at - margin`` on (:func:`connector_margin`); the error says when it
+    expires and how to renew it.
+    """
+    expires = connector.expires_at
+    if expires is None:
+        return
+    margin, kind = connector_margin(connector, resource_type)
+    if now < expires - margin:
+        return
+    if expires <= now:
+        state = f"credentials expired at {rfc3339(expires)}"
+    else:
+        state = (
+            f"credentials expire at {rfc3339(expires)}, within the {_seconds_text(margin)} "
+            f"safety margin in which {kind} credentials are no longer handed out"
         )
+    attributes = _RENEWED_ATTRIBUTES.get(
+        (connector.connector_type, connector.auth_method), "KEY=VALUE..."
+    )
+    raise ConnectorExpired(
+        f"connector '{connector.name}' {state}; renew them with "
+        f"`broker connector update {connector.name} {attributes} --expires-at TIME` "
+        "(TIME: RFC 3339 or +DURATION, e.g. +12h)"
+    )
+
+
+def as_declared(connector: Connector, credential: ClientCredential) -> ClientCredential:
+    """A credential that dies exactly when the connector's own credential does is that
+    credential handed through (a stored STS or OAuth2 token, a registry password), or
+    lives only as long as it: nobody declared when it was issued, whatever the
+    provider stamped, so its margin is its kind's whole margin."""
+    expires = connector.expires_at
+    if expires is None or credential.expires_at != expires or credential.issued_at is None:
+        return credential
+    return replace(credential, issued_at=None)
 
 
 def check_not_tampered(connector: Connector) -> None:

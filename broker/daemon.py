@@ -124,7 +124,9 @@ async def run_daemon(
     if settings.metrics:
         from broker.metrics import MetricsServer
 
-        metrics = MetricsServer(settings.metrics, cache.stats, service.upstream)
+        metrics = MetricsServer(
+            settings.metrics, lambda: {**cache.stats(), **service.margins.stats()}, service.upstream
+        )
     try:
         # The connector view, loaded once before any listener accepts a call: no first
         # calls racing to load it, and every call sees every write acknowledged before.

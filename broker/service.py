@@ -25,6 +25,7 @@ from broker.catalog import Catalog
 from broker.clock import Clock
 from broker.connectors import (
     ConnectorDraft,
+    as_declared,
     build_connector,
     check_not_expired,
     check_not_tampered,
@@ -54,6 +55,7 @@ from broker.model import (
 from broker.policy import AccessPolicy, Action, Target
 from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
+from broker.served import ServedMargins
 from broker.store.base import ConnectorFilter, ConnectorStore
 from broker.streams.hub import WatchEvent
 from broker.upstream_stats import UpstreamStats
@@ -173,6 +175,8 @@ class BrokerService:
         self.catalog = Catalog(store)
         #: Mint counts and latency per connector type, for the metrics endpoint.
         self.upstream = UpstreamStats()
+        #: Checks every credential returned to a caller against its documented margin.
+        self.margins = ServedMargins(clock)
         self.audit = AuditLog()
         self.gate = Gatekeeper(policy, self.audit)
         #: Cache key -> whether its credential is the connector's stored secret itself.
@@ -584,7 +588,7 @@ class BrokerService:
 
         async def mint() -> ClientCredential:
             check_not_tampered(connector)
-            check_not_expired(connector, self._clock.now())
+            check_not_expired(connector, self._clock.now(), rt)
             started = self._clock.monotonic()
             ok = False
             try:
@@ -593,6 +597,7 @@ class BrokerService:
                     if variant
                     else provider.mint(connector, rt, rid)
                 )
+                credential = as_declared(connector, credential)
                 ok = True
                 self.audit.record(
                     "credential_minted",
@@ -630,6 +635,7 @@ class BrokerService:
             name, resource_type, resource_id, principal, Action.GET, variant
         )
         credential = await self._cache.get(key, mint)
+        self.margins.observe(credential)
         self._check_long_lived(principal, connector, key, credential)
         self._audit(connector, credential, principal, via)
         return Issued(connector, credential)
@@ -695,6 +701,7 @@ class BrokerService:
                     kind: Literal["issued", "renewed", "updated"] = event.kind
                     if updated and event.kind == "issued":
                         kind, updated = "updated", False
+                    self.margins.observe(event.credential)
                     yield IssuedEvent(kind, Issued(connector, event.credential))
                 elif event.kind == "error":
                     yield IssuedEvent("error", error=event.error)

@@ -7,11 +7,12 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
 
-from broker.cache.cache import CacheKey, CredentialCache
+from broker.cache.cache import CacheKey, CredentialCache, Mint
 from broker.clock import FakeClock
 from broker.errors import (
     BrokerError,
@@ -23,6 +24,7 @@ from broker.errors import (
     UpstreamError,
 )
 from broker.model import ClientCredential
+from broker.served import ServedMargins
 from broker.streams.hub import WatchEvent
 
 HOUR = timedelta(hours=1)
@@ -41,6 +43,7 @@ class Upstream:
         self.error: BaseException | None = None
         self.gate: anyio.Event | None = None
         self.fixed: ClientCredential | None = None
+        self.last: ClientCredential | None = None
 
     async def __call__(self) -> ClientCredential:
         self.calls += 1
@@ -52,7 +55,7 @@ class Upstream:
         if self.fixed is not None:
             return self.fixed
         now = self.clock.now()
-        return ClientCredential(
+        self.last = ClientCredential(
             connector_type="gcp",
             auth_method="service-account",
             resource_type="gcp-generic",
@@ -60,7 +63,9 @@ class Upstream:
             config={"token": f"token-{self.calls}"},
             secret_names=frozenset({"token"}),
             expires_at=None if self.lifetime is None else now + self.lifetime,
+            issued_at=now,  # a fresh token: the upstream declares its whole lifetime
         )
+        return self.last
 
     def close_gate(self) -> anyio.Event:
         self.gate = anyio.Event()
@@ -78,11 +83,25 @@ def outside_margin(credential: ClientCredential, now: datetime) -> bool:
     return now < credential.expires_at - GOOGLE_MARGIN
 
 
+class CheckedCache(CredentialCache):
+    """The cache, with every credential it returns checked the way the service checks it:
+    independently, against the documented margin (:mod:`broker.served`)."""
+
+    def __init__(self, clock: FakeClock, **kwargs: Any) -> None:
+        super().__init__(clock, **kwargs)
+        self.margins = ServedMargins(clock)
+
+    async def get(self, key: CacheKey, mint: Mint) -> ClientCredential:
+        credential = await super().get(key, mint)
+        self.margins.observe(credential)
+        return credential
+
+
 @asynccontextmanager
 async def started(
     clock: FakeClock, *, idle_seconds: float = 900.0, max_entries: int = 10_000
-) -> AsyncIterator[CredentialCache]:
-    cache = CredentialCache(
+) -> AsyncIterator[CheckedCache]:
+    cache = CheckedCache(
         clock, idle_seconds=idle_seconds, max_entries=max_entries, rng=random.Random(1)
     )
     async with cache.running():
@@ -132,7 +151,7 @@ async def test_a_fresh_hit_is_served_without_minting_or_awaiting() -> None:
         assert upstream.calls == 1
         stats = cache.stats()
         assert (stats["hits"], stats["misses"], stats["mints"], stats["entries"]) == (1, 1, 1, 1)
-        assert first.issued_at == clock.now()  # stamped: lifetimes are measured from here
+        assert first is upstream.last  # as minted: the cache stamps nothing on it
 
 
 @pytest.mark.anyio
@@ -257,7 +276,7 @@ async def test_inside_the_margin_callers_wait_for_the_renewal() -> None:
             gate.set()
         assert len(results) == 50 and all(r is results[0] and r is not old for r in results)
         assert outside_margin(results[0], clock.now())
-        assert cache.counters.served_inside_margin == 0
+        assert cache.margins.inside_margin == 0
 
 
 class JumpingClock(FakeClock):
@@ -291,7 +310,7 @@ async def test_callers_alone_enforce_both_windows_when_the_loop_lags() -> None:
             assert not results and upstream.calls == 2
             gate.set()
         assert len(results) == 20 and all(r is not old for r in results)
-        assert cache.counters.served_inside_margin == 0
+        assert cache.margins.inside_margin == 0
 
 
 # -- upstream failure ---------------------------------------------------------------------------
@@ -316,7 +335,7 @@ async def test_upstream_failure_serves_until_the_margin_then_surfaces_the_error(
                 assert got is cached and outside_margin(got, clock.now())
                 served += 1
         assert served > 0 and refused > 0
-        assert cache.counters.served_inside_margin == 0
+        assert cache.margins.inside_margin == 0
         # Background retries with growing gaps, capped at a minute.
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(upstream.call_times[1:])]
         assert 8 <= len(gaps) <= 60
@@ -334,13 +353,13 @@ async def test_short_lived_tokens_recover_within_a_quarter_lifetime_of_the_upstr
     None
 ):
     clock = FakeClock()
-    upstream = Upstream(clock, lifetime=timedelta(seconds=20))  # margin: 5 s
+    upstream = Upstream(clock, lifetime=timedelta(seconds=20))  # margin: 3/4 of it, 15 s
     async with started(clock) as cache:
         cached = await cache.get(KEY, upstream)
         upstream.error = UpstreamError("token server stopped", retryable=True)
-        for _ in range(14):
+        for _ in range(4):
             await tick(clock, 1)
-            assert await cache.get(KEY, upstream) is cached  # 15 s: still outside the margin
+            assert await cache.get(KEY, upstream) is cached  # 5 s: still outside the margin
         for _ in range(30):
             await tick(clock, 1)
             with pytest.raises(Unavailable, match="stopped"):
@@ -350,7 +369,7 @@ async def test_short_lived_tokens_recover_within_a_quarter_lifetime_of_the_upstr
             await tick(clock, 1)
         fresh = await cache.get(KEY, upstream)
         assert fresh is not cached
-        assert cache.counters.served_inside_margin == 0
+        assert cache.margins.inside_margin == 0
 
 
 @pytest.mark.anyio
@@ -396,7 +415,7 @@ async def test_a_permanent_error_keeps_serving_a_valid_credential_until_its_marg
         await tick(clock, 11 * 60 + 1)  # into the margin
         with pytest.raises(CredentialsRejected):
             await cache.get(KEY, upstream)
-        assert cache.counters.served_inside_margin == 0
+        assert cache.margins.inside_margin == 0
 
 
 # -- invalidation -------------------------------------------------------------------------------
@@ -597,7 +616,7 @@ async def test_an_unchanged_credential_is_not_re_sent_and_not_served_in_its_marg
         assert "inside its safety margin" in (watcher.events[-1].error or "")
         with pytest.raises(Unavailable):
             await cache.get(KEY, upstream)
-        assert cache.counters.served_inside_margin == 0
+        assert cache.margins.inside_margin == 0
         tg.cancel_scope.cancel()
 
 

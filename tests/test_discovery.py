@@ -224,7 +224,8 @@ async def test_every_failure_is_an_entry_of_its_own(
     assert errors["buggy"] == "internal error while listing (KeyError)"
     assert errors["expired"] == (
         f"connector 'expired' credentials expired at {expired_at.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
-        "update it with fresh credentials"
+        "renew them with `broker connector update expired KEY=VALUE... --expires-at TIME` "
+        "(TIME: RFC 3339 or +DURATION, e.g. +12h)"
     )
     assert results[("gone", "*")].error == (
         "unknown connector type 'not-installed' (known: slow, slow-twin)"

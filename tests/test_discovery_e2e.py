@@ -202,8 +202,9 @@ def test_json_partial_results_errors_and_filters(
         failed(
             "mx-expired",
             "slow-resource",
-            "connector 'mx-expired' credentials expired at 2024-01-01T00:00:00Z; "
-            "update it with fresh credentials",
+            "connector 'mx-expired' credentials expired at 2024-01-01T00:00:00Z; renew them "
+            "with `broker connector update mx-expired KEY=VALUE... --expires-at TIME` "
+            "(TIME: RFC 3339 or +DURATION, e.g. +12h)",
         ),
         ok("mx-ok", "slow-other"),
         ok("mx-ok", "slow-resource"),

@@ -123,10 +123,14 @@ def entry(
     }
 
 
-def expired(name: str) -> str:
+AWS_RENEW = "aws_access_key_id=... aws_secret_access_key=... aws_session_token=..."
+
+
+def expired(name: str, attributes: str) -> str:
     return (
         f"connector '{name}' credentials expired at {EXPIRED_AT.strftime('%Y-%m-%dT%H:%M:%SZ')}; "
-        "update it with fresh credentials"
+        f"renew them with `broker connector update {name} {attributes} --expires-at TIME` "
+        "(TIME: RFC 3339 or +DURATION, e.g. +12h)"
     )
 
 
@@ -254,8 +258,8 @@ def test_a_mix_of_real_servers_good_and_broken_listed_together(
         entry("reg-good", "docker", "docker-registry", [registry.address]),
     ]
     broken = [
-        entry("aws-expired", "aws", "s3-bucket", error=expired("aws-expired")),
-        entry("gcp-expired", "gcp", "gcs-bucket", error=expired("gcp-expired")),
+        entry("aws-expired", "aws", "s3-bucket", error=expired("aws-expired", AWS_RENEW)),
+        entry("gcp-expired", "gcp", "gcs-bucket", error=expired("gcp-expired", "token=...")),
         entry(
             "gcp-limited",
             "gcp",

@@ -38,9 +38,16 @@ def cred(
     [
         ("aws", timedelta(hours=1), timedelta(minutes=15)),
         ("aws", timedelta(hours=12), timedelta(minutes=15)),
+        # Not a quarter of the lifetime: the SDKs' 15 minutes whenever 1/4 stays servable.
+        ("aws", timedelta(minutes=30), timedelta(minutes=15)),
+        ("aws", timedelta(minutes=20), timedelta(minutes=15)),
         ("gcp", timedelta(hours=1), timedelta(minutes=4)),
+        ("gcp", timedelta(seconds=320), timedelta(minutes=4)),
         ("kubernetes", timedelta(minutes=14), timedelta(seconds=60)),
+        ("kubernetes", timedelta(minutes=2), timedelta(seconds=60)),
+        ("kubernetes", timedelta(seconds=80), timedelta(seconds=60)),
         ("docker", timedelta(hours=12), timedelta(minutes=5)),
+        ("docker", timedelta(minutes=8), timedelta(minutes=5)),
         ("some-plugin", timedelta(hours=1), timedelta(seconds=60)),
     ],
 )
@@ -53,23 +60,90 @@ def test_margin_per_kind_where_the_lifetime_allows(
 @pytest.mark.parametrize(
     ("kind", "lifetime", "expected"),
     [
-        # A 15-minute STS session cannot keep 15 minutes back: a quarter of it.
-        ("aws", timedelta(minutes=15), timedelta(seconds=225)),
-        ("gcp", timedelta(seconds=20), timedelta(seconds=5)),
-        ("kubernetes", timedelta(minutes=2), timedelta(seconds=30)),
-        ("docker", timedelta(minutes=8), timedelta(minutes=2)),
+        # STS's shortest session against the 15-minute margin: 3/4 of it, so that a
+        # quarter (225 s) stays servable instead of none.
+        ("aws", timedelta(minutes=15), timedelta(seconds=675)),
+        ("aws", timedelta(minutes=18), timedelta(seconds=810)),
+        ("gcp", timedelta(seconds=20), timedelta(seconds=15)),
+        ("gcp", timedelta(seconds=8), timedelta(seconds=6)),
+        ("kubernetes", timedelta(seconds=60), timedelta(seconds=45)),
+        ("docker", timedelta(minutes=6), timedelta(seconds=270)),
     ],
 )
-def test_short_lifetimes_get_a_fraction_of_the_lifetime(
+def test_lifetimes_under_four_thirds_of_the_margin_keep_a_quarter_servable(
     kind: str, lifetime: timedelta, expected: timedelta
 ) -> None:
     c = cred(kind, lifetime)
     assert policy.margin(c) == expected
     assert policy.margin(c) < policy.kind_margin(c)
+    assert lifetime - policy.margin(c) == lifetime / 4
+
+
+@pytest.mark.parametrize("kind", ["aws", "gcp", "kubernetes", "docker", "some-plugin"])
+def test_the_margin_never_shrinks_as_the_lifetime_grows(kind: str) -> None:
+    """Continuous and monotone: no lifetime just above a threshold is left with less."""
+    previous = timedelta(0)
+    for seconds in range(1, 3 * 3600, 7):
+        m = policy.margin(cred(kind, timedelta(seconds=seconds)))
+        assert m >= previous
+        assert timedelta(seconds=seconds) - m >= timedelta(seconds=seconds) / 4
+        previous = m
+    assert previous == policy.kind_margin(cred(kind))
 
 
 def test_unknown_issue_time_gets_the_kind_margin() -> None:
     assert policy.margin(cred("aws", timedelta(minutes=20), issued=False)) == timedelta(minutes=15)
+    # A stored 40-second STS token (the issue's case): nobody declared its lifetime, so
+    # it is inside the 15-minute margin from the start and never served.
+    token = cred("aws", timedelta(seconds=40), issued=False)
+    assert policy.margin(token) == timedelta(minutes=15)
+    assert policy.state(token, T0) is TokenState.INVALID
+
+
+def test_the_margin_depends_on_the_credential_only_not_on_when_it_was_seen() -> None:
+    """The same token got again later (after an update, a restart, an eviction) keeps
+    its margin: nothing about the moment of minting enters it."""
+    stored = cred("aws", timedelta(minutes=50), issued=False)
+    declared = cred("gcp", timedelta(seconds=100))
+    for c in (stored, declared):
+        limits = {policy.invalid_at(c)}
+        rng = random.Random(1)
+        for seen in range(0, 40, 3):
+            since = T0 + timedelta(seconds=seen)
+            assert policy.renew_at(c, rng, since) is not None
+            limits.add(policy.invalid_at(c))
+        assert len(limits) == 1
+    assert policy.invalid_at(stored) == T0 + timedelta(minutes=35)
+    assert policy.invalid_at(declared) == T0 + timedelta(seconds=25)
+
+
+def test_an_issue_time_at_or_after_the_expiry_is_no_lifetime() -> None:
+    """Clock skew between an upstream and this host: unknown, the whole margin."""
+    c = cred("gcp", timedelta(hours=1))
+    skewed = ClientCredential(**{**vars(c), "issued_at": c.expires_at})
+    assert policy.lifetime(skewed) is None
+    assert policy.margin(skewed) == timedelta(minutes=4)
+
+
+@pytest.mark.parametrize(
+    ("connector_type", "resource_type", "kind"),
+    [
+        ("aws", None, "aws"),
+        ("aws", "aws-generic", "aws"),
+        ("aws", "s3-bucket", "aws"),
+        ("aws", "kubernetes-cluster", "kubernetes"),
+        ("aws", "docker-registry", "docker"),
+        ("gcp", "gcs-bucket", "gcp"),
+        ("gcp", "kubernetes-cluster", "kubernetes"),
+        ("gcp", "docker-registry", "docker"),
+        ("kubernetes", "kubernetes-cluster", "kubernetes"),
+        ("docker", "docker-registry", "docker"),
+    ],
+)
+def test_client_kind_of_each_resource_type(
+    connector_type: str, resource_type: str | None, kind: str
+) -> None:
+    assert policy.client_kind(connector_type, resource_type) == kind
 
 
 def test_long_lived_credentials_are_always_fresh_and_never_renewed() -> None:
@@ -101,9 +175,9 @@ def test_state_without_a_drawn_point_uses_the_centre() -> None:
 
 def test_a_credential_issued_already_expired_is_invalid() -> None:
     c = cred("gcp", timedelta(0))
-    assert policy.margin(c) == timedelta(0)
+    assert policy.margin(c) == timedelta(minutes=4)  # no lifetime: the whole margin
     assert policy.state(c, T0) is TokenState.INVALID
-    assert policy.renew_at(c, random.Random(1)) == T0
+    assert policy.renew_at(c, random.Random(1)) == T0 - timedelta(minutes=4)
 
 
 def _renew_fractions(c: ClientCredential, samples: int) -> list[float]:

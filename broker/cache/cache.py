@@ -149,7 +149,7 @@ class CredentialCache:
                 if entry.servable(now):
                     self._renew_if_stale(entry, now)  # advisory: serve, renew behind
                     self.counters.hits += round_ == 0
-                    return self._serve(entry.credential, now)
+                    return entry.credential
                 self._expire(entry)
             self.counters.misses += round_ == 0
             flight = entry.flight
@@ -165,19 +165,11 @@ class CredentialCache:
             if flight.credential is not None and (
                 flight.invalid_at is None or now < flight.invalid_at
             ):
-                return self._serve(flight.credential, now)
+                return flight.credential
         raise Unavailable(
             f"no credential for {key.describe()} stayed outside its safety margin long "
             "enough to be served; try again"
         )
-
-    def _serve(self, credential: ClientCredential, now: datetime) -> ClientCredential:
-        """An independent last check, recomputed from the credential itself."""
-        limit = policy.invalid_at(credential)
-        if limit is not None and now >= limit:
-            self.counters.served_inside_margin += 1
-            log.error("credential_served_inside_margin", expires_at=limit.isoformat())
-        return credential
 
     async def watch(self, key: CacheKey, mint: Mint) -> AsyncGenerator[WatchEvent, None]:
         """``issued`` (the current credential), then ``renewed`` / ``error`` / the end.
@@ -371,7 +363,6 @@ class CredentialCache:
         if flight.done.is_set():
             return  # invalidated meanwhile: minted from an old revision, never served
         if entry.dropped:  # evicted meanwhile: the waiters still get it
-            credential = replace(credential, issued_at=credential.issued_at or started)
             flight.finish(credential, policy.invalid_at(credential))
             self.counters.mints += 1
             return

@@ -12,7 +12,7 @@ import copy
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -60,8 +60,6 @@ class CacheCounters:
     mint_failures: int = 0
     #: Successful mints that replaced an earlier credential of the same key.
     renewals: int = 0
-    #: Served although inside its margin, checked on every slow-path serve. Must stay 0.
-    served_inside_margin: int = 0
     evictions: int = 0
     #: Sum over renewals of how long before the replaced credential's expiry each
     #: finished (ms): divided by ``renewals`` it is the mean renewal lead time.
@@ -107,8 +105,9 @@ class Entry:
     stale_at: datetime | None = None
     #: Where the margin starts: never served from here on.
     invalid_at: datetime | None = None
-    #: (expires_at, issued_at) of the last credential: a re-issue with the same
-    #: expiry (a pass-through token) continues that lifetime rather than restarting it.
+    #: (expires_at, since) of the last credential: ``since`` is its declared
+    #: ``issued_at``, else when this entry first got that expiry. It places renew
+    #: points and scales retries; margins never use it (see policy.margin).
     anchor: tuple[datetime, datetime] | None = None
     flight: Flight | None = None
     error: BrokerError | None = None
@@ -135,7 +134,7 @@ class Entry:
         self, credential: ClientCredential, started: datetime, now: datetime, rng: random.Random
     ) -> ClientCredential | BrokerError:
         """Take a freshly minted credential, or say why it cannot be served."""
-        credential, unchanged = self._normalise(credential, started)
+        since, unchanged = self._since(credential, started)
         limit = policy.invalid_at(credential)
         if limit is not None and now >= limit:
             assert credential.expires_at is not None
@@ -156,25 +155,26 @@ class Entry:
             self.stale_at = now + timedelta(seconds=delay)
         else:
             self.attempts = 0
-            self.stale_at = policy.renew_at(credential, rng)
-        if credential.expires_at is not None and credential.issued_at is not None:
-            self.anchor = (credential.expires_at, credential.issued_at)
+            self.stale_at = policy.renew_at(credential, rng, since)
+        if credential.expires_at is not None:
+            self.anchor = (credential.expires_at, since)
         self.error, self.permanent, self.retry_at = None, False, None
         return credential
 
-    def _normalise(
-        self, credential: ClientCredential, started: datetime
-    ) -> tuple[ClientCredential, bool]:
-        """Stamp ``issued_at`` (mint start); tell whether the expiry failed to move on."""
-        if credential.issued_at is None:
-            credential = replace(credential, issued_at=started)
+    def _since(self, credential: ClientCredential, started: datetime) -> tuple[datetime, bool]:
+        """Where the credential's servable lifetime starts for renewal, and whether its
+        expiry failed to move on (the same token again).
+
+        The declared ``issued_at`` if any; else, for the expiry already held, the
+        moment it was first got; else the mint's start. Never written into the
+        credential: its margin depends on what the upstream declared only.
+        """
         expiry = credential.expires_at
         if self.anchor is None or expiry is None:
-            return credential, False
-        last_expiry, last_issued = self.anchor
-        if expiry == last_expiry and credential.issued_at != last_issued:
-            credential = replace(credential, issued_at=last_issued)
-        return credential, expiry <= last_expiry
+            return credential.issued_at or started, False
+        last_expiry, last_since = self.anchor
+        since = credential.issued_at or (last_since if expiry == last_expiry else started)
+        return since, expiry <= last_expiry
 
     def fail(self, error: BrokerError, now: datetime, rng: random.Random) -> float | None:
         """Record a failed mint; returns seconds until the retry (None: permanent, no retry).

@@ -20,6 +20,25 @@ credentials with small margins (Kubernetes, most short tokens) that is about
 of a 1-hour session, measuring from the margin keeps every jittered point
 ahead of it, so a failed renewal still has time to be retried before the
 cached credential must stop being served.
+
+**The margin rule** (README "Credentials, renewal and watching" states it too)::
+
+    margin = kind margin                                   lifetime unknown
+    margin = min(kind margin, 3/4 x declared lifetime)     lifetime declared
+
+The *declared lifetime* is ``expires_at - issued_at`` as the provider states it
+for the credential it returns: the issue time the upstream declared (STS
+``Expiration`` minus the requested ``DurationSeconds``, or the request if later;
+the request a token endpoint answered with a fresh token; an EKS token's
+signature; a JWT's ``iat``). It is a fact about the credential, never the
+moment this daemon first saw it, so it is the same after an update, a restart
+or an eviction. A credential whose issue time is unknown (``issued_at`` None: a
+stored token handed through, anything that dies with the connector's own
+``expires_at``) gets the whole kind margin. The 3/4 cap bites only where the
+kind margin would leave less than a quarter of the lifetime servable (AWS
+sessions under 20 min, Google tokens under 5 min 20 s, Kubernetes tokens under
+80 s, registry passwords under 6 min 40 s); everything longer keeps the full
+documented margin.
 """
 
 from __future__ import annotations
@@ -57,10 +76,19 @@ KIND_MARGINS: dict[str, timedelta] = {
     "docker": DOCKER_MARGIN,
 }
 
-#: For lifetimes too short for the kind's margin (a 15-minute STS session, a
-#: 20-second test token), the margin is this fraction of the lifetime instead,
-#: leaving 3/4 of it servable.
-SHORT_LIFETIME_MARGIN_FRACTION = 0.25
+#: The margin never exceeds this fraction of the credential's declared lifetime, so
+#: at least a quarter of any credential's life is servable. Without the cap a
+#: credential living no longer than its kind's margin (a 15-minute STS session,
+#: the shortest STS allows, against the 15-minute AWS margin) could never be
+#: served. It changes nothing for lifetimes of 4/3 of the kind margin or more.
+MARGIN_LIFETIME_CAP = 0.75
+
+#: Resource types whose client credentials are of another kind than their
+#: connector's: an aws or gcp connector hands kubectl and docker credentials.
+RESOURCE_TYPE_KINDS: dict[str, str] = {
+    "kubernetes-cluster": "kubernetes",
+    "docker-registry": "docker",
+}
 
 # -- renewal point --
 
@@ -124,29 +152,45 @@ class TokenState(enum.Enum):
     INVALID = "invalid"  # never serve it: callers wait for a new one (mandatory)
 
 
+def margin_of_kind(kind: str) -> timedelta:
+    """The documented margin for client credentials of connector type ``kind``."""
+    return KIND_MARGINS.get(kind, DEFAULT_MARGIN)
+
+
 def kind_margin(credential: ClientCredential) -> timedelta:
     """The margin the consumers of this kind of credential need."""
-    return KIND_MARGINS.get(credential.connector_type, DEFAULT_MARGIN)
+    return margin_of_kind(credential.connector_type)
+
+
+def client_kind(connector_type: str, resource_type: str | None = None) -> str:
+    """The kind of client credential a connector type issues for a resource type."""
+    if resource_type is None:
+        return connector_type
+    return RESOURCE_TYPE_KINDS.get(resource_type, connector_type)
 
 
 def lifetime(credential: ClientCredential) -> timedelta | None:
-    """How long the credential lives from issue to expiry (None: unknown or unlimited)."""
+    """The declared lifetime, issue to expiry (None: unknown, unlimited or nonsensical).
+
+    An issue time at or after the expiry (clock skew between the upstream and
+    this host) says nothing usable about the lifetime: unknown.
+    """
     if credential.expires_at is None or credential.issued_at is None:
         return None
-    return max(credential.expires_at - credential.issued_at, timedelta(0))
+    life = credential.expires_at - credential.issued_at
+    return life if life > timedelta(0) else None
+
+
+def margin_for(kind_margin: timedelta, declared: timedelta | None) -> timedelta:
+    """The margin rule (module docstring): the kind's, capped at 3/4 of a declared lifetime."""
+    if declared is None:
+        return kind_margin
+    return min(kind_margin, declared * MARGIN_LIFETIME_CAP)
 
 
 def margin(credential: ClientCredential) -> timedelta:
-    """How long before ``expires_at`` the credential stops being served.
-
-    The kind's margin where the lifetime allows, else a quarter of the
-    lifetime. An unknown lifetime (no ``issued_at``) gets the kind's margin.
-    """
-    base = kind_margin(credential)
-    life = lifetime(credential)
-    if life is None:
-        return base
-    return min(base, life * SHORT_LIFETIME_MARGIN_FRACTION)
+    """How long before ``expires_at`` the credential stops being served."""
+    return margin_for(kind_margin(credential), lifetime(credential))
 
 
 def invalid_at(credential: ClientCredential) -> datetime | None:
@@ -156,12 +200,15 @@ def invalid_at(credential: ClientCredential) -> datetime | None:
     return credential.expires_at - margin(credential)
 
 
-def renew_at(credential: ClientCredential, rng: random.Random) -> datetime | None:
+def renew_at(
+    credential: ClientCredential, rng: random.Random, since: datetime | None = None
+) -> datetime | None:
     """A jittered point at which to start renewing (None: long-lived, never).
 
-    Always at or before :func:`invalid_at`. Without ``issued_at`` the
-    servable lifetime is unknown; the point then lies about one margin ahead of
-    the margin (a rule of thumb: the cache stamps ``issued_at`` on every mint).
+    Always at or before :func:`invalid_at`. The servable lifetime runs from
+    ``issued_at``, or, when the upstream declared none, from ``since`` (when
+    the cache first got this credential: it only places the renew point, never
+    the margin). With neither, the point lies about one margin ahead of the margin.
     """
     limit = invalid_at(credential)
     if limit is None:
@@ -170,9 +217,10 @@ def renew_at(credential: ClientCredential, rng: random.Random) -> datetime | Non
         RENEW_REMAINING_FRACTION - RENEW_JITTER_FRACTION,
         RENEW_REMAINING_FRACTION + RENEW_JITTER_FRACTION,
     )
-    if credential.issued_at is None:
+    start = credential.issued_at or since
+    if start is None:
         return limit - margin(credential) * (fraction / RENEW_REMAINING_FRACTION)
-    servable = limit - credential.issued_at
+    servable = limit - start
     if servable <= timedelta(0):
         return limit
     return limit - servable * fraction

@@ -141,7 +141,15 @@ class Provider(abc.ABC):
     async def mint(
         self, connector: Connector, resource_type: str, resource_id: str
     ) -> ClientCredential:
-        """Issue a client credential for one resource, as short-lived as the method allows."""
+        """Issue a client credential for one resource, as short-lived as the method allows.
+
+        Set ``expires_at`` whenever the credential dies (for one handed through, the
+        connector's ``expires_at``), and ``issued_at`` to when the upstream issued it,
+        as the upstream declared it (a fresh token: when it was asked for). Leave
+        ``issued_at`` None when nobody declared it: the credential then keeps its
+        kind's whole safety margin (see :mod:`broker.cache.policy`), so a short-lived
+        token needs ``issued_at`` to be servable at all.
+        """
 
     # -- local environment --------------------------------------------------
     def auto_configure(

@@ -88,6 +88,7 @@ class BenchProvider(Provider):
     ) -> ClientCredential:
         url = f"{str(connector.config['url']).rstrip('/')}/mint"
         headers = {"Authorization": f"Bearer {connector.config['token']}"}
+        requested = datetime.now(UTC)  # every answer is a fresh token: issued on request
         try:
             async with self._client().get(
                 url, params={"resource": resource_id}, headers=headers
@@ -108,6 +109,7 @@ class BenchProvider(Provider):
             config={"token": str(body["token"])},
             secret_names=frozenset({"token"}),
             expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+            issued_at=requested,
         )
 
     async def aclose(self) -> None:

@@ -209,7 +209,7 @@ class AwsProvider(Provider):
                 secret_names=frozenset({"token"}),
                 expires_at=expires_at,
                 session_policy=policy.audit_text,
-                issued_at=now,
+                issued_at=_issued_at(expires_at, session, now),
             )
         if ids.registry_account(rid) != account:
             raise InvalidArgument(
@@ -219,6 +219,7 @@ class AwsProvider(Provider):
             )
         session, policy = await self._client_session(connector, resource_type, rid, base)
         login = await resources.ecr_login(self._clients, where, session)
+        expires = _earliest(login.expires_at, session.expires_at)
         return ClientCredential(
             connector_type="docker",
             auth_method="password",
@@ -230,9 +231,9 @@ class AwsProvider(Provider):
                 "registry": login.registry or rid,
             },
             secret_names=frozenset({"password"}),
-            expires_at=_earliest(login.expires_at, session.expires_at),
+            expires_at=expires,
             session_policy=policy.audit_text,
-            issued_at=self.context.clock.now(),
+            issued_at=_issued_at(expires, session, self.context.clock.now()),
         )
 
     # -- the container endpoint's sessions ------------------------------------
@@ -398,8 +399,21 @@ def _aws_credential(
         secret_names=frozenset(secrets),
         expires_at=session.expires_at,
         session_policy=policy.audit_text,
-        issued_at=now,
+        # A session's declared issue (None for stored or borrowed keys handed through,
+        # whose lifetime nobody declared); long-lived keys: when they were handed out.
+        issued_at=session.issued_at if session.expires_at is not None else now,
     )
+
+
+def _issued_at(
+    expires_at: datetime | None, session: AwsCredentials, now: datetime
+) -> datetime | None:
+    """The declared issue of a credential made now from ``session``: the session's own
+    when the session's expiry is the credential's (it then lives as long as the session),
+    else now (an EKS token or ECR password minted by this request)."""
+    if session.expires_at is not None and expires_at == session.expires_at:
+        return session.issued_at
+    return now
 
 
 def _bounded_put(cache: dict[str, _T], key: str, value: _T) -> None:

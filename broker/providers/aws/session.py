@@ -68,6 +68,9 @@ class AwsCredentials:
     expires_at: datetime | None = None
     #: The connector's own keys (stored, or its working role session): clients are pooled.
     reusable: bool = False
+    #: When STS issued the session, as it declared it (``Expiration`` minus the requested
+    #: ``DurationSeconds``); None for keys nobody declared a lifetime for (stored, borrowed).
+    issued_at: datetime | None = None
 
 
 @dataclass(frozen=True)

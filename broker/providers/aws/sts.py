@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from broker.providers.aws.failures import Call, aws_call
 from broker.providers.aws.policy import SessionPolicy
@@ -60,6 +60,7 @@ async def assume_role(
     policy: SessionPolicy,
 ) -> AwsCredentials:
     call = Call(where.connector, creds.access_key_id, "sts:AssumeRole", role_arn)
+    requested = datetime.now(UTC)
     async with (
         aws_call(call),
         clients.client("sts", where, creds) as sts,
@@ -70,19 +71,20 @@ async def assume_role(
             DurationSeconds=duration,
             **policy.sts_params(),
         )
-    return _credentials(reply["Credentials"])
+    return _credentials(reply["Credentials"], duration, requested)
 
 
 async def session_token(
     clients: AwsClients, where: Endpoint, creds: AwsCredentials, duration: int
 ) -> AwsCredentials:
     call = Call(where.connector, creds.access_key_id, "sts:GetSessionToken")
+    requested = datetime.now(UTC)
     async with (
         aws_call(call),
         clients.client("sts", where, creds) as sts,
     ):
         reply = await sts.get_session_token(DurationSeconds=duration)
-    return _credentials(reply["Credentials"])
+    return _credentials(reply["Credentials"], duration, requested)
 
 
 async def federation_token(
@@ -93,6 +95,7 @@ async def federation_token(
     policy: SessionPolicy,
 ) -> AwsCredentials:
     call = Call(where.connector, creds.access_key_id, "sts:GetFederationToken")
+    requested = datetime.now(UTC)
     async with (
         aws_call(call),
         clients.client("sts", where, creds) as sts,
@@ -102,15 +105,25 @@ async def federation_token(
             DurationSeconds=duration,
             **policy.sts_params(),
         )
-    return _credentials(reply["Credentials"])
+    return _credentials(reply["Credentials"], duration, requested)
 
 
-def _credentials(raw: dict[str, object]) -> AwsCredentials:
+def _credentials(raw: dict[str, object], duration: int, requested: datetime) -> AwsCredentials:
+    """The session STS issued for a request sent at ``requested`` (wall clock, as
+    ``Expiration`` is), with its declared lifetime.
+
+    STS issues a fresh session per request, lasting the ``DurationSeconds`` asked
+    for, or less (a root user's session is capped at an hour): it was issued at
+    ``Expiration`` minus the duration, or when it was asked for if that is later.
+    Both are facts about this session, the same after any restart of the broker.
+    """
     expiration = raw["Expiration"]
     assert isinstance(expiration, datetime)
+    expires_at = expiration.astimezone(UTC)
     return AwsCredentials(
         access_key_id=str(raw["AccessKeyId"]),
         secret_access_key=str(raw["SecretAccessKey"]),
         session_token=str(raw["SessionToken"]),
-        expires_at=expiration.astimezone(UTC),
+        expires_at=expires_at,
+        issued_at=max(expires_at - timedelta(seconds=duration), requested),
     )

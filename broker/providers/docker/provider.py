@@ -1,8 +1,9 @@
 """The ``docker`` connector type: a registry username/password, verified and handed out as is.
 
 A password cannot be down-scoped or made short-lived, so minting is just
-returning the stored credential (marked long-lived) for the one registry the
-connector names. Verification is the registry's own ``/v2/`` login check.
+returning the stored credential for the one registry the connector names:
+long-lived, or expiring with the connector's ``expires_at`` when it has one.
+Verification is the registry's own ``/v2/`` login check.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from broker.providers.base import Provider
 from broker.providers.docker.ids import DOCKER_HUB, canonical_registry
 from broker.providers.docker.registry_client import verify_login
 from broker.providers.docker.spec import AUTH_PASSWORD, PASSWORD_METHOD, RESOURCE_TYPE, SPEC
+from broker.token_times import stored_window
 
 
 class DockerProvider(Provider):
@@ -84,6 +86,9 @@ class DockerProvider(Provider):
             config["certificate_authority"] = ca
         if _insecure(connector):
             config["insecure"] = True
+        # The stored password, handed through: it dies with the connector's expires_at
+        # (or a JWT password's exp), and nobody declared when it was issued.
+        issued_at, expires_at = stored_window(_text(connector, "password"), connector.expires_at)
         return ClientCredential(
             connector_type=SPEC.connector_type,
             auth_method=AUTH_PASSWORD,
@@ -91,8 +96,8 @@ class DockerProvider(Provider):
             resource_id=registry,
             config=config,
             secret_names=frozenset({"password"}),
-            expires_at=None,
-            issued_at=self.context.clock.now(),
+            expires_at=expires_at,
+            issued_at=issued_at,
         )
 
 

@@ -2,7 +2,8 @@
 
 A kubernetes connector holds a token, a client certificate or a password for
 one cluster and cannot mint anything shorter-lived, so ``mint`` returns the
-stored credential with no expiry. The resource is single-instance: its ID is
+stored credential: long-lived, or expiring with the connector's ``expires_at``
+(or a JWT token's own ``exp``, whichever is first). The resource is single-instance: its ID is
 the cluster name, and asking for any other cluster is refused by name.
 """
 
@@ -16,6 +17,7 @@ from broker.providers.base import Provider
 from broker.providers.kubernetes import kubeconfig
 from broker.providers.kubernetes.settings import ClusterSettings, cluster_identity, same_server
 from broker.providers.kubernetes.spec import CONNECTOR_TYPE, RESOURCE_TYPE, SPEC
+from broker.token_times import stored_window
 
 
 class KubernetesProvider(Provider):
@@ -68,13 +70,15 @@ class KubernetesProvider(Provider):
     async def mint(
         self, connector: Connector, resource_type: str, resource_id: str
     ) -> ClientCredential:
-        """The stored credential for the cluster; long-lived, so no expiry."""
+        """The stored credential for the cluster, expiring when the connector's does."""
         self._check_type(resource_type)
         name = self.canonical_resource_id(connector, resource_type, resource_id)
         settings = ClusterSettings.from_connector(connector)
         config = settings.client_config()
         method = self.spec.auth_method(connector.auth_method)
         secret_names = method.secret_names if method is not None else frozenset()
+        # Handed through: nobody declared when it was issued, unless a JWT token says so.
+        issued_at, expires_at = stored_window(settings.token or "", connector.expires_at)
         return ClientCredential(
             connector_type=CONNECTOR_TYPE,
             auth_method=connector.auth_method,
@@ -82,8 +86,8 @@ class KubernetesProvider(Provider):
             resource_id=name,
             config=config,
             secret_names=frozenset(k for k in config if k in secret_names),
-            expires_at=None,
-            issued_at=self.context.clock.now(),
+            expires_at=expires_at,
+            issued_at=issued_at,
         )
 
     def auto_configure(
