@@ -49,6 +49,7 @@ from broker.model import ClientCredential, Connector, Value
 from broker.policy import build_policy
 from broker.providers.aws.sts import _credentials
 from broker.providers.base import ProviderContext
+from broker.providers.gcp.provider import GcpProvider
 from broker.providers.registry import ProviderRegistry
 from broker.served import (
     DOCUMENTED_LIFETIME_CAP,
@@ -200,6 +201,44 @@ def test_a_connector_inside_its_margin_is_refused_saying_when_and_how_to_renew(
     with pytest.raises(ConnectorExpired, match="credentials expired at 2030-01-01T12:00:00Z; "):
         check_not_expired(c, expires, resource_type)
     check_not_expired(replace(c, expires_at=None), expires + timedelta(days=9999), resource_type)
+
+
+@pytest.mark.anyio
+async def test_google_tokens_declare_their_issue_only_when_minted_for_the_request(
+    tmp_path: Path,
+) -> None:
+    """A key file's token is fresh (issued on request); the metadata server's is the one it
+    caches and a stored OAuth2 token is handed through: those keep the whole margin."""
+    clock = FakeClock(_start_time())
+    with GoogleServer(token_lifetime=GOOGLE_LIFETIME) as google:
+        google.metadata_principal = "vm@table-project.iam.gserviceaccount.com"
+        empty = tmp_path / "no-gcloud"
+        empty.mkdir()
+        env = {**google.env(), "CLOUDSDK_CONFIG": str(empty)}
+        gcp = GcpProvider(
+            ProviderContext(clock=clock, enable_implicit_auth=True, env=env, request_timeout=5)
+        )
+        try:
+            key = google.service_account("declared", "table-project").json()
+            made = {
+                "service-account": {"service_account_json": key},
+                "implicit": {"project_id": "table-project"},
+                "oauth2-token": {"token": "ya29.stored", "project_id": "table-project"},
+            }
+            issued: dict[str, datetime | None] = {}
+            for method, config in made.items():
+                stored = clock.now() + timedelta(hours=1) if method == "oauth2-token" else None
+                connector = replace(
+                    _connector("gcp", method, stored), config=config, resource_type="gcp-generic"
+                )
+                cred = await gcp.mint(connector, "gcp-generic", "table-project")
+                issued[method] = cred.issued_at
+                if method != "oauth2-token":
+                    assert cred.expires_at == clock.now() + timedelta(seconds=GOOGLE_LIFETIME)
+            assert google.issued[-1].via == "metadata"
+        finally:
+            await gcp.aclose()
+    assert issued == {"service-account": clock.now(), "implicit": None, "oauth2-token": None}
 
 
 # -- the in-process daemon -------------------------------------------------------------------

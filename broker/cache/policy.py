@@ -34,7 +34,8 @@ signature; a JWT's ``iat``). It is a fact about the credential, never the
 moment this daemon first saw it, so it is the same after an update, a restart
 or an eviction. A credential whose issue time is unknown (``issued_at`` None: a
 stored token handed through, anything that dies with the connector's own
-``expires_at``) gets the whole kind margin. The 3/4 cap bites only where the
+``expires_at``, a token the upstream caches such as the GCE metadata server's)
+gets the whole kind margin. The 3/4 cap bites only where the
 kind margin would leave less than a quarter of the lifetime servable (AWS
 sessions under 20 min, Google tokens under 5 min 20 s, Kubernetes tokens under
 80 s, registry passwords under 6 min 40 s); everything longer keeps the full

@@ -307,7 +307,10 @@ class GcpProvider(Provider):
                 issued_at=issued,
             )
         token = await self.access_token(connector, wanted.scopes)
-        return _token_credential(resource_type, canonical, token, settings, issued, wanted.scopes)
+        issued_at = issued if _issues_fresh_tokens(settings) else None
+        return _token_credential(
+            resource_type, canonical, token, settings, issued_at, wanted.scopes
+        )
 
     async def project_number(self, connector: Connector, token: str) -> str:
         """The connector project's number: the ``project_number`` attribute, else Resource
@@ -390,8 +393,9 @@ class GcpProvider(Provider):
             if handed is not None:
                 return handed
         token = await self.access_token(connector)
+        issued_at = issued if _issues_fresh_tokens(settings) else None
         if resource_type in _TOKEN_TYPES:
-            return _token_credential(resource_type, canonical, token, settings, issued)
+            return _token_credential(resource_type, canonical, token, settings, issued_at)
         if resource_type == RT_GKE:
             ref = ids.parse_cluster(canonical, settings.project)
             api = GoogleApi(self._http(), token.value, self.context.request_timeout)
@@ -411,11 +415,11 @@ class GcpProvider(Provider):
                 },
                 secret_names=frozenset({"token"}),
                 expires_at=token.expires_at,
-                issued_at=issued,
+                issued_at=issued_at,
             )
         registry = ids.parse_registry(canonical, settings.project)
         return _docker_credential(
-            canonical, registry.host, REGISTRY_TOKEN_USER, token.value, token.expires_at, issued
+            canonical, registry.host, REGISTRY_TOKEN_USER, token.value, token.expires_at, issued_at
         )
 
     def _key_credential(
@@ -472,12 +476,23 @@ def _target(settings: GcpSettings) -> str | None:
     return settings.target
 
 
+def _issues_fresh_tokens(settings: GcpSettings) -> bool:
+    """Whether each access token was issued for this request, so its lifetime is declared.
+
+    A token endpoint and IAM Credentials answer with a fresh token (issued when it
+    was asked for). A stored OAuth2 token is handed through, and the metadata server
+    answers with the token it caches until 5 minutes before its expiry: nobody
+    declared when those were issued, so they keep Google's whole margin.
+    """
+    return settings.auth_method != AUTH_TOKEN and settings.key is not None
+
+
 def _token_credential(
     resource_type: str,
     canonical: str,
     token: tokens.AccessToken,
     settings: GcpSettings,
-    issued: datetime,
+    issued: datetime | None,
     scopes: Sequence[str] | None = None,
 ) -> ClientCredential:
     """A ``gcp`` ``oauth2-token`` credential: the token, the project, and whose it is."""
@@ -519,7 +534,7 @@ def _docker_credential(
     username: str,
     password: str,
     expires_at: datetime | None,
-    issued: datetime,
+    issued: datetime | None,
 ) -> ClientCredential:
     return ClientCredential(
         connector_type="docker",
