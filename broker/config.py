@@ -64,6 +64,38 @@ class Settings:
     discovery_concurrency: int = _doc("Discovery calls in flight at once, in all", 128)
     discovery_per_provider: int = _doc("Discovery calls in flight at once per connector type", 64)
     discovery_cache_ttl_seconds: float = _doc("How long a resource listing is reused", 60.0)
+    helper_max_connections: int = _doc(
+        "Open connections to the helper socket at most; more are refused at once with 503 "
+        "(lowered at start-up to fit the open-file limit: see fd_reserve)",
+        1024,
+    )
+    sdk_max_connections: int = _doc(
+        "Open connections to all SDK endpoints together at most (as helper_max_connections)",
+        1024,
+    )
+    http_header_timeout_seconds: float = _doc(
+        "Helper and SDK endpoints: time a client has to send a request's headers (from "
+        "connecting, or from its first byte after a keep-alive pause); then 408 and closed",
+        10.0,
+    )
+    http_body_timeout_seconds: float = _doc(
+        "Helper and SDK endpoints: time a client has to send a request's body; then 408",
+        10.0,
+    )
+    http_max_header_bytes: int = _doc(
+        "Helper and SDK endpoints: size of a request's headers at most; more is refused (431)",
+        16384,
+    )
+    http_max_body_bytes: int = _doc(
+        "Helper and SDK endpoints: size of a request's body at most; more is refused (413)",
+        65536,
+    )
+    fd_reserve: int = _doc(
+        "Open files kept free for gRPC, the store and upstream calls (at most half the "
+        "limit): the connection caps are lowered until they leave this many. The daemon "
+        "raises its soft RLIMIT_NOFILE to the hard limit first",
+        256,
+    )
     #: ``[[policy.rules]]`` from the config file (not a flat setting: no env, no flag).
     policy_rules: tuple[Rule, ...] = field(default=(), metadata={"internal": True})
     #: The TOML file these settings came from: SIGHUP re-reads its policy.
@@ -153,6 +185,9 @@ def _validate(settings: Settings) -> Settings:
             f"setting 'log_format' must be auto, json or console, got '{settings.log_format}'",
             field="log_format",
         )
+    for key in ("http_header_timeout_seconds", "http_body_timeout_seconds"):
+        if getattr(settings, key) <= 0:
+            raise InvalidArgument(f"setting '{key}' must be more than 0 seconds", field=key)
     for key in ("tcp", "metrics"):
         value = getattr(settings, key)
         if value is not None:

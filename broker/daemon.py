@@ -21,9 +21,11 @@ from broker import __version__
 from broker.cache.cache import CredentialCache
 from broker.clock import Clock, SystemClock
 from broker.config import Settings, reload_policy
+from broker.descriptors import raise_nofile_limit
 from broker.discovery import Discovery, DiscoveryLimits
 from broker.errors import BrokerError
 from broker.local.endpoint import HelperEndpoint
+from broker.local.guard import endpoint_guards
 from broker.local.sdk import SdkEndpoints
 from broker.logs import configure
 from broker.notify import Notifier
@@ -86,6 +88,7 @@ async def run_daemon(
     env = dict(os.environ) if env is None else env
     clock = clock or SystemClock()
     configure(settings.log_level, settings.log_format)
+    raise_nofile_limit()  # soft to hard: the connection caps below are fitted to it
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     check_key_credential(settings, env)  # the unit's LoadCredential= key: a clear error
@@ -116,9 +119,10 @@ async def run_daemon(
     service = BrokerService(
         store, registry, cache, discovery, clock, build_policy(os.getuid(), settings.policy_rules)
     )
-    sdk = SdkEndpoints(service, clock)
+    helper_guard, sdk_guard = endpoint_guards(settings)
+    sdk = SdkEndpoints(service, clock, guard=sdk_guard)
     server = GrpcServer(settings, service, sdk)
-    helpers = HelperEndpoint(service)
+    helpers = HelperEndpoint(service, helper_guard)
     notifier = Notifier.from_env(env)
     metrics = None
     if settings.metrics:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,11 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         command: Sequence[str] = BROKER,
         socket: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``preexec_fn``: run in the daemon's process before it starts (e.g. lower a limit)."""
         self.command = list(command)
+        self.preexec_fn = preexec_fn
         self.data_dir = data_dir
         self.socket = socket or data_dir / "broker.sock"
         self.log_path = data_dir.parent / f"{data_dir.name}-daemon.log"
@@ -68,6 +71,7 @@ class Daemon:
                 stdout=log,
                 stderr=log,
                 env=self.env,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -139,9 +143,11 @@ def running_daemon(
     env: Mapping[str, str] | None = None,
     command: Sequence[str] = BROKER,
     socket: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Daemon]:
-    """``socket``: where the daemon's config puts its gRPC socket, if not DATA_DIR."""
-    daemon = Daemon(data_dir, env, command, socket)
+    """``socket``: where the daemon's config puts its gRPC socket, if not DATA_DIR;
+    ``preexec_fn``: run in the daemon's process before it starts."""
+    daemon = Daemon(data_dir, env, command, socket, preexec_fn)
     daemon.start(*extra)
     try:
         yield daemon

@@ -4,6 +4,11 @@ docker and kubectl start a helper process for every call; importing grpc
 alone would cost ~0.1 s, so helpers speak plain HTTP/1.1 with the stdlib to
 this endpoint instead. The Unix socket also tells who is calling
 (SO_PEERCRED), which goes into the audit log.
+
+Its limits (timeouts, sizes, a connection cap) come from
+:mod:`broker.local.guard`. Every error is a one-line JSON body plus the same
+text in ``X-Broker-Error``, escaped to printable ASCII (a connector name may
+hold anything, NUL and newlines included).
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from broker.errors import (
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
 from broker.local import formats
+from broker.local.guard import GUARD, HttpGuard, HttpRefusal, describe_peer, header_safe
 from broker.service import BrokerService, registry_host
 from broker.sockets import listen_unix
 
 log = structlog.get_logger(__name__)
 
-#: Helper requests are tiny; anything larger is garbage.
-MAX_BODY_BYTES = 64 * 1024
+#: JSON nested deeper than this is refused (helper requests are flat objects).
+MAX_JSON_DEPTH = 32
 
 _STATUS: tuple[tuple[type[BrokerError], int, str], ...] = (
     (InvalidArgument, 400, "invalid_argument"),
@@ -52,17 +58,36 @@ _STATUS: tuple[tuple[type[BrokerError], int, str], ...] = (
 
 def error_response(exc: BrokerError) -> web.Response:
     """JSON for SDKs, and the same in headers for helpers that must not import json."""
-    status, code = 500, "internal"
-    for cls, cls_status, cls_code in _STATUS:
-        if isinstance(exc, cls):
-            status, code = cls_status, cls_code
-            break
-    one_line = " ".join(exc.message.split()).encode("latin-1", "replace").decode("latin-1")
-    return web.json_response(
+    status, code = error_status(exc)
+    response = web.json_response(
         {"error": exc.message, "code": code},
         status=status,
-        headers={"X-Broker-Error": one_line, "X-Broker-Error-Code": code},
+        headers={"X-Broker-Error": header_safe(exc.message), "X-Broker-Error-Code": code},
     )
+    if isinstance(exc, HttpRefusal) and exc.close:
+        response.force_close()
+    return response
+
+
+def error_status(exc: BrokerError) -> tuple[int, str]:
+    """The HTTP status and the short code of an error."""
+    if isinstance(exc, HttpRefusal):
+        return exc.status, exc.code
+    for cls, cls_status, cls_code in _STATUS:
+        if isinstance(exc, cls):
+            return cls_status, cls_code
+    return 500, "internal"
+
+
+def refused(request: web.Request, exc: BrokerError) -> web.Response:
+    """The answer for a refused request, and its one (rate-limited) log line."""
+    response = error_response(exc)
+    guard = request.app.get(GUARD)
+    if guard is not None:
+        transport = request.transport
+        peer = describe_peer(transport.get_extra_info("socket") if transport else None)
+        guard.refused(response.status, error_status(exc)[1], exc.message, peer)
+    return response
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -83,21 +108,69 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        request.app[GUARD].check_request(request)
         return await handler(request)
     except BrokerError as exc:
-        return error_response(exc)
-    except web.HTTPException:
-        raise
+        return refused(request, exc)
+    except web.HTTPRequestEntityTooLarge:
+        return refused(request, request.app[GUARD].too_large())
+    except web.HTTPException as exc:  # the router's 404 / 405: the same one-line JSON
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "invalid_argument"
+        return refused(request, HttpRefusal(exc.status, code, f"{exc.reason}: {request.path}"))
+    except ConnectionError:
+        raise  # the client went away: nothing to answer, nothing to log
     except Exception:
         log.exception("helper_endpoint_error", path=request.path)
         return web.json_response({"error": "internal error", "code": "internal"}, status=500)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+def parse_json(raw: bytes | str, what: str, field: str | None = None) -> Any:
+    """JSON from a client: 400 (InvalidArgument) for bad UTF-8, bad JSON or deep nesting."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(f"{what} is not UTF-8 (byte {exc.start})", field=field) from None
+    depth = _nesting(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidArgument(
+            f"{what} is nested {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed",
+            field=field,
+        )
     try:
-        data = await request.json()
-    except ValueError:
-        raise InvalidArgument("request body is not JSON") from None
+        return json.loads(raw)
+    except RecursionError:  # pragma: no cover - _nesting refuses such input first
+        raise InvalidArgument(f"{what} is nested too deeply", field=field) from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not JSON: {exc}", field=field) from None
+
+
+def _nesting(text: str) -> int:
+    """How deep brackets nest in ``text``, outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    data = parse_json(await request.read(), "request body")
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object")
     return data
@@ -119,10 +192,7 @@ def _exec_info_version(exec_info: str | None) -> str:
     as the reference plugins answer)."""
     if not exec_info:
         return formats.DEFAULT_EXEC_API_VERSION
-    try:
-        info = json.loads(exec_info)
-    except ValueError:
-        raise InvalidArgument("KUBERNETES_EXEC_INFO is not valid JSON", field="exec_info") from None
+    info = parse_json(exec_info, "KUBERNETES_EXEC_INFO", field="exec_info")
     version = info.get("apiVersion") if isinstance(info, dict) else None
     return str(version or formats.DEFAULT_EXEC_API_VERSION)
 
@@ -130,9 +200,10 @@ def _exec_info_version(exec_info: str | None) -> str:
 class HelperEndpoint:
     """Routes for the docker helper, the kubectl plugin and credential_process."""
 
-    def __init__(self, service: BrokerService) -> None:
+    def __init__(self, service: BrokerService, guard: HttpGuard | None = None) -> None:
         self._service = service
-        self.app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+        self.guard = guard or HttpGuard("helper")
+        self.app = self.guard.application(middlewares=[_errors])
         self.app.add_routes(
             [
                 web.get("/v1/health", self.health),
@@ -152,13 +223,20 @@ class HelperEndpoint:
         sock = listen_unix(path, group)
         self._path = path
         try:
-            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            self._runner = self.guard.runner(self.app)
             await self._runner.setup()
-            await web.SockSite(self._runner, sock).start()
+            await self.guard.serve(self._runner, sock)
         except BaseException:
             sock.close()
             raise
-        log.info("helper_endpoint_listening", socket=str(path))
+        limits = self.guard.limits
+        log.info(
+            "helper_endpoint_listening",
+            socket=str(path),
+            max_connections=limits.max_connections,
+            header_timeout_seconds=limits.header_timeout,
+            body_timeout_seconds=limits.body_timeout,
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:

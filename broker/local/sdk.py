@@ -18,6 +18,8 @@ Hardened like the cloud metadata servers they imitate: a request that went
 through a proxy (``X-Forwarded-For``, ``Forwarded``), came from a web page
 (``Origin``) or names another host (``Host`` other than the listener's own
 loopback address: DNS rebinding) is refused with 403 before anything else.
+All listeners share one :class:`~broker.local.guard.HttpGuard`: header and
+body timeouts, size caps, and one cap on their open connections together.
 
 Every grant has an owner and a TTL. Each fetch re-checks the owner's
 permission (a policy reload applies at once); an expired grant is refused
@@ -31,6 +33,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -51,7 +54,8 @@ from broker.errors import (
 from broker.identity.principal import Principal
 from broker.identity.tcp_owner import peer_uid
 from broker.local import formats, gce
-from broker.local.endpoint import error_response
+from broker.local.endpoint import refused
+from broker.local.guard import HttpGuard
 from broker.policy import Action, Target
 from broker.providers.base import VARIANT_SDK_SESSION
 from broker.service import BrokerService
@@ -151,10 +155,17 @@ def refusal(request: web.Request) -> str | None:
 class SdkEndpoints:
     """Owns the AWS listener and one metadata listener per gcp grant."""
 
-    def __init__(self, service: BrokerService, clock: Clock, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        service: BrokerService,
+        clock: Clock,
+        host: str = "127.0.0.1",
+        guard: HttpGuard | None = None,
+    ) -> None:
         self._service = service
         self._clock = clock
         self._host = host
+        self.guard = guard or HttpGuard("sdk")
         self._grants: dict[str, Grant] = {}
         self._aws_runner: web.AppRunner | None = None
         self._aws_port = 0
@@ -164,16 +175,25 @@ class SdkEndpoints:
         self._closing: set[asyncio.Task[None]] = set()
 
     async def _listen(self, app: web.Application) -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = self.guard.runner(app)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, 0)
-        await site.start()
-        port = int(runner.addresses[0][1])
+        try:
+            sock = socket.create_server((self._host, 0), backlog=128)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        port = int(sock.getsockname()[1])
+        try:
+            await self.guard.serve(runner, sock)
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
         return runner, port
 
     async def _aws_listener(self) -> int:
         if self._aws_runner is None:
-            app = web.Application(middlewares=[self._guard])
+            app = self.guard.application(middlewares=[self._guard])
             app[LISTENER] = "aws"
             app.router.add_get(AWS_PATH, self._aws_credentials)
             self._aws_runner, self._aws_port = await self._listen(app)
@@ -293,7 +313,7 @@ class SdkEndpoints:
         else:
             gce.check_credential(connector, issued.credential)  # a token, not a key file
             grant = base
-            app = web.Application(middlewares=[self._guard, self._metadata_rules])
+            app = self.guard.application(middlewares=[self._guard, self._metadata_rules])
             app[GRANT] = grant
             app[ANSWER_HEADERS] = METADATA_FLAVOR
             app[LISTENER] = f"gce grant={grant_id}"
@@ -418,10 +438,12 @@ class SdkEndpoints:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Shared by the AWS endpoint and every metadata listener: hardening, then one-line
-        errors (never a traceback), and the listener's answer headers on every response."""
+        errors (never a traceback, one rate-limited log line each), and the listener's
+        answer headers on every response."""
         extra = request.app.get(ANSWER_HEADERS, {})
         reason = refusal(request)
         try:
+            self.guard.check_request(request)
             if reason is not None:
                 self._service.audit.record(
                     "sdk_endpoint_refused",
@@ -432,7 +454,11 @@ class SdkEndpoints:
                 raise PermissionDenied(f"permission denied: {reason}")
             response = await handler(request)
         except BrokerError as exc:
-            response = error_response(exc)
+            response = refused(request, exc)
+        except web.HTTPRequestEntityTooLarge:
+            response = refused(request, self.guard.too_large())
+        except ConnectionError:
+            raise  # the client went away: nothing to answer, nothing to log
         except web.HTTPException as exc:  # 404 / 405 from the router
             exc.headers.update(extra)
             raise

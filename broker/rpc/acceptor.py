@@ -8,6 +8,11 @@ socket bound to a unique abstract name, and relays bytes both ways. gRPC
 then reports that name as the peer (``unix-abstract:NAME``), which maps back
 to the principal. A relay is two asyncio protocols writing into each other's
 transport, with flow control passed across, so it adds no task per message.
+
+The public socket is accepted by :class:`broker.descriptors.AcceptLoop`: when
+descriptors run out (accept() fails with EMFILE, or the upstream socket
+cannot be made) it stops accepting and retries after a growing delay, and
+says so in a rate-limited log line, never a traceback per attempt.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ from pathlib import Path
 
 import structlog
 
+from broker.descriptors import AcceptLoop, Connections, is_resource_error
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
+from broker.logs import RateLimitedLog
 
 log = structlog.get_logger(__name__)
+#: One line per failed connection set-up, at most 5 per 10 s, then a summary.
+_failures = RateLimitedLog(log, burst=5, window=10.0)
 
 ABSTRACT_PEER_PREFIX = "unix-abstract:"
 
@@ -110,7 +119,9 @@ class _Relay:
             self.acceptor.peers[name] = principal
             await loop.create_unix_connection(lambda: self.upstream, sock=up)
         except Exception as exc:  # one bad connection never hurts the daemon
-            log.warning("grpc_accept_failed", error=str(exc))
+            _failures.warning("grpc_accept_failed", error=str(exc))
+            if is_resource_error(exc) and self.acceptor.listener is not None:
+                self.acceptor.listener.pause(exc)  # out of descriptors: let some close first
             self.close()
             return
         if self.closed:
@@ -138,7 +149,8 @@ class PeerAcceptor:
         self.private_path = self._dir / "grpc.sock"
         self.peers: dict[str, Principal] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self.listener: AcceptLoop | None = None
+        self._connections = Connections()
         self.relays: set[_Relay] = set()
         self._counter = itertools.count()
         self._prefix = f"credential-broker-{os.getpid()}-{os.urandom(4).hex()}-"
@@ -157,19 +169,25 @@ class PeerAcceptor:
         return None
 
     async def start(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-
         def factory() -> _Half:
             relay = _Relay(self)
             relay.client = _ClientSide(relay)
             self.relays.add(relay)
             return relay.client
 
-        self._server = await loop.create_unix_server(factory, sock=listener)
+        def failed(exc: BaseException) -> None:
+            _failures.warning("grpc_accept_failed", error=str(exc))
+
+        self.listener = AcceptLoop(
+            listener,
+            lambda conn: self._connections.start(conn, factory, failed),
+            name="grpc",
+        )
+        await self.listener.start_serving()
 
     async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            self.listener.close()
 
     async def close(self) -> None:
         await self.stop_accepting()
@@ -178,5 +196,6 @@ class PeerAcceptor:
         self.relays.clear()
         for task in list(self.tasks):
             task.cancel()
+        self._connections.cancel()
         with contextlib.suppress(OSError):
             shutil.rmtree(self._dir)
