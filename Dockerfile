@@ -19,7 +19,7 @@ COPY . /src
 RUN set -eu; \
     if [ -d wheels ]; then set -- --no-index --find-links /src/wheels; fi; \
     python -m venv --without-pip /opt/broker; \
-    python -m pip --python /opt/broker/bin/python install "$@" /src; \
+    python -m pip --python /opt/broker/bin/python install "$@" -c /src/constraints.txt /src; \
     /opt/broker/bin/broker version
 
 # -- runtime: the venv on the same Python, an unprivileged user, two volumes ---

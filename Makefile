@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 APT_NEEDS := docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo \
 	systemd-analyze:systemd promtool:prometheus
 
-.PHONY: run install test test-deps lint proto bench clean container-test
+.PHONY: run install test test-deps lint proto bench clean container-test constraints
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# compat: a plain .pth path entry; the import-hook finder costs each helper start ~20 ms
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	# compat: a plain .pth path entry; the import-hook finder costs each helper start ~20 ms.
+	# constraints.txt: the exact versions CI and the image were tested with (`make constraints`).
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 install: $(VENV)/.installed
@@ -59,6 +60,9 @@ container-test: install
 
 bench: install test-deps
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+constraints: install  ## re-pin constraints.txt to what the venv holds now
+	$(PY) -m pip freeze --exclude-editable --exclude credential-broker | grep -v '^-e ' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

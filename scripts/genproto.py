@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.metadata
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from grpc_tools import protoc  # type: ignore[import-untyped]
@@ -43,10 +45,33 @@ def generate(dest: Path) -> None:
             (dest / name).write_text(text)
 
 
+def pinned_tools_version() -> str:
+    """The grpcio-tools version pyproject pins (the one that generated broker/api/v1)."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for requirement in data["project"]["optional-dependencies"]["dev"]:
+        name, sep, version = requirement.partition("==")
+        if name.strip() == "grpcio-tools" and sep:
+            return version.strip()
+    sys.exit("pyproject.toml must pin grpcio-tools (grpcio-tools==X.Y.Z) in the dev extras")
+
+
+def check_tools_version() -> None:
+    """A different protoc generates different bytes: say so instead of showing a diff."""
+    pinned = pinned_tools_version()
+    installed = importlib.metadata.version("grpcio-tools")
+    if installed != pinned:
+        sys.exit(
+            f"grpcio-tools {installed} is installed but the generated code comes from "
+            f"grpcio-tools {pinned} (pinned in pyproject.toml): run `make install` "
+            "(it installs from constraints.txt), or change the pin and run `make proto`"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if checked-in code drifted")
     args = parser.parse_args()
+    check_tools_version()
     if not args.check:
         generate(OUT)
         return
