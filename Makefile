@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-# Debian packages the test servers and real clients need: command -> package.
+# Debian packages the test servers and real clients need: command -> package. PostgreSQL's
+# server (tests/pg.py) is checked apart: Debian keeps initdb off PATH.
 APT_NEEDS := docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo \
 	systemd-analyze:systemd promtool:prometheus
 
@@ -26,6 +27,7 @@ run: install  ## start the daemon in the foreground (SQLite + sockets under ./.b
 test-deps:
 	@missing=""; for pair in $(APT_NEEDS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

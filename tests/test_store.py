@@ -1,4 +1,11 @@
-"""The SQLite connector store and secret encryption, against real files on disk."""
+"""The connector store contract, run on both backends, and secret encryption.
+
+Every test taking ``backend`` runs twice: on a real SQLite file and on a real
+PostgreSQL server (tests/pg.py), through the same protocol, so the two
+backends behave the same for every case here: round trips, sealing, tampered
+and corrupt rows, revisions, errors, migrations, settings and concurrent
+writers. Tests of one backend's own files or SQL are marked as such.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import anyio
 import pytest
@@ -24,8 +33,8 @@ from broker.errors import (
     NotFound,
 )
 from broker.model import Connector, Value
-from broker.store import migrations
-from broker.store.base import ConnectorFilter
+from broker.store import migrations, postgres_migrations
+from broker.store.base import ConnectorFilter, ConnectorStore
 from broker.store.crypto import (
     SecretBox,
     SecretKeyError,
@@ -33,11 +42,14 @@ from broker.store.crypto import (
     generate_key,
     load_secret_key,
 )
+from broker.store.postgres import PostgresStore
 from broker.store.sqlite import SchemaTooNew, SqliteStore, StoreCorrupt
+from tests.pg import PASSWORD, PostgresServer
 
 SECRET = "SUPER-SECRET-sentinel-7d1f0c"
 VISIBLE = "visible-config-marker-91ab"
 SECRETS = frozenset({"aws_secret_access_key", "token"})
+Store = SqliteStore | PostgresStore
 
 
 def draft(name: str = "prod", **changes: object) -> Connector:
@@ -80,9 +92,125 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "broker.db"
 
 
+class Backend:
+    """One database of one backend: new store instances on it, and raw SQL beside them."""
+
+    name = ""
+    #: The backend's migration list (tests append to it).
+    migrations: ModuleType
+    #: What the backend answers for SQL naming a table that does not exist.
+    no_such_table = ""
+
+    def __init__(self, key: bytes, clock: FakeClock) -> None:
+        self.key = key
+        self.clock = clock
+
+    def store(self, key: bytes | None = None) -> Store:
+        raise NotImplementedError
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        """Run SQL outside the store (as someone writing the database without the key)."""
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        return int(self.sql("SELECT MAX(version) FROM schema_version")[0][0])
+
+    def tables(self) -> set[str]:
+        raise NotImplementedError
+
+    def record_schema_version(self, version: int) -> None:
+        raise NotImplementedError
+
+    def disk_bytes(self) -> bytes:
+        """Everything the database has written to disk, as someone reading it would see."""
+        raise NotImplementedError
+
+    @property
+    def named_in_errors(self) -> str:
+        """How the store's errors name it."""
+        return self.store().location
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+    migrations = migrations
+    no_such_table = "no such table"
+
+    def __init__(self, key: bytes, clock: FakeClock, path: Path) -> None:
+        super().__init__(key, clock)
+        self.path = path
+
+    def store(self, key: bytes | None = None) -> Store:
+        return SqliteStore(self.path, SecretBox(key or self.key), self.clock)
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.path, isolation_level=None) as db:
+            return [tuple(r) for r in db.execute(statement).fetchall()]
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def record_schema_version(self, version: int) -> None:
+        self.sql(f"INSERT INTO schema_version (version, applied_at) VALUES ({version}, 'x')")
+
+    def disk_bytes(self) -> bytes:
+        out = disk_bytes(self.path)
+        for sidecar in ("-shm",):
+            extra = self.path.with_name(self.path.name + sidecar)
+            if extra.exists():
+                out += extra.read_bytes()
+        return out
+
+    @property
+    def named_in_errors(self) -> str:
+        return str(self.path)
+
+
+class PostgresBackend(Backend):
+    name = "postgres"
+    migrations = postgres_migrations
+    no_such_table = "does not exist"
+
+    def __init__(self, key: bytes, clock: FakeClock, server: PostgresServer) -> None:
+        super().__init__(key, clock)
+        self.server = server
+        self.database = server.create_database()
+        self.url = server.url(self.database)
+
+    def store(self, key: bytes | None = None) -> Store:
+        return PostgresStore(self.url, SecretBox(key or self.key), self.clock)
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        out = self.server.psql(statement, self.database)
+        return [tuple(line.split("|")) for line in out.splitlines()] if out else []
+
+    def tables(self) -> set[str]:
+        rows = self.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {r[0] for r in rows}
+
+    def record_schema_version(self, version: int) -> None:
+        self.sql(f"INSERT INTO schema_version (version, applied_by) VALUES ({version}, 'x')")
+
+    def disk_bytes(self) -> bytes:
+        """Every file of the cluster (tables, WAL) after a checkpoint wrote it all out."""
+        self.server.psql("CHECKPOINT")
+        out = bytearray()
+        for path in sorted(self.server.data.rglob("*")):
+            if path.is_file():
+                out += path.read_bytes()
+        return bytes(out)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, db_path: Path, key: bytes, clock: FakeClock) -> Backend:
+    if request.param == "postgres":
+        return PostgresBackend(key, clock, request.getfixturevalue("postgres"))
+    return SqliteBackend(key, clock, db_path)
+
+
 @pytest.fixture
-async def store(db_path: Path, key: bytes, clock: FakeClock) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(db_path, SecretBox(key), clock)
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    s = backend.store()
     await s.open()
     try:
         yield s
@@ -103,12 +231,23 @@ def disk_bytes(path: Path) -> bytes:
     return out
 
 
+def test_both_backends_implement_the_protocol(tmp_path: Path, key: bytes) -> None:
+    stores: list[ConnectorStore] = [
+        SqliteStore(tmp_path / "x.db", SecretBox(key), FakeClock()),
+        PostgresStore("postgresql://u@127.0.0.1/x", SecretBox(key), FakeClock()),
+    ]
+    assert [s.location for s in stores] == [
+        f"sqlite:{tmp_path / 'x.db'}",
+        "postgresql://u@127.0.0.1/x",
+    ]
+
+
 # -- round trip ----------------------------------------------------------------
 
 
 @pytest.mark.anyio
 async def test_every_field_and_value_type_round_trips(
-    store: SqliteStore, db_path: Path, key: bytes, clock: FakeClock
+    store: Store, backend: Backend, clock: FakeClock
 ) -> None:
     config: dict[str, Value] = {
         "region": "eu-west-1",
@@ -151,7 +290,7 @@ async def test_every_field_and_value_type_round_trips(
 
     # A fresh process (new connection) reads the same thing back.
     await store.close()
-    again = SqliteStore(db_path, SecretBox(key), clock)
+    again = backend.store()
     await again.open()
     try:
         reread = await again.get("prod")
@@ -166,7 +305,7 @@ async def test_every_field_and_value_type_round_trips(
 
 
 @pytest.mark.anyio
-async def test_nulls_round_trip(store: SqliteStore) -> None:
+async def test_nulls_round_trip(store: Store) -> None:
     created = await store.create(draft(config={}), SECRETS)
     got = await store.get(created.id)
     assert got.resource_type is None and got.resource_id is None
@@ -175,7 +314,7 @@ async def test_nulls_round_trip(store: SqliteStore) -> None:
 
 
 @pytest.mark.anyio
-async def test_unsupported_value_type_is_refused_and_nothing_is_stored(store: SqliteStore) -> None:
+async def test_unsupported_value_type_is_refused_and_nothing_is_stored(store: Store) -> None:
     with pytest.raises(InvalidArgument, match="attribute 'ratio' of connector 'prod'"):
         await store.create(draft(config={"ratio": 0.5}), SECRETS)
     with pytest.raises(InvalidArgument, match="expires_at must carry a time zone"):
@@ -187,7 +326,7 @@ async def test_unsupported_value_type_is_refused_and_nothing_is_stored(store: Sq
 
 
 @pytest.mark.anyio
-async def test_secret_plaintext_never_reaches_the_disk(store: SqliteStore, db_path: Path) -> None:
+async def test_secret_plaintext_never_reaches_the_disk(store: Store, backend: Backend) -> None:
     config = {"aws_access_key_id": VISIBLE, "aws_secret_access_key": SECRET}
     created = await store.create(draft(config=config), SECRETS)
     second_secret = SECRET + "-rotated"
@@ -196,48 +335,43 @@ async def test_secret_plaintext_never_reaches_the_disk(store: SqliteStore, db_pa
     )
     await store.create(draft("other", config={"token": SECRET}), SECRETS)
 
-    while_open = disk_bytes(db_path)
+    while_open = backend.disk_bytes()
     assert VISIBLE.encode() in while_open  # the check below would catch a leak
     assert SECRET.encode() not in while_open
     assert second_secret.encode() not in while_open
 
     await store.close()
-    after_close = disk_bytes(db_path)
+    after_close = backend.disk_bytes()
     assert VISIBLE.encode() in after_close
     assert SECRET.encode() not in after_close
-    for sidecar in ("-wal", "-shm"):
-        extra = db_path.with_name(db_path.name + sidecar)
-        if extra.exists():
-            assert SECRET.encode() not in extra.read_bytes()
+    assert second_secret.encode() not in after_close
 
 
 @pytest.mark.anyio
-async def test_wrong_key_is_refused_when_the_store_opens(
-    store: SqliteStore, db_path: Path, clock: FakeClock
-) -> None:
+async def test_wrong_key_is_refused_when_the_store_opens(store: Store, backend: Backend) -> None:
     await store.create(draft(), SECRETS)
     await store.close()
     other = generate_key()
-    wrong = SqliteStore(db_path, SecretBox(other), clock)
+    wrong = backend.store(other)
     with pytest.raises(SecretKeyMismatch, match="secret key does not match") as info:
         await wrong.open()
-    assert str(db_path) in str(info.value)
+    assert backend.named_in_errors in str(info.value)
     assert base64.b64encode(other).decode() not in str(info.value)
+    assert PASSWORD not in str(info.value)
     with pytest.raises(FailedPrecondition, match="not open"):
         await wrong.get("prod")
 
 
 @pytest.mark.anyio
 async def test_secrets_blob_moved_to_another_row_does_not_decrypt(
-    store: SqliteStore, db_path: Path
+    store: Store, backend: Backend
 ) -> None:
     await store.create(draft("alpha"), SECRETS)
     await store.create(draft("beta", config={"token": "beta-token"}), SECRETS)
-    with raw_db(db_path) as db:
-        db.execute(
-            "UPDATE connectors SET secrets = (SELECT secrets FROM connectors WHERE name = 'alpha')"
-            " WHERE name = 'beta'"
-        )
+    backend.sql(
+        "UPDATE connectors SET secrets = (SELECT secrets FROM connectors WHERE name = 'alpha')"
+        " WHERE name = 'beta'"
+    )
     assert (await store.get("alpha")).config["aws_secret_access_key"] == SECRET
     beta = await store.get("beta")
     assert beta.tampered and "token" not in beta.config
@@ -251,11 +385,12 @@ async def test_secrets_blob_moved_to_another_row_does_not_decrypt(
 
 
 @pytest.mark.anyio
-async def test_corrupt_row_names_the_connector(store: SqliteStore, db_path: Path) -> None:
+async def test_corrupt_row_names_the_connector(store: Store, backend: Backend) -> None:
     await store.create(draft("broken"), SECRETS)
     await store.create(draft("fine"), SECRETS)
-    with raw_db(db_path) as db:
-        db.execute("UPDATE connectors SET config = '{not json' WHERE name = 'broken'")
+    # SQLite takes any text; PostgreSQL's jsonb column takes only JSON, just not an object.
+    bad = "'{not json'" if backend.name == "sqlite" else "'[1]'"
+    backend.sql(f"UPDATE connectors SET config = {bad} WHERE name = 'broken'")
     with pytest.raises(StoreCorrupt, match=r"connector 'broken' is corrupt.*config"):
         await store.get("broken")
     assert (await store.get("fine")).name == "fine"
@@ -265,9 +400,10 @@ async def test_corrupt_row_names_the_connector(store: SqliteStore, db_path: Path
     assert listed["broken"].tampered and listed["broken"].config == {}
     assert not listed["fine"].tampered
     await store.delete("broken")
-    with raw_db(db_path) as db:
-        db.execute("UPDATE connectors SET created_at = 'yesterday'")
-    assert await store.list() == []  # not even its name can be read back: left out, logged
+    assert [c.name for c in await store.list()] == ["fine"]
+    if backend.name == "sqlite":  # typed columns make this impossible in PostgreSQL
+        backend.sql("UPDATE connectors SET created_at = 'yesterday'")
+        assert await store.list() == []  # not even its name can be read back: left out
 
 
 def test_secret_box_blob_format() -> None:
@@ -379,7 +515,7 @@ def test_bad_key_file_content_names_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_update_bumps_revision_and_refuses_stale_writes(
-    store: SqliteStore, clock: FakeClock
+    store: Store, clock: FakeClock
 ) -> None:
     created = await store.create(draft(), SECRETS)
     await clock.advance(60)
@@ -407,7 +543,7 @@ async def test_update_bumps_revision_and_refuses_stale_writes(
 
 
 @pytest.mark.anyio
-async def test_update_by_name_missing_and_rename_conflict(store: SqliteStore) -> None:
+async def test_update_by_name_missing_and_rename_conflict(store: Store) -> None:
     a = await store.create(draft("a"), SECRETS)
     await store.create(draft("b"), SECRETS)
     by_name = await store.update(replace(draft("a"), description="via name"), SECRETS, 1)
@@ -420,7 +556,7 @@ async def test_update_by_name_missing_and_rename_conflict(store: SqliteStore) ->
 
 
 @pytest.mark.anyio
-async def test_already_exists_and_not_found_messages(store: SqliteStore) -> None:
+async def test_already_exists_and_not_found_messages(store: Store) -> None:
     first = await store.create(draft("prod"), SECRETS)
     with pytest.raises(AlreadyExists, match="connector 'prod' already exists"):
         await store.create(draft("prod", config={"token": "other"}), SECRETS)
@@ -435,7 +571,7 @@ async def test_already_exists_and_not_found_messages(store: SqliteStore) -> None
 
 
 @pytest.mark.anyio
-async def test_list_filters(store: SqliteStore) -> None:
+async def test_list_filters(store: Store) -> None:
     await store.create(
         draft(
             "zeta",
@@ -485,9 +621,19 @@ def schema_version(path: Path) -> int:
         return int(db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
 
+@pytest.fixture
+async def sqlite_store(db_path: Path, key: bytes, clock: FakeClock) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(db_path, SecretBox(key), clock)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
 @pytest.mark.anyio
-async def test_new_files_are_private(store: SqliteStore, db_path: Path) -> None:
-    await store.create(draft(), SECRETS)
+async def test_sqlite_new_files_are_private(sqlite_store: SqliteStore, db_path: Path) -> None:
+    await sqlite_store.create(draft(), SECRETS)
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
     wal = db_path.with_name(db_path.name + "-wal")
@@ -497,7 +643,7 @@ async def test_new_files_are_private(store: SqliteStore, db_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_empty_file_is_migrated(tmp_path: Path, key: bytes, clock: FakeClock) -> None:
+async def test_sqlite_empty_file_is_migrated(tmp_path: Path, key: bytes, clock: FakeClock) -> None:
     path = tmp_path / "broker.db"
     path.touch(mode=0o600)
     store = SqliteStore(path, SecretBox(key), clock)
@@ -512,53 +658,55 @@ async def test_empty_file_is_migrated(tmp_path: Path, key: bytes, clock: FakeClo
 
 @pytest.mark.anyio
 async def test_older_schema_gets_missing_migrations_in_one_transaction(
-    store: SqliteStore, db_path: Path, key: bytes, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    store: Store, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.create(draft(), SECRETS)
     await store.close()
-    old = migrations.LATEST_VERSION
-    broken = migrations.Migration(
+    module = backend.migrations
+    old = module.LATEST_VERSION
+    broken = module.Migration(
         old + 1,
         "half good, half bad",
         ("CREATE TABLE audit (id INTEGER PRIMARY KEY)", "INSERT INTO no_such_table VALUES (1)"),
     )
-    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS, broken))
-    monkeypatch.setattr(migrations, "LATEST_VERSION", old + 1)
-    with pytest.raises(FailedPrecondition, match=rf"version {old + 1} .*no such table.*unchanged"):
-        await SqliteStore(db_path, SecretBox(key), clock).open()
-    with raw_db(db_path) as db:  # nothing of the failed migration is left behind
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "audit" not in tables
-    assert schema_version(db_path) == old
+    monkeypatch.setattr(module, "MIGRATIONS", (*module.MIGRATIONS, broken))
+    monkeypatch.setattr(module, "LATEST_VERSION", old + 1)
+    with pytest.raises(
+        FailedPrecondition, match=rf"version {old + 1} .*{backend.no_such_table}.*unchanged"
+    ):
+        await backend.store().open()
+    assert "audit" not in backend.tables()  # nothing of the failed migration is left behind
+    assert backend.schema_version() == old
 
-    good = migrations.Migration(
+    good = module.Migration(
         old + 1, "add audit", ("CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT)",)
     )
-    monkeypatch.setattr(migrations, "MIGRATIONS", (*migrations.MIGRATIONS[:-1], good))
-    upgraded = SqliteStore(db_path, SecretBox(key), clock)
+    monkeypatch.setattr(module, "MIGRATIONS", (*module.MIGRATIONS[:-1], good))
+    upgraded = backend.store()
     await upgraded.open()
     try:
         assert (await upgraded.get("prod")).config["aws_secret_access_key"] == SECRET
     finally:
         await upgraded.close()
-    assert schema_version(db_path) == old + 1
+    assert backend.schema_version() == old + 1
+    assert "audit" in backend.tables()
 
 
 @pytest.mark.anyio
-async def test_newer_schema_is_refused(
-    store: SqliteStore, db_path: Path, key: bytes, clock: FakeClock
-) -> None:
+async def test_newer_schema_is_refused_naming_both_versions(store: Store, backend: Backend) -> None:
     await store.close()
-    with raw_db(db_path) as db:
-        db.execute("INSERT INTO schema_version (version, applied_at) VALUES (99, 'x')")
-    newer = SqliteStore(db_path, SecretBox(key), clock)
-    with pytest.raises(SchemaTooNew, match=r"schema version 99.*upgrade the broker"):
+    backend.record_schema_version(99)
+    newer = backend.store()
+    latest = backend.migrations.LATEST_VERSION
+    with pytest.raises(
+        SchemaTooNew, match=rf"schema version 99.*versions up to {latest}.*upgrade the broker"
+    ):
         await newer.open()
-    assert schema_version(db_path) == 99
+    assert backend.schema_version() == 99
 
 
 @pytest.mark.anyio
-async def test_a_file_that_is_not_a_database_is_refused(
+async def test_sqlite_file_that_is_not_a_database_is_refused(
     tmp_path: Path, key: bytes, clock: FakeClock
 ) -> None:
     path = tmp_path / "broker.db"
@@ -571,7 +719,7 @@ async def test_a_file_that_is_not_a_database_is_refused(
 
 
 @pytest.mark.anyio
-async def test_settings(store: SqliteStore, db_path: Path, key: bytes, clock: FakeClock) -> None:
+async def test_settings(store: Store, backend: Backend) -> None:
     assert await store.get_setting("registry:ghcr.io") is None
     await store.set_setting("registry:ghcr.io", "conn-a")
     await store.set_setting("registry:ghcr.io", "conn-b")
@@ -581,7 +729,7 @@ async def test_settings(store: SqliteStore, db_path: Path, key: bytes, clock: Fa
     await store.set_setting("never-set", None)
     assert await store.get_setting("other") is None
     await store.close()
-    reopened = SqliteStore(db_path, SecretBox(key), clock)
+    reopened = backend.store()
     await reopened.open()
     try:
         assert await reopened.get_setting("registry:ghcr.io") == "conn-b"
@@ -595,15 +743,15 @@ async def test_settings(store: SqliteStore, db_path: Path, key: bytes, clock: Fa
 
 @pytest.mark.anyio
 async def test_concurrent_creates_with_one_name_have_one_winner(
-    store: SqliteStore, db_path: Path, key: bytes, clock: FakeClock
+    store: Store, backend: Backend
 ) -> None:
-    # Two stores on one file, as two daemons would be, plus tasks sharing each one.
-    second = SqliteStore(db_path, SecretBox(key), clock)
+    # Two stores on one database, as two daemons would be, plus tasks sharing each one.
+    second = backend.store()
     await second.open()
     won: list[Connector] = []
     lost: list[AlreadyExists] = []
 
-    async def attempt(s: SqliteStore, i: int) -> None:
+    async def attempt(s: Store, i: int) -> None:
         try:
             won.append(await s.create(draft("shared", config={"token": f"t{i}"}), SECRETS))
         except AlreadyExists as exc:

@@ -1,32 +1,46 @@
 """The store interface: what the service needs to keep connectors.
 
-Backends (SQLite by default, PostgreSQL later) implement this protocol. Every
-write is all-or-nothing; the secret attributes named by the caller are
-encrypted at rest by the backend with :mod:`broker.store.crypto`.
+Backends (SQLite by default, PostgreSQL for a fleet of daemons) implement this
+protocol and pass one contract suite (tests/test_store.py). Every write is
+all-or-nothing; the secret attributes named by the caller are encrypted at rest
+by the backend with :mod:`broker.store.crypto`, sealed to the row with
+:mod:`broker.store.seal`, the same way in both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from broker.model import Connector
+from broker.model import Connector, ConnectorFilter
+
+__all__ = ["ChangeKind", "ConnectorFilter", "ConnectorStore", "StoreChange"]
+
+
+ChangeKind = Literal["created", "updated", "deleted"]
 
 
 @dataclass(frozen=True)
-class ConnectorFilter:
-    """List filters; None means "any". Labels match when every given pair is present."""
+class StoreChange:
+    """One committed connector write, as a shared store's change feed publishes it.
 
-    name: str | None = None
-    connector_type: str | None = None
-    auth_method: str | None = None
-    resource_type: str | None = None
-    resource_id: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
+    ``change_id`` comes from a sequence and grows with every write, in commit
+    order; ``revision`` is the connector's revision after the write (the last one
+    it had, for a delete).
+    """
+
+    change_id: int
+    connector_id: str
+    name: str
+    revision: int
+    kind: ChangeKind
 
 
 class ConnectorStore(Protocol):
+    @property
+    def location(self) -> str:
+        """Where the store is, safe to show (a path, or a URL without its password)."""
+
     async def open(self) -> None:
         """Create or migrate the schema."""
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import stat
 from collections.abc import Mapping
@@ -40,6 +42,20 @@ DEFAULT_KEY_FILE_NAME = "secret.key"
 
 _HOW_TO_GENERATE = "generate one with: head -c 32 /dev/urandom | base64"
 
+#: HMAC label of the key fingerprint: a commitment to the key that reveals nothing of it.
+_FINGERPRINT_LABEL = b"credential-broker:secret-key-fingerprint:v1"
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short public name of a key (HMAC-SHA256 of a fixed label, 16 hex digits).
+
+    A shared store keeps the fingerprint of the key its secrets are sealed with,
+    so a daemon started with another key is refused at start, naming both
+    fingerprints, instead of failing later on some secret. The fingerprint is
+    safe to log and to show: it cannot be turned back into the key.
+    """
+    return hmac.new(key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
+
 
 class SecretKeyError(FailedPrecondition):
     """The secret key cannot be loaded: missing, malformed or exposed."""
@@ -56,6 +72,8 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise SecretKeyError(f"the secret key must be {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        #: :func:`key_fingerprint` of the key: safe to store, log and compare.
+        self.fingerprint = key_fingerprint(key)
 
     def __repr__(self) -> str:  # never show the key, even in a debugger
         return "SecretBox(<hidden>)"

@@ -12,14 +12,12 @@ tasks sharing the one connection from interleaving their transactions.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +30,28 @@ from broker.errors import (
     Aborted,
     AlreadyExists,
     BrokerError,
-    ConnectorTampered,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     Unavailable,
 )
-from broker.model import Connector, Value
+from broker.model import Connector
 from broker.store import migrations
 from broker.store.base import ConnectorFilter
+from broker.store.codec import (
+    SchemaTooNew,
+    StoreCorrupt,
+    dumps,
+    fmt_time,
+    list_row,
+    normalized,
+    open_row,
+    parse_time,
+    plain_connector,
+    seal,
+    split_secrets,
+    unreadable,
+)
 from broker.store.crypto import SecretBox, SecretKeyMismatch
-from broker.store.seal import connector_secrets_ad
 
 log = structlog.get_logger(__name__)
 
@@ -74,12 +83,7 @@ _CAS_BY_ID = "SELECT id, name, revision, created_at FROM connectors WHERE id = ?
 _CAS_BY_NAME = "SELECT id, name, revision, created_at FROM connectors WHERE name = ?"
 
 
-class StoreCorrupt(FailedPrecondition):
-    """A stored record or the database file cannot be read back."""
-
-
-class SchemaTooNew(FailedPrecondition):
-    """The database was written by a newer broker than this one."""
+__all__ = ["SchemaTooNew", "SqliteStore", "StoreCorrupt"]
 
 
 class SqliteStore:
@@ -103,6 +107,10 @@ class SqliteStore:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def location(self) -> str:
+        return f"sqlite:{self._path}"
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -169,7 +177,7 @@ class SqliteStore:
                 f"only knows versions up to {migrations.LATEST_VERSION}: upgrade the broker "
                 "(or restore a backup made by this version)"
             )
-        applied_at = _fmt_time(self._clock.now(), "applied_at")
+        applied_at = fmt_time(self._clock.now(), "applied_at")
         for migration in migrations.pending(current):
             try:
                 for statement in migration.statements:
@@ -179,7 +187,7 @@ class SqliteStore:
                     await self._check_key(db)
                     await migration.python(
                         migrations.MigrationContext(
-                            db=db, box=self._box, path=self._path, plain_connector=_plain
+                            db=db, box=self._box, path=self._path, plain_connector=plain_connector
                         )
                     )
             except sqlite3.Error as exc:
@@ -268,7 +276,7 @@ class SqliteStore:
             stored = replace(
                 connector, id=str(uuid.uuid4()), created_at=now, updated_at=now, revision=1
             )
-        stored = _normalized(stored)
+        stored = normalized(stored)
         params = self._encode(stored, secret_names)
         async with self._tx() as db:
             try:
@@ -307,16 +315,10 @@ class SqliteStore:
             rows = list(await cur.fetchall())
         out = []
         for row in rows:
-            try:
-                connector = self._decode(row)
-            except StoreCorrupt as exc:
-                # One unreadable row must not take every other connector down with it:
-                # it is listed as unusable (like a tampered one) and can be deleted.
-                log.error("store_row_corrupt", error=exc.message)
-                placeholder = _unreadable(row)
-                if placeholder is None:
-                    continue
-                connector = placeholder
+            # One unreadable row never takes the others down: it is listed unusable.
+            connector = list_row(self._box, row, str(self._path))
+            if connector is None:
+                continue
             if all(connector.labels.get(k) == v for k, v in flt.labels.items()):
                 out.append(connector)
         return out
@@ -333,11 +335,11 @@ class SqliteStore:
                 raise NotFound(f"connector '{connector.name}' not found", field="name")
             if row["revision"] != expected_revision:
                 raise Aborted.stale(row["name"], expected_revision, row["revision"])
-            stored = _normalized(
+            stored = normalized(
                 replace(
                     connector,
                     id=row["id"],
-                    created_at=_parse_time(row["created_at"], row["name"], "created_at"),
+                    created_at=parse_time(row["created_at"], row["name"], "created_at"),
                     updated_at=self._clock.now(),
                     revision=row["revision"] + 1,
                 )
@@ -359,10 +361,10 @@ class SqliteStore:
             try:
                 deleted = self._decode(row)
             except StoreCorrupt:  # the way out for a row that cannot be read back
-                unreadable = _unreadable(row)
-                if unreadable is None:
+                placeholder = unreadable(row)
+                if placeholder is None:
                     raise
-                deleted = unreadable
+                deleted = placeholder
             await db.execute("DELETE FROM connectors WHERE id = ?", (row["id"],))
         return deleted
 
@@ -391,20 +393,8 @@ class SqliteStore:
     # -- encoding --------------------------------------------------------------
 
     def _encode(self, c: Connector, secret_names: frozenset[str]) -> tuple[Any, ...]:
-        if c.tampered:  # re-sealing it as is would launder the outside change
-            raise ConnectorTampered.of(c.name)
-        plain: dict[str, Value] = {}
-        secret: dict[str, Value] = {}
-        for key, value in c.config.items():
-            _check_value(c.name, key, value)
-            (secret if key in secret_names else plain)[key] = value
-        for key, label in c.labels.items():
-            if not isinstance(key, str) or not isinstance(label, str):
-                raise InvalidArgument(
-                    f"labels of connector '{c.name}' must map text to text", field="labels"
-                )
-        expires_at = None if c.expires_at is None else _fmt_time(c.expires_at, "expires_at")
-        sealed = self._box.encrypt(_dumps(secret).encode(), connector_secrets_ad(c, plain))
+        plain, secret = split_secrets(c, secret_names)
+        expires_at = None if c.expires_at is None else fmt_time(c.expires_at, "expires_at")
         return (
             c.id,
             c.name,
@@ -413,43 +403,19 @@ class SqliteStore:
             c.resource_type,
             c.resource_id,
             c.description,
-            _dumps(plain),
-            sealed,
-            _dumps(dict(c.labels)),
+            dumps(plain),
+            seal(self._box, c, plain, secret),
+            dumps(dict(c.labels)),
             c.expiration_seconds,
             expires_at,
-            _fmt_time(c.created_at, "created_at"),
-            _fmt_time(c.updated_at, "updated_at"),
+            fmt_time(c.created_at, "created_at"),
+            fmt_time(c.updated_at, "updated_at"),
             c.revision,
         )
 
     def _decode(self, row: sqlite3.Row) -> Connector:
-        """The row as a Connector; secrets withheld and ``tampered`` set if they do not open.
-
-        A blob that does not open under the row's associated data means the row
-        was changed without the key (the key itself was checked when the store
-        opened). That row is reported, not raised, so one tampered row never
-        takes the whole listing down, and it can still be deleted or re-sealed.
-        """
-        plain = _plain(row)
-        blob = row["secrets"]
-        try:
-            if not isinstance(blob, bytes):
-                raise SecretKeyMismatch("the secrets column does not hold an encrypted blob")
-            opened = self._box.decrypt(blob, connector_secrets_ad(plain, plain.config))
-        except SecretKeyMismatch:
-            # The key was checked when the store opened: the row itself was changed.
-            log.warning(
-                "connector_tampered",
-                connector=plain.name,
-                reason="its secrets do not open with its row as stored",
-                store=str(self._path),
-            )
-            return replace(plain, tampered=True)
-        secrets = _load_mapping(opened, plain.name, "secrets")
-        for key, value in secrets.items():
-            _check_stored_value(plain.name, "secrets", key, value)
-        return replace(plain, config={**plain.config, **secrets})
+        """The row as a Connector; ``tampered`` and no secrets if they do not open."""
+        return open_row(self._box, row, str(self._path))
 
     async def _conflict(self, db: aiosqlite.Connection, c: Connector) -> BrokerError:
         async with db.execute("SELECT id FROM connectors WHERE name = ?", (c.name,)) as cur:
@@ -482,133 +448,3 @@ def _create_private_file(path: Path) -> None:
     except OSError as exc:
         raise Unavailable(f"cannot create connector store {path}: {exc.strerror}") from None
     os.close(fd)
-
-
-def _unreadable(row: sqlite3.Row) -> Connector | None:
-    """A row whose columns cannot be read back, as a tampered connector (never used)."""
-    try:
-        created = _parse_time(row["created_at"], str(row["name"]), "created_at")
-        return Connector(
-            id=str(row["id"]),
-            name=str(row["name"]),
-            connector_type=str(row["connector_type"]),
-            auth_method=str(row["auth_method"]),
-            resource_type=None,
-            resource_id=None,
-            config={},
-            labels={},
-            expiration_seconds=None,
-            expires_at=None,
-            created_at=created,
-            updated_at=created,
-            revision=int(row["revision"]),
-            tampered=True,
-        )
-    except (BrokerError, TypeError, ValueError, IndexError, KeyError):
-        return None
-
-
-def _plain(row: sqlite3.Row) -> Connector:
-    """A ``connectors`` row as a Connector with only its non-secret attributes in ``config``.
-
-    Raises StoreCorrupt naming the connector when a column cannot be read back.
-    """
-    name = str(row["name"])
-    config = _load_mapping(row["config"], name, "config")
-    for key, value in config.items():
-        _check_stored_value(name, "config", key, value)
-    labels = _load_mapping(row["labels"], name, "labels")
-    if not all(isinstance(v, str) for v in labels.values()):
-        raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad labels")
-    expires_at = row["expires_at"]
-    expiration = row["expiration_seconds"]
-    if expiration is not None and (type(expiration) is not int):
-        raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad expiration_seconds")
-    for column in ("resource_type", "resource_id"):
-        if row[column] is not None and not isinstance(row[column], str):
-            raise StoreCorrupt(f"connector '{name}' is corrupt in the store: bad {column}")
-    return Connector(
-        id=str(row["id"]),
-        name=name,
-        connector_type=str(row["connector_type"]),
-        auth_method=str(row["auth_method"]),
-        resource_type=row["resource_type"],
-        resource_id=row["resource_id"],
-        config=config,
-        labels=labels,
-        expiration_seconds=expiration,
-        expires_at=None if expires_at is None else _parse_time(expires_at, name, "expires_at"),
-        created_at=_parse_time(row["created_at"], name, "created_at"),
-        updated_at=_parse_time(row["updated_at"], name, "updated_at"),
-        revision=int(row["revision"]),
-        description=str(row["description"]),
-    )
-
-
-def _normalized(c: Connector) -> Connector:
-    """Private copies of the mutable parts, so callers' later edits do not leak in."""
-    return replace(
-        c,
-        config={k: list(v) if isinstance(v, list) else v for k, v in c.config.items()},
-        labels=dict(c.labels),
-    )
-
-
-def _dumps(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _is_value(value: object) -> bool:
-    if isinstance(value, str | int):  # bool is an int
-        return True
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _check_value(connector: str, key: object, value: object) -> None:
-    if not isinstance(key, str):
-        raise InvalidArgument(f"connector '{connector}' has a non-text attribute name")
-    if not _is_value(value):
-        raise InvalidArgument(
-            f"attribute '{key}' of connector '{connector}' must be text, a whole number, "
-            f"true/false or a list of text, not {type(value).__name__}",
-            field=key,
-        )
-
-
-def _check_stored_value(connector: str, column: str, key: str, value: object) -> None:
-    if not _is_value(value):
-        raise StoreCorrupt(
-            f"connector '{connector}' is corrupt in the store: attribute '{key}' in "
-            f"{column} has an unsupported value"
-        )
-
-
-def _load_mapping(raw: object, connector: str, column: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        obj = None
-    if not isinstance(obj, dict):
-        raise StoreCorrupt(
-            f"connector '{connector}' is corrupt in the store: {column} is not a JSON object"
-        )
-    return obj
-
-
-def _fmt_time(value: datetime, field: str) -> str:
-    """RFC 3339 in UTC with microseconds: exact round-trip and text order = time order."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidArgument(f"{field} must carry a time zone", field=field)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(raw: object, connector: str, field: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(str(raw))
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise StoreCorrupt(
-            f"connector '{connector}' is corrupt in the store: {field} is not an RFC 3339 time"
-        )
-    return value.astimezone(UTC)

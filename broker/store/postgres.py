@@ -1,0 +1,719 @@
+"""The shared connector store: PostgreSQL, for a fleet of daemons on one database.
+
+Same protocol, same rows and same sealing as :mod:`broker.store.sqlite` (the
+row codec is :mod:`broker.store.codec`): the same key opens the same secrets
+under the same associated data, so a store moves between the two unchanged
+(``broker store migrate``). What one database shared by many daemons adds:
+
+- **asyncpg**, a bounded pool (``database_pool_size``), and statements that
+  asyncpg prepares once per connection and reuses (its statement cache).
+- **Migrations** under an advisory lock: ten daemons starting at once migrate
+  exactly once (:mod:`broker.store.postgres_migrations`).
+- **The key fingerprint** in ``store_meta``: a daemon with another key is
+  refused when it starts, naming both fingerprints, never later on some secret.
+- **Transactional writes** with a compare-and-swap on ``revision`` (Aborted
+  on a stale one, as in SQLite), each recording a row in ``changes`` (a
+  sequence: change id, connector id, revision, kind) and a ``pg_notify`` in the
+  same transaction. A change lock taken just before the change row is written
+  makes change ids follow commit order. :mod:`broker.store.postgres_feed`
+  applies other daemons' changes from there.
+- **Errors a caller can act on**: a database that cannot be reached is
+  Unavailable (retryable, gRPC UNAVAILABLE), never a hang or a traceback, and
+  the pool reconnects by itself once it is back. Nothing shown ever holds the
+  password (:mod:`broker.store.postgres_dsn`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import anyio
+import asyncpg
+import structlog
+
+from broker.clock import Clock
+from broker.errors import (
+    Aborted,
+    AlreadyExists,
+    BrokerError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from broker.model import Connector
+from broker.store import postgres_migrations as migrations
+from broker.store.base import ChangeKind, ConnectorFilter, StoreChange
+from broker.store.codec import (
+    SchemaTooNew,
+    StoreCorrupt,
+    dumps,
+    list_row,
+    normalized,
+    open_row,
+    seal,
+    split_secrets,
+    unreadable,
+    utc,
+)
+from broker.store.crypto import SecretBox, SecretKeyMismatch
+from broker.store.postgres_dsn import redact, scrub
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Connections in the pool at most (setting ``database_pool_size``): a daemon's writes
+#: are rare and reads come from its in-memory catalog, so a few connections suffice.
+DEFAULT_POOL_SIZE = 5
+#: Time to open one connection; a database that does not answer is Unavailable after it.
+CONNECT_TIMEOUT_SECONDS = 5.0
+#: Bound on one statement: a stuck database fails the call instead of hanging it.
+COMMAND_TIMEOUT_SECONDS = 10.0
+#: Time a call waits for a free pool connection before it is Unavailable.
+ACQUIRE_TIMEOUT_SECONDS = 10.0
+#: Idle pool connections are closed after this (the pool opens new ones on demand).
+IDLE_CONNECTION_SECONDS = 300.0
+#: Shown in pg_stat_activity, so an operator can tell the broker's sessions apart.
+APPLICATION_NAME = "credential-broker"
+
+_KEY_FINGERPRINT = "key_fingerprint"
+_COMPACTED_THROUGH = "compacted_through"
+
+_COLUMNS = (
+    "id, name, connector_type, auth_method, resource_type, resource_id, description, "
+    "config, secrets, labels, expiration_seconds, expires_at, created_at, updated_at, revision"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM connectors"  # noqa: S608 (fixed column list)
+_INSERT = (
+    f"INSERT INTO connectors ({_COLUMNS}) "  # noqa: S608
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12, $13, $14, $15)"
+)
+_UPDATE = (
+    "UPDATE connectors SET id = $1, name = $2, connector_type = $3, auth_method = $4, "
+    "resource_type = $5, resource_id = $6, description = $7, config = $8::jsonb, "
+    "secrets = $9, labels = $10::jsonb, expiration_seconds = $11, expires_at = $12, "
+    "created_at = $13, updated_at = $14, revision = $15 WHERE id = $16 AND revision = $17"
+)
+_FETCH = _SELECT + " WHERE name = $1 OR id = $1 ORDER BY (name = $1) DESC LIMIT 1"
+_FETCH_FOR_UPDATE = _FETCH + " FOR UPDATE"
+_CAS_BY_ID = "SELECT id, name, revision, created_at FROM connectors WHERE id = $1 FOR UPDATE"
+_CAS_BY_NAME = "SELECT id, name, revision, created_at FROM connectors WHERE name = $1 FOR UPDATE"
+_RECORD_CHANGE = f"""
+    WITH change AS (
+        INSERT INTO changes (connector_id, connector_name, revision, kind)
+        VALUES ($1, $2, $3, $4)
+        RETURNING change_id
+    )
+    SELECT change_id, pg_notify(
+        '{migrations.CHANGE_CHANNEL}',
+        json_build_object(
+            'change_id', change_id, 'connector_id', $1::text, 'name', $2::text,
+            'revision', $3::bigint, 'kind', $4::text
+        )::text
+    ) FROM change
+"""  # noqa: S608 (a constant channel name)
+_CHANGES_AFTER = (
+    "SELECT change_id, connector_id, connector_name, revision, kind FROM changes "
+    "WHERE change_id > $1 ORDER BY change_id LIMIT $2"
+)
+
+#: SQLSTATE classes meaning "the database cannot serve now; try again": connection
+#: exceptions, transaction rollbacks (serialization, deadlock), insufficient resources,
+#: operator intervention (shutdown, restart, "cannot connect now").
+_UNAVAILABLE_CLASSES = ("08", "40", "53", "57")
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """Changes after a point, read in one snapshot with how far the table was compacted."""
+
+    changes: list[StoreChange]
+    #: Changes up to this id were deleted by compaction: a reader behind it must reload.
+    compacted_through: int
+
+
+class PostgresStore:
+    """:class:`~broker.store.base.ConnectorStore` on PostgreSQL (asyncpg pool)."""
+
+    def __init__(
+        self,
+        url: str,
+        box: SecretBox,
+        clock: Clock,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+    ) -> None:
+        if pool_size < 1:
+            raise InvalidArgument("database_pool_size must be at least 1", field="database")
+        self._url = url
+        self._box = box
+        self._clock = clock
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: Any = None  # asyncpg.Pool
+        self._in_use = 0
+        self._waiting = 0
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.location})"
+
+    @property
+    def location(self) -> str:
+        """The URL with its password masked: what logs and ``broker status`` show."""
+        return redact(self._url)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the pool, migrate under the advisory lock, check the key fingerprint."""
+        if self._pool is not None:
+            return
+        with self._errors(connecting=True):
+            pool = await asyncpg.create_pool(
+                dsn=self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+        self._pool = pool
+        try:
+            async with self._tx() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            self._pool = None
+            with anyio.CancelScope(shield=True):
+                await _close_pool(pool)
+            raise
+        log.info("store_opened", store=self.location, pool_size=self._pool_size)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with anyio.CancelScope(shield=True):
+                await _close_pool(pool)
+
+    async def _migrate(self, conn: Any) -> None:
+        # Everyone queues here; whoever comes first migrates, the others find it done.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            "applied_by TEXT NOT NULL)"
+        )
+        current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+        if current > migrations.LATEST_VERSION:
+            raise SchemaTooNew(
+                f"connector store {self.location} has schema version {current}, but this "
+                f"broker only knows versions up to {migrations.LATEST_VERSION}: upgrade the "
+                "broker (every daemon of the fleet), or restore a backup made by this version"
+            )
+        if current >= 1:
+            await self._check_key(conn)  # before any step touches secrets
+        applied_by = f"{socket.gethostname()} pid {os.getpid()}"
+        for migration in migrations.pending(current):
+            try:
+                async with conn.transaction():  # a savepoint: name the failing version
+                    for statement in migration.statements:
+                        await conn.execute(statement)
+                    if migration.python is not None:
+                        await self._check_key(conn)
+                        await migration.python(
+                            migrations.MigrationContext(conn, self._box, self.location)
+                        )
+            except asyncpg.PostgresError as exc:
+                raise FailedPrecondition(
+                    f"connector store {self.location}: migration to schema version "
+                    f"{migration.version} ({migration.description}) failed: "
+                    f"{self._scrub(str(exc))}; the database was left unchanged"
+                ) from None
+            except SecretKeyMismatch:
+                raise
+            except BrokerError as exc:
+                raise FailedPrecondition(
+                    f"connector store {self.location}: migration to schema version "
+                    f"{migration.version} ({migration.description}) failed: {exc.message}; "
+                    "the database was left unchanged"
+                ) from None
+            await conn.execute(
+                "INSERT INTO schema_version (version, applied_by) VALUES ($1, $2)",
+                migration.version,
+                applied_by,
+            )
+            log.info(
+                "store_migrated",
+                store=self.location,
+                version=migration.version,
+                description=migration.description,
+            )
+        await self._check_key(conn)
+
+    async def _check_key(self, conn: Any) -> None:
+        """Fail at start, not on first use, when the key is not the one the fleet uses."""
+        stored = await conn.fetchval(
+            "SELECT value FROM store_meta WHERE key = $1", _KEY_FINGERPRINT
+        )
+        mine = self._box.fingerprint
+        if stored is None:
+            await conn.execute(
+                "INSERT INTO store_meta (key, value) VALUES ($1, $2)", _KEY_FINGERPRINT, mine
+            )
+            log.info("store_key_recorded", store=self.location, key_fingerprint=mine)
+            return
+        if stored != mine:
+            raise SecretKeyMismatch(
+                f"the secret key does not match connector store {self.location}: its "
+                f"secrets are sealed with the key of fingerprint {stored}, this daemon's "
+                f"key has fingerprint {mine}. Every daemon sharing a database needs the "
+                "same key: set BROKER_SECRET_KEY / BROKER_SECRET_KEY_FILE to the fleet's key"
+            )
+
+    # -- connections, transactions and errors ------------------------------------
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        pool = self._pool
+        if pool is None:
+            raise FailedPrecondition(f"connector store {self.location} is not open")
+        self._waiting += 1
+        try:
+            with self._errors():
+                conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
+        finally:
+            self._waiting -= 1
+        self._in_use += 1
+        try:
+            with self._errors():
+                yield conn
+        finally:
+            self._in_use -= 1
+            with anyio.CancelScope(shield=True):
+                try:
+                    await pool.release(conn)
+                except Exception as exc:  # a broken connection: the pool replaces it
+                    log.debug("store_connection_dropped", error=self._scrub(str(exc)))
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Any]:
+        """One transaction: committed when the block ends, rolled back on any error."""
+        async with self._conn() as conn, conn.transaction():
+            yield conn
+
+    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """A read, tried once more on a fresh connection if the first one was dead.
+
+        After the database restarted, pooled connections may be closed under us;
+        a read is safe to repeat, so the caller does not see that. Writes are not
+        repeated: whether a lost COMMIT happened cannot be known.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self._conn() as conn:
+                    return await fn(conn)
+            except Unavailable:
+                if attempt == 2:
+                    raise
+                log.debug("store_read_retried", store=self.location)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _errors(self, *, connecting: bool = False) -> Iterator[None]:
+        """Driver and network errors as broker errors, never with the password in them."""
+        what = (
+            f"cannot connect to connector store {self.location}"
+            if connecting
+            else f"connector store {self.location} is unavailable"
+        )
+        try:
+            yield
+        except BrokerError:
+            raise
+        except asyncpg.PostgresError as exc:
+            state = str(getattr(exc, "sqlstate", "") or "")
+            detail = self._scrub(str(exc))
+            if state.startswith("22"):  # data exception, e.g. a NUL character in text
+                raise InvalidArgument(f"the connector store refused a value: {detail}") from None
+            if state.startswith("28"):  # wrong user or password: a setup problem
+                raise FailedPrecondition(
+                    f"cannot log in to connector store {self.location}: {detail}"
+                ) from None
+            if state.startswith(_UNAVAILABLE_CLASSES) or not state:
+                raise Unavailable(f"{what}: {detail}") from None
+            raise FailedPrecondition(
+                f"connector store {self.location} failed: {detail} (SQLSTATE {state})"
+            ) from None
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            detail = self._scrub(str(exc) or type(exc).__name__)
+            raise Unavailable(f"{what}: {detail}") from None
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, self._url)
+
+    # -- connectors ------------------------------------------------------------
+
+    async def create(self, connector: Connector, secret_names: frozenset[str]) -> Connector:
+        """Insert; a connector with an empty id gets a new id, timestamps and revision 1."""
+        if connector.id:
+            stored = replace(connector, revision=max(connector.revision, 1))
+        else:
+            now = self._clock.now()
+            stored = replace(
+                connector, id=str(uuid.uuid4()), created_at=now, updated_at=now, revision=1
+            )
+        stored = normalized(stored)
+        params = self._encode(stored, secret_names)
+        async with self._tx() as conn:
+            try:
+                await conn.execute(_INSERT, *params)
+            except asyncpg.UniqueViolationError as exc:
+                raise _conflict(stored, exc) from None
+            await _record_change(conn, stored, "created")
+        return stored
+
+    async def get(self, name_or_id: str) -> Connector:
+        """The connector; one whose row fails its integrity check comes back ``tampered``."""
+        row = await self._read(lambda conn: conn.fetchrow(_FETCH, name_or_id))
+        if row is None:
+            raise NotFound(f"connector '{name_or_id}' not found", field="name")
+        return open_row(self._box, row, self.location)
+
+    async def list(self, flt: ConnectorFilter | None = None) -> list[Connector]:
+        flt = flt or ConnectorFilter()
+        where: list[str] = []
+        args: list[str] = []
+        for column, value in (
+            ("name", flt.name),
+            ("connector_type", flt.connector_type),
+            ("auth_method", flt.auth_method),
+            ("resource_type", flt.resource_type),
+            ("resource_id", flt.resource_id),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        sql = _SELECT
+        if where:  # column names come from the fixed tuple above, values are bound
+            sql += " WHERE " + " AND ".join(where)
+        sql += ' ORDER BY name COLLATE "C"'
+        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+        out = []
+        for row in rows:
+            # One unreadable row never takes the others down: it is listed unusable.
+            connector = list_row(self._box, row, self.location)
+            if connector is None:
+                continue
+            if all(connector.labels.get(k) == v for k, v in flt.labels.items()):
+                out.append(connector)
+        return out
+
+    async def update(
+        self, connector: Connector, secret_names: frozenset[str], expected_revision: int
+    ) -> Connector:
+        """Replace the record found by id (or by name when id is empty), if still at revision."""
+        async with self._tx() as conn:
+            key = connector.id or connector.name
+            row = await conn.fetchrow(_CAS_BY_ID if connector.id else _CAS_BY_NAME, key)
+            if row is None:
+                raise NotFound(f"connector '{connector.name}' not found", field="name")
+            if row["revision"] != expected_revision:
+                raise Aborted.stale(row["name"], expected_revision, row["revision"])
+            stored = normalized(
+                replace(
+                    connector,
+                    id=row["id"],
+                    created_at=row["created_at"],
+                    updated_at=self._clock.now(),
+                    revision=row["revision"] + 1,
+                )
+            )
+            params = self._encode(stored, secret_names)
+            try:
+                await conn.execute(_UPDATE, *params, stored.id, expected_revision)
+            except asyncpg.UniqueViolationError as exc:
+                raise _conflict(stored, exc) from None
+            await _record_change(conn, stored, "updated")
+        return stored
+
+    async def delete(self, name_or_id: str) -> Connector:
+        """Remove and return the record; works even if its secrets no longer decrypt."""
+        async with self._tx() as conn:
+            row = await conn.fetchrow(_FETCH_FOR_UPDATE, name_or_id)
+            if row is None:
+                raise NotFound(f"connector '{name_or_id}' not found", field="name")
+            # Decode first: an error must not follow a delete that already happened.
+            try:
+                deleted = open_row(self._box, row, self.location)
+            except StoreCorrupt:  # the way out for a row that cannot be read back
+                placeholder = unreadable(row)
+                if placeholder is None:
+                    raise
+                deleted = placeholder
+            await conn.execute("DELETE FROM connectors WHERE id = $1", row["id"])
+            await _record_change(conn, deleted, "deleted")
+        return deleted
+
+    # -- settings ------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        value = await self._read(
+            lambda conn: conn.fetchval("SELECT value FROM settings WHERE key = $1", key)
+        )
+        return None if value is None else str(value)
+
+    async def set_setting(self, key: str, value: str | None) -> None:
+        """Set ``key``; None removes it."""
+        async with self._tx() as conn:
+            if value is None:
+                await conn.execute("DELETE FROM settings WHERE key = $1", key)
+            else:
+                await conn.execute(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    key,
+                    value,
+                )
+
+    # -- the change table (read by broker.store.postgres_feed) -----------------------
+
+    async def changes_after(self, change_id: int, limit: int = 1000) -> ChangeBatch:
+        """Up to ``limit`` changes after ``change_id``, oldest first, and the compaction mark.
+
+        Both come from one snapshot, so a compaction running meanwhile cannot make
+        changes vanish between the two reads.
+        """
+
+        async def read(conn: Any) -> ChangeBatch:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                compacted = await conn.fetchval(
+                    "SELECT value FROM store_meta WHERE key = $1", _COMPACTED_THROUGH
+                )
+                rows = await conn.fetch(_CHANGES_AFTER, change_id, limit)
+            return ChangeBatch([_change(r) for r in rows], int(compacted or 0))
+
+        return await self._read(read)
+
+    async def latest_change_id(self) -> int:
+        """The newest change id (0 before the first write)."""
+
+        async def read(conn: Any) -> int:
+            return await _latest_change_id(conn)
+
+        return await self._read(read)
+
+    async def compact_changes(self, retention_seconds: float) -> int:
+        """Delete changes older than the retention window; return how many went.
+
+        The newest change always stays (it carries the sequence's position), and
+        ``compacted_through`` records the highest id deleted: a daemon whose last
+        applied change is older than that cannot catch up row by row and reloads
+        everything instead. One daemon compacts at a time; the others skip.
+        """
+        async with self._tx() as conn:
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", migrations.COMPACT_LOCK
+            ):
+                return 0
+            row = await conn.fetchrow(
+                "WITH gone AS (DELETE FROM changes WHERE changed_at < clock_timestamp() - "
+                "make_interval(secs => $1) AND change_id < (SELECT max(change_id) FROM changes) "
+                "RETURNING change_id) SELECT count(*) AS n, max(change_id) AS through FROM gone",
+                float(retention_seconds),
+            )
+            count = int(row["n"])
+            if count:
+                await conn.execute(
+                    "INSERT INTO store_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO "
+                    "UPDATE SET value = greatest(store_meta.value::bigint, "
+                    "excluded.value::bigint)::text",
+                    _COMPACTED_THROUGH,
+                    str(row["through"]),
+                )
+        if count:
+            log.info("store_changes_compacted", store=self.location, deleted=count)
+        return count
+
+    async def listen(
+        self, on_change: Callable[[StoreChange], None], on_lost: Callable[[], None]
+    ) -> ChangeListener:
+        """A dedicated connection LISTENing to the change channel (not from the pool).
+
+        ``on_change`` gets each change as it is committed, ``on_lost`` is called
+        once if the connection dies. Both run on the event loop and must not block.
+        """
+        with self._errors(connecting=True):
+            conn = await asyncpg.connect(
+                dsn=self._url,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                server_settings={"application_name": f"{APPLICATION_NAME} change feed"},
+            )
+        listener = ChangeListener(conn, self, on_change, on_lost)
+        try:
+            with self._errors():
+                await conn.add_listener(migrations.CHANGE_CHANNEL, listener._notified)
+            conn.add_termination_listener(listener._terminated)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await listener.close()
+            raise
+        return listener
+
+    def stats(self) -> dict[str, int]:
+        """Pool gauges for the metrics endpoint."""
+        pool = self._pool
+        return {
+            "store_pool_size": int(pool.get_size()) if pool is not None else 0,
+            "store_pool_max": self._pool_size,
+            "store_pool_in_use": self._in_use,
+            "store_pool_waiting": self._waiting,
+        }
+
+    # -- encoding --------------------------------------------------------------
+
+    def _encode(self, c: Connector, secret_names: frozenset[str]) -> tuple[Any, ...]:
+        plain, secret = split_secrets(c, secret_names)
+        return (
+            c.id,
+            c.name,
+            c.connector_type,
+            c.auth_method,
+            c.resource_type,
+            c.resource_id,
+            c.description,
+            dumps(plain),
+            seal(self._box, c, plain, secret),
+            dumps(dict(c.labels)),
+            c.expiration_seconds,
+            None if c.expires_at is None else utc(c.expires_at, "expires_at"),
+            utc(c.created_at, "created_at"),
+            utc(c.updated_at, "updated_at"),
+            c.revision,
+        )
+
+
+class ChangeListener:
+    """The LISTEN connection of one daemon's change feed."""
+
+    def __init__(
+        self,
+        conn: Any,
+        store: PostgresStore,
+        on_change: Callable[[StoreChange], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._conn = conn
+        self._store = store
+        self._on_change = on_change
+        self._on_lost = on_lost
+        self._lost = False
+
+    @property
+    def backend_pid(self) -> int:
+        """The server process of this connection (what pg_terminate_backend takes)."""
+        return int(self._conn.get_server_pid())
+
+    @property
+    def alive(self) -> bool:
+        return not self._lost and not self._conn.is_closed()
+
+    async def latest_change_id(self) -> int:
+        """The newest change id, read on this connection: also proves it still works."""
+        with self._store._errors():
+            return await _latest_change_id(self._conn)
+
+    async def close(self) -> None:
+        self._lost = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._conn.close(timeout=2)
+            except Exception:
+                self._conn.terminate()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            change = StoreChange(
+                change_id=int(data["change_id"]),
+                connector_id=str(data["connector_id"]),
+                name=str(data["name"]),
+                revision=int(data["revision"]),
+                kind=_kind(data["kind"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("change_notification_unreadable", payload=payload[:200])
+            return
+        self._on_change(change)
+
+    def _terminated(self, _conn: Any) -> None:
+        if not self._lost:
+            self._lost = True
+            self._on_lost()
+
+
+async def _record_change(conn: Any, c: Connector, kind: ChangeKind) -> int:
+    """The change row and its notification, inside the caller's transaction.
+
+    The change lock is held from here to the commit, so a change id is never
+    visible before every smaller one is (ids follow commit order). Only this
+    last step of a write is serialized across the fleet.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.CHANGE_LOCK)
+    return int(await conn.fetchval(_RECORD_CHANGE, c.id, c.name, c.revision, kind))
+
+
+async def _latest_change_id(conn: Any) -> int:
+    value = await conn.fetchval(
+        "SELECT greatest(coalesce((SELECT max(change_id) FROM changes), 0), "
+        "coalesce((SELECT value::bigint FROM store_meta WHERE key = $1), 0))",
+        _COMPACTED_THROUGH,
+    )
+    return int(value)
+
+
+def _change(row: Any) -> StoreChange:
+    return StoreChange(
+        change_id=int(row["change_id"]),
+        connector_id=str(row["connector_id"]),
+        name=str(row["connector_name"]),
+        revision=int(row["revision"]),
+        kind=_kind(row["kind"]),
+    )
+
+
+def _kind(value: object) -> ChangeKind:
+    if value == "created":
+        return "created"
+    if value == "updated":
+        return "updated"
+    if value == "deleted":
+        return "deleted"
+    raise ValueError(f"unknown change kind {value!r}")
+
+
+def _conflict(c: Connector, exc: Any) -> BrokerError:
+    if getattr(exc, "constraint_name", None) == "connectors_pkey":
+        return AlreadyExists(
+            f"connector '{c.name}': another connector already has its id '{c.id}'", field="id"
+        )
+    return AlreadyExists(f"connector '{c.name}' already exists", field="name")
+
+
+async def _close_pool(pool: Any) -> None:
+    try:
+        with anyio.fail_after(5):
+            await pool.close()
+    except Exception:
+        pool.terminate()
