@@ -204,3 +204,15 @@ class AutoConfigureOptions:
     resource_type: str | None = None
     resource_id: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectorFilter:
+    """List filters; None means "any". Labels match when every given pair is present."""
+
+    name: str | None = None
+    connector_type: str | None = None
+    auth_method: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)

@@ -52,11 +52,11 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
+from broker import variants
 from broker.clock import Clock
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.identity.principal import Principal
 from broker.model import ClientCredential, Connector
-from broker.providers.gcp import variants
 from broker.service import BrokerService, Issued
 
 FLAVOR = {"Metadata-Flavor": "Google"}

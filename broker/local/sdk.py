@@ -35,9 +35,8 @@ import hmac
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -51,14 +50,15 @@ from broker.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from broker.grants import Grant
 from broker.identity.principal import Principal
 from broker.identity.tcp_owner import peer_uid
 from broker.local import formats, gce
 from broker.local.endpoint import refused
 from broker.local.guard import HttpGuard
 from broker.policy import Action, Target
-from broker.providers.base import VARIANT_SDK_SESSION
 from broker.service import BrokerService
+from broker.variants import VARIANT_SDK_SESSION
 
 log = structlog.get_logger(__name__)
 
@@ -80,23 +80,6 @@ _MAX_UID = 2**32 - 2
 _EXPIRED_TOKENS_KEPT = 1024
 #: Headers a proxy adds: the endpoints serve local clients directly, never through one.
 FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded")
-
-
-@dataclass(frozen=True)
-class Grant:
-    """One SDK endpoint grant: who made it, for what, until when, and for which uid."""
-
-    id: str
-    kind: Literal["aws", "gcp"]
-    connector: str
-    resource_type: str | None
-    resource_id: str | None
-    owner: Principal
-    created_at: datetime
-    expires_at: datetime
-    #: gcp: the only local uid whose sockets may use the endpoint (None: any).
-    bound_uid: int | None = None
-    token_hash: bytes = b""
 
 
 GRANT = web.AppKey("grant", Grant)

@@ -21,10 +21,9 @@ from broker.model import (
     Connector,
     ConnectorTypeSpec,
 )
+from broker.variants import VARIANT_SDK_SESSION
 
-#: Credential variant for SDK credential endpoints (the AWS container endpoint): temporary
-#: keys with an expiry, never a stored long-lived secret.
-VARIANT_SDK_SESSION = "sdk-session"
+__all__ = ["VARIANT_SDK_SESSION", "Provider", "ProviderContext"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from broker.api.v1 import broker_pb2 as pb
 from broker.attributes import render_value
 from broker.errors import InvalidArgument
-from broker.local.sdk import Grant
+from broker.grants import Grant
 from broker.model import (
     HIDDEN,
     AuthMethodSpec,
@@ -36,7 +36,7 @@ def from_ts(message: object, name: str) -> datetime | None:
     if not message.HasField(name):  # type: ignore[attr-defined]
         return None
     stamp: Timestamp = getattr(message, name)
-    if stamp.seconds < 0 or stamp.seconds > 253402300799:
+    if not (0 <= stamp.seconds <= 253402300799 and 0 <= stamp.nanos <= 999_999_999):
         raise InvalidArgument(f"'{name}' is out of range", field=name)
     return stamp.ToDatetime(tzinfo=UTC)
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from broker import variants
 from broker.clock import FakeClock
 from broker.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from broker.providers.base import ProviderContext
-from broker.providers.gcp import GcpProvider, variants
-from broker.providers.gcp.spec import CLOUD_PLATFORM_SCOPE
+from broker.providers.gcp import GcpProvider
+from broker.variants import CLOUD_PLATFORM_SCOPE
 from tests.providers.test_gcp import PROJECT, connector, sa_connector
 from tests.servers.google import GoogleServer
 

@@ -30,6 +30,7 @@ from datetime import datetime
 
 import aiohttp
 
+from broker import variants
 from broker.errors import (
     BrokerError,
     ConnectorExpired,
@@ -39,7 +40,7 @@ from broker.errors import (
 )
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.base import Provider
-from broker.providers.gcp import autoconfig, discovery, ids, tokens, variants
+from broker.providers.gcp import autoconfig, discovery, ids, tokens
 from broker.providers.gcp.api import Endpoints, GoogleApi
 from broker.providers.gcp.keys import AUTHORIZED_USER, SERVICE_ACCOUNT
 from broker.providers.gcp.settings import KEY_ATTRIBUTES, GcpSettings

@@ -30,9 +30,6 @@ AUTH_TOKEN = "oauth2-token"
 AUTH_IMPERSONATION = "impersonation"
 AUTH_EXTERNAL = "external-account"
 
-#: The one OAuth2 scope every minted token carries.
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-
 #: Google's fixed access token lifetime, and the IAM Credentials API's default maximum.
 TOKEN_LIFETIME = 3600
 MIN_IMPERSONATION_LIFETIME = 600

@@ -48,8 +48,8 @@ from gcloud.aio.auth import Token
 from broker.errors import BrokerError, CredentialsRejected, PermissionDenied, UpstreamError
 from broker.providers.gcp.api import api_error, google_message
 from broker.providers.gcp.keys import AUTHORIZED_USER, SERVICE_ACCOUNT, KeyFile
-from broker.providers.gcp.variants import DEFAULT_SCOPES
 from broker.providers.http import TRANSPORT_ERRORS, transport_error
+from broker.variants import DEFAULT_SCOPES
 
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -1,6 +1,12 @@
-"""Token variants a gcp connector issues besides its plain credential.
+"""Credential variants: what a front end may ask for besides a plain credential.
 
-The GCE metadata endpoint (:mod:`broker.local.gce`) asks for them through
+Shared vocabulary of the front ends and the providers (plain strings, no I/O),
+so the local endpoints never import a provider.
+
+* ``sdk-session`` (aws): STS session credentials for the container endpoint,
+  minted from long-lived keys rather than handing those out.
+
+The gcp variants: the GCE metadata endpoint (:mod:`broker.local.gce`) asks for them through
 ``BrokerService.get_credentials(variant=...)``; each is its own cache entry,
 renewed on its own. A variant is a string (the cache key's ``variant``):
 
@@ -22,7 +28,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broker.errors import InvalidArgument
-from broker.providers.gcp.spec import CLOUD_PLATFORM_SCOPE
+
+#: The scope of a plain gcp access token.
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+#: aws: session credentials for SDK endpoints, never the long-lived keys themselves.
+VARIANT_SDK_SESSION = "sdk-session"
 
 SCOPES_PREFIX = "scopes:"
 ID_TOKEN_PREFIX = "id-token:"
