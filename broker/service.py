@@ -584,7 +584,9 @@ class BrokerService:
         rt, rid = await resolve_resource(provider, connector, resource_type, resource_id)
         # A variant the plain credential already satisfies shares its entry ("").
         variant = provider.variant_for(connector, rt, variant)
-        key = CacheKey(connector.id, connector.revision, rt, rid, variant)
+        key = CacheKey(
+            connector.id, connector.revision, rt, rid, variant, connector_name=connector.name
+        )
 
         async def mint() -> ClientCredential:
             check_not_tampered(connector)

@@ -126,7 +126,7 @@ REGISTER_CASES = [
         "oversized attribute",
         _register(config={"username": "u" * 300_000, "password": "p"}),
         CODE.INVALID_ARGUMENT,
-        "'username' is larger",
+        "config['username'] is 300000 bytes; at most 65536 are allowed",
     ),
 ]
 

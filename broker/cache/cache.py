@@ -20,6 +20,7 @@ Watchers get events through :mod:`broker.streams`.
 from __future__ import annotations
 
 import random
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -341,10 +342,14 @@ class CredentialCache:
         except TimeoutError:
             message = f"minting credentials for {entry.key.describe()} timed out"
             self._failed(entry, flight, Unavailable(message))
-        except Exception as exc:
+        except Exception:
+            # A bug, not an upstream answer: the details go to the log under a reference,
+            # callers and watchers get the reference (as for unary calls).
+            ref = uuid.uuid4().hex[:12]
+            log.exception("credential_mint_internal_error", key=entry.key.describe(), ref=ref)
             message = (
-                f"minting credentials for {entry.key.describe()} failed unexpectedly: "
-                f"{type(exc).__name__}: {exc}"
+                f"minting credentials for {entry.key.describe()} failed: "
+                f"internal error (reference {ref})"
             )
             self._failed(entry, flight, Unavailable(message))
         else:

@@ -12,7 +12,7 @@ import copy
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -42,12 +42,14 @@ class CacheKey:
     #: A credential minted differently for one front end (e.g. ``sdk-session``: temporary
     #: keys for the AWS container endpoint); "" for the plain one.
     variant: str = ""
+    #: For messages only (errors name connectors by name, never by id); not part of the key.
+    connector_name: str = field(default="", compare=False)
 
     def describe(self) -> str:
         what = f"{self.resource_type} '{self.resource_id}'"
         if self.variant:
             what += f" ({self.variant})"
-        return f"{what} of connector {self.connector_id}"
+        return f"{what} of connector '{self.connector_name or self.connector_id}'"
 
 
 @dataclass

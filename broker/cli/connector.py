@@ -322,7 +322,8 @@ def list_connectors(
 ) -> None:
     """List connectors, filtered."""
     with connect(socket) as stub:
-        reply = stub.ListConnectors(
+        connectors = all_connectors(
+            stub,
             pb.ListConnectorsRequest(
                 name=name or "",
                 connector_type=connector_type or "",
@@ -330,12 +331,23 @@ def list_connectors(
                 resource_type=resource_type or "",
                 resource_id=resource_id or "",
                 labels=parse_pairs(label, "label"),
-            )
+            ),
         )
     if output is Output.json:
-        render.print_json([render.connector_json(c) for c in reply.connectors])
+        render.print_json([render.connector_json(c) for c in connectors])
     else:
-        render.print_connectors(reply.connectors)
+        render.print_connectors(connectors)
+
+
+def all_connectors(stub: Any, request: pb.ListConnectorsRequest) -> list[pb.Connector]:
+    """Every page of a ListConnectors answer (the daemon pages them, see broker.rpc.limits)."""
+    out: list[pb.Connector] = []
+    while True:
+        reply = stub.ListConnectors(request)
+        out.extend(reply.connectors)
+        if not reply.next_page_token:
+            return out
+        request.page_token = reply.next_page_token
 
 
 @app.command()
@@ -502,21 +514,22 @@ def list_resources(
     with connect(socket) as stub:
         expected = None
         if live:
-            listed = stub.ListConnectors(
+            listed = all_connectors(
+                stub,
                 pb.ListConnectorsRequest(
                     name=name or "",
                     connector_type=connector_type or "",
                     resource_type=resource_type or "",
                     resource_id=resource_id or "",
                     labels=labels,
-                )
+                ),
             )
             expected = {
                 c.name: (
                     c.connector_type,
                     1 if resource_type else max(1, len(c.resource_types)),
                 )
-                for c in listed.connectors
+                for c in listed
             }
         stream = stub.ListResources(request)
         try:

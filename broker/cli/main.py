@@ -74,11 +74,10 @@ def _health(socket: Path | None, timeout: float) -> str:
     """The gRPC health service's answer for the whole server, e.g. SERVING or NOT_SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from broker.cli.client import checked_socket
+    from broker.cli.client import connection
 
-    path = checked_socket(socket)
-    with grpc.insecure_channel(f"unix://{path.resolve()}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
+    with connection(socket, timeout) as conn:
+        reply = health_pb2_grpc.HealthStub(conn.channel).Check(
             health_pb2.HealthCheckRequest(), timeout=timeout
         )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
@@ -93,7 +92,7 @@ def health(
     try:
         state = _health(socket, timeout)
     except grpc.RpcError as exc:
-        print(f"unhealthy: {rpc_error(exc, socket).message}", file=sys.stderr)
+        print(f"unhealthy: {rpc_error(exc).message}", file=sys.stderr)
         raise typer.Exit(1) from None
     except BrokerError as exc:
         print(f"unhealthy: {exc.message}", file=sys.stderr)
@@ -163,8 +162,8 @@ def main() -> None:
             raise
         print(f"error: {first.message}", file=sys.stderr)
         sys.exit(1)
-    except grpc.RpcError as exc:
-        err = rpc_error(exc, None)
+    except grpc.RpcError as exc:  # a call made outside broker.cli.client.connect
+        err = rpc_error(exc)
         print(f"error: {err.message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

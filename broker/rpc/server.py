@@ -13,10 +13,11 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from broker.api.v1 import broker_pb2, broker_pb2_grpc
+from broker.api.v1 import broker_pb2
 from broker.config import Settings
 from broker.errors import FailedPrecondition, InvalidArgument
 from broker.local.sdk import SdkEndpoints
+from broker.rpc import limits
 from broker.rpc.acceptor import PeerAcceptor
 from broker.rpc.callers import Callers
 from broker.rpc.reflection import enable_server_reflection
@@ -27,7 +28,9 @@ from broker.sockets import listen_unix
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
-#: Requests beyond this are refused by gRPC before they reach the broker.
+#: Requests beyond this are refused by gRPC before they reach the broker (see broker.rpc.limits).
+MAX_REQUEST_BYTES = limits.MAX_REQUEST_BYTES
+#: Answers: a ListConnectors page stays under limits.PAGE_BYTES, far below this.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -40,13 +43,14 @@ class GrpcServer:
         self._settings = settings
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ]
         )
         self.acceptor = PeerAcceptor()
-        broker_pb2_grpc.add_BrokerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        # Raw request bytes in, decoded and size-checked there: bad input is INVALID_ARGUMENT.
+        limits.add_servicer(
             BrokerServicer(
                 service, Callers(self.acceptor), sdk, str(settings.local_socket_path.resolve())
             ),

@@ -25,9 +25,9 @@ from broker.identity.principal import Principal, cert_principal, local_user
 from broker.local.sdk import SdkEndpoints
 from broker.model import Connector
 from broker.policy import Action, Target
-from broker.rpc import convert
+from broker.rpc import convert, limits
 from broker.rpc.callers import Callers
-from broker.rpc.status import status_for
+from broker.rpc.status import DAEMON_ERROR, status_for
 from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
 from broker.store.base import ConnectorFilter
 
@@ -52,13 +52,15 @@ def _guard(method: Handler[T]) -> Handler[T]:
         try:
             return await method(self, request, context)
         except BrokerError as exc:
-            await context.abort(status_for(exc), exc.message)
+            await context.abort(status_for(exc), exc.message, DAEMON_ERROR)
         except grpc.aio.AbortError:
             raise
         except Exception:
             ref = uuid.uuid4().hex[:12]
             log.exception("rpc_internal_error", method=method.__name__, ref=ref)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (reference {ref})", DAEMON_ERROR
+            )
         raise AssertionError("unreachable")
 
     return wrapper
@@ -213,7 +215,14 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         connectors = await self._service.list_visible(
             self._callers.principal(context), _filter(request)
         )
-        return pb.ListConnectorsResponse(connectors=[self._connector(c) for c in connectors])
+        page, next_token = limits.paged(
+            connectors,
+            lambda c: c.name,
+            self._connector,
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListConnectorsResponse(connectors=page, next_page_token=next_token)
 
     @_guard
     async def VerifyConnector(
@@ -273,8 +282,25 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             _text(request.resource_id),
             principal=self._callers.principal(context),
         )
-        async for event in events:
-            await context.write(_event(event))
+        while True:
+            try:
+                event = await anext(events)
+                message = _event(event)
+            except StopAsyncIteration:
+                return
+            except BrokerError:
+                raise  # its own message and status, as in a unary call
+            except Exception:
+                # As unary calls do: the details go to the log, the watcher gets a reference.
+                ref = uuid.uuid4().hex[:12]
+                log.exception("rpc_internal_error", method="WatchCredentials", ref=ref)
+                await context.write(
+                    pb.CredentialEvent(
+                        kind=pb.CredentialEvent.ERROR, error=f"internal error (reference {ref})"
+                    )
+                )
+                return
+            await context.write(message)
 
     @_guard
     async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.Status:
@@ -401,6 +427,8 @@ def _subject(request: pb.CheckPolicyRequest) -> Principal:
         return local_user(uid=request.uid)
     except LookupError as exc:
         raise InvalidArgument(str(exc), field="user" if request.user else "uid") from None
+    except ValueError:  # a NUL in the name: no such user can exist
+        raise InvalidArgument(f"no local user {request.user!r}", field="user") from None
 
 
 def _event(event: IssuedEvent) -> pb.CredentialEvent:

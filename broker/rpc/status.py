@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from broker import errors
@@ -16,6 +18,18 @@ _CODES: tuple[tuple[type[errors.BrokerError], grpc.StatusCode], ...] = (
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
+
+
+#: Trailing metadata on every error the daemon itself answers with. A client tells by it
+#: an UNAVAILABLE the daemon wrote (an upstream is down: print it as written) from one
+#: gRPC made up because the connection broke, without reading the message text.
+DAEMON_ERROR = (("broker-error", "1"),)
+
+
+def from_daemon(exc: grpc.RpcError) -> bool:
+    """Whether a failed call's status was written by the daemon (see DAEMON_ERROR)."""
+    trailers: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    return any(item[0] == DAEMON_ERROR[0][0] for item in trailers or ())
 
 
 def status_for(exc: errors.BrokerError) -> grpc.StatusCode:
