@@ -13,20 +13,33 @@ store returned *before* the lock is released, so:
 The view itself is copy-on-write: a reader holding a snapshot keeps a
 consistent one while a write installs the next.
 
-With several daemons on one database, the store's change feed will apply
-other daemons' writes here through the same path; the revision compare-and-swap
-in the store already refuses updates based on a stale read.
+With several daemons on one database, the store's change feed applies other
+daemons' writes here (:meth:`Catalog.apply_change`, :meth:`Catalog.reload`)
+under the same lock, and says what changed so the service drops cached
+credentials and ends watches exactly as for a local write. The revision
+compare-and-swap in the store refuses updates based on a stale read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Literal
 
 import anyio
 
+from broker.errors import NotFound
 from broker.model import Connector
-from broker.store.base import ConnectorStore
+from broker.store.base import ConnectorStore, StoreChange
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A connector the view changed because of a write made elsewhere."""
+
+    connector: Connector
+    event: Literal["updated", "deleted"]
 
 
 class Catalog:
@@ -105,6 +118,70 @@ class Catalog:
                 by_name.pop(deleted.name, None)
             self._install(by_name)
         return deleted
+
+    # -- writes made through other daemons (the shared store's change feed) -----------
+
+    async def apply_change(self, change: StoreChange) -> list[Changed]:
+        """Bring one connector up to date after ``change``; what changed in the view.
+
+        Idempotent: a change this view already holds (this daemon's own write coming
+        back, or one read twice while catching up) changes nothing. The connector is
+        read again from the store, so a change announced late still installs the
+        newest revision, never an older one.
+        """
+        async with self._lock:
+            if not self._loaded:
+                return []  # the first load reads the store as it is now
+            current = self._by_id.get(change.connector_id)
+            if change.kind == "deleted":
+                if current is None:
+                    return []
+                self._remove(current)
+                return [Changed(current, "deleted")]
+            if current is not None and current.revision >= change.revision:
+                return []
+            try:
+                fresh = await self._store.get(change.connector_id)
+                if fresh.id != change.connector_id:  # a name equal to the id: not it
+                    raise NotFound(f"connector '{change.name}' not found")
+            except NotFound:  # deleted meanwhile: its own change follows
+                if current is None:
+                    return []
+                self._remove(current)
+                return [Changed(current, "deleted")]
+            if current is not None and fresh.revision <= current.revision:
+                return []
+            out: list[Changed] = []
+            clash = self._by_name.get(fresh.name)
+            if clash is not None and clash.id != fresh.id:  # its delete was not seen yet
+                self._remove(clash)
+                out.append(Changed(clash, "deleted"))
+            self._put(fresh)
+            if current is not None:
+                out.append(Changed(fresh, "updated"))
+            return out
+
+    async def reload(self) -> list[Changed]:
+        """Read every connector again; what was deleted or changed since the last view."""
+        async with self._lock:
+            connectors = await self._store.list()
+            old = self._by_id if self._loaded else {}
+            new = {c.id: c for c in connectors}
+            out = [Changed(c, "deleted") for i, c in old.items() if i not in new]
+            out += [
+                Changed(c, "updated")
+                for i, c in new.items()
+                if i in old and old[i].revision != c.revision
+            ]
+            self._install({c.name: c for c in connectors})
+            self._loaded = True
+        return out
+
+    def _remove(self, gone: Connector) -> None:
+        by_name = dict(self._by_name)
+        if by_name.get(gone.name, gone).id == gone.id:
+            by_name.pop(gone.name, None)
+        self._install(by_name)
 
     def _put(self, stored: Connector) -> None:
         by_name = dict(self._by_name)

@@ -17,14 +17,17 @@ from typing import Any
 from broker.errors import InvalidArgument
 from broker.hosts import is_loopback
 from broker.policy import Rule, parse_policy
+from broker.store.postgres_dsn import is_postgres_url, redact
 
 ENV_PREFIX = "BROKER_"
 
 
-def _doc(text: str, default: Any = MISSING, secret: bool = False) -> Any:
+def _doc(text: str, default: Any = MISSING, secret: bool = False, redact: bool = False) -> Any:
+    """``redact``: shown with any password it holds masked (a database URL)."""
+    meta = {"doc": text, "secret": secret, "redact": redact}
     if default is MISSING:
-        return field(metadata={"doc": text, "secret": secret})
-    return field(default=default, metadata={"doc": text, "secret": secret})
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,19 @@ class Settings:
     tls_key: Path | None = _doc("PEM private key for the TCP listener", None)
     tls_client_ca: Path | None = _doc("PEM CA bundle: require client certificates (mTLS)", None)
     insecure: bool = _doc("Allow TCP without TLS, only on a loopback address", False)
-    database: Path | None = _doc("SQLite database file (default: DATA_DIR/broker.db)", None)
+    database: str | None = _doc(
+        "Where connectors are kept: an SQLite file (default: DATA_DIR/broker.db), or a "
+        "postgresql:// URL one fleet of daemons shares (TLS: ?sslmode=verify-full&sslrootcert=CA; "
+        "the password is never shown, better given as PGPASSWORD)",
+        None,
+        redact=True,
+    )
+    database_pool_size: int = _doc("PostgreSQL: connections this daemon opens at most", 5)
+    change_retention_seconds: float = _doc(
+        "PostgreSQL: how long changes stay in the change table for a daemon that lost its "
+        "connection to catch up from; one that was away longer reloads every connector",
+        86400.0,
+    )
     secret_key_file: Path | None = _doc(
         "File with the base64 key encrypting secrets (default: DATA_DIR/secret.key)", None
     )
@@ -110,8 +125,16 @@ class Settings:
         return self.local_socket or self.data_dir / "helper.sock"
 
     @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL, if the store is PostgreSQL (else None: SQLite)."""
+        return self.database if self.database and is_postgres_url(self.database) else None
+
+    @property
     def database_path(self) -> Path:
-        return self.database or self.data_dir / "broker.db"
+        """The SQLite file (meaningless when :attr:`database_url` is set)."""
+        if self.database and not is_postgres_url(self.database):
+            return Path(self.database).expanduser()
+        return self.data_dir / "broker.db"
 
 
 def setting_fields() -> list[Any]:
@@ -192,6 +215,12 @@ def _validate(settings: Settings) -> Settings:
         value = getattr(settings, key)
         if value is not None:
             parse_host_port(key, value)
+    if settings.database and "://" in settings.database and not settings.database_url:
+        raise InvalidArgument(
+            "setting 'database' must be an SQLite file path or a postgresql:// URL, got "
+            f"'{redact(settings.database)}'",
+            field="database",
+        )
     if settings.tcp:
         has_tls = settings.tls_cert is not None and settings.tls_key is not None
         if (settings.tls_cert is None) != (settings.tls_key is None):
@@ -295,6 +324,8 @@ def describe(settings: Settings, *, show_secrets: bool = False) -> dict[str, Any
         value = getattr(settings, f.name)
         if f.metadata.get("secret") and value is not None and not show_secrets:
             value = "[HIDDEN]"
+        elif f.metadata.get("redact") and isinstance(value, str) and not show_secrets:
+            value = redact(value)
         out[f.name] = str(value) if isinstance(value, Path) else value
     return out
 

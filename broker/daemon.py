@@ -35,8 +35,11 @@ from broker.providers.base import ProviderContext
 from broker.providers.registry import ProviderRegistry
 from broker.rpc.server import GrpcServer
 from broker.service import BrokerService
+from broker.store.base import CHANGE_FEED_HEALTH
 from broker.store.crypto import SecretBox, load_secret_key
-from broker.store.sqlite import SqliteStore
+from broker.store.factory import make_store
+from broker.store.postgres import PostgresStore
+from broker.store.postgres_feed import ChangeFeed
 from broker.systemd_credentials import check_key_credential
 
 log = structlog.get_logger(__name__)
@@ -77,6 +80,34 @@ def _write_pointers(settings: Settings, env: Mapping[str, str]) -> None:
             log.info("pointer_files_written", files=written)
 
 
+#: How often the change feed's state is copied to the gRPC health service.
+FEED_HEALTH_SECONDS = 0.5
+
+
+async def report_feed_health(feed: ChangeFeed, server: GrpcServer) -> None:
+    """The change feed as a named gRPC health service: NOT_SERVING while it is behind.
+
+    The server itself stays SERVING (it serves the connectors it knows); ``broker
+    health`` and ``broker status`` show DEGRADED.
+    """
+    from grpc_health.v1 import health_pb2
+
+    serving: bool | None = None
+    while True:
+        now_serving = feed.degraded_reason() is None
+        if now_serving != serving:
+            serving = now_serving
+            status = health_pb2.HealthCheckResponse
+            await server.health.set(
+                CHANGE_FEED_HEALTH, status.SERVING if serving else status.NOT_SERVING
+            )
+            if not serving:
+                log.warning("daemon_degraded", reason=feed.degraded_reason())
+            else:
+                log.info("daemon_caught_up")
+        await anyio.sleep(FEED_HEALTH_SECONDS)
+
+
 async def run_daemon(
     settings: Settings,
     *,
@@ -93,7 +124,12 @@ async def run_daemon(
 
     check_key_credential(settings, env)  # the unit's LoadCredential= key: a clear error
     key = load_secret_key(settings.data_dir, env, key_file=settings.secret_key_file)
-    store = SqliteStore(settings.database_path, SecretBox(key), clock)
+    store = make_store(
+        settings.database_url or settings.database_path,
+        SecretBox(key),
+        clock,
+        pool_size=settings.database_pool_size,
+    )
     await store.open()
     registry = ProviderRegistry.discover(
         ProviderContext(
@@ -124,21 +160,39 @@ async def run_daemon(
     server = GrpcServer(settings, service, sdk)
     helpers = HelperEndpoint(service, helper_guard)
     notifier = Notifier.from_env(env)
+    feed = None
+    if isinstance(store, PostgresStore):  # a fleet: other daemons' writes arrive here
+        feed = ChangeFeed(
+            store, service, clock, retention_seconds=settings.change_retention_seconds
+        )
+        service.conditions.append(feed.degraded_reason)
     metrics = None
     if settings.metrics:
         from broker.metrics import MetricsServer
 
         metrics = MetricsServer(
-            settings.metrics, lambda: {**cache.stats(), **service.margins.stats()}, service.upstream
+            settings.metrics,
+            lambda: {
+                **cache.stats(),
+                **service.margins.stats(),
+                **(store.stats() if isinstance(store, PostgresStore) else {}),
+                **(feed.stats() if feed is not None else {}),
+            },
+            service.upstream,
         )
     try:
         # The connector view, loaded once before any listener accepts a call: no first
         # calls racing to load it, and every call sees every write acknowledged before.
+        if feed is not None:  # LISTEN before the view is read: no write falls in between
+            await feed.start()
         await service.catalog.load()
         if metrics is not None:  # first, outside the task group: a plain error, no socket yet
             await metrics.start()
         async with anyio.create_task_group() as tg:
             await tg.start(cache.run)
+            if feed is not None:
+                await tg.start(feed.run)
+                tg.start_soon(report_feed_health, feed, server)
             await server.start()
             await helpers.start(settings.local_socket_path, settings.socket_group)
             _write_pointers(settings, env)
@@ -174,5 +228,7 @@ async def run_daemon(
             if metrics is not None:
                 await metrics.stop()
             await registry.aclose()
+            if feed is not None:
+                await feed.close()
             await store.close()
         log.info("daemon_stopped")

@@ -30,7 +30,7 @@ from broker.upstream_stats import UpstreamStats
 
 log = structlog.get_logger(__name__)
 
-Stats = Callable[[], Mapping[str, int]]
+Stats = Callable[[], Mapping[str, float]]
 
 #: Cache stats that are levels, not running totals: name -> (metric, help).
 GAUGES: dict[str, tuple[str, str]] = {
@@ -39,6 +39,34 @@ GAUGES: dict[str, tuple[str, str]] = {
     "renewal_lead_ms_min": (
         "broker_credential_renewal_lead_min_milliseconds",
         "Shortest time before expiry a renewal replaced a credential (-1: none yet)",
+    ),
+    # A fleet on PostgreSQL: the connection pool and the change feed.
+    "store_pool_size": ("broker_store_pool_connections", "Open connections in the store pool"),
+    "store_pool_max": ("broker_store_pool_max_connections", "Store pool size limit"),
+    "store_pool_in_use": (
+        "broker_store_pool_in_use",
+        "Store pool connections lent to a call right now",
+    ),
+    "store_pool_waiting": (
+        "broker_store_pool_waiting",
+        "Calls waiting for a store pool connection right now",
+    ),
+    "change_feed_connected": (
+        "broker_change_feed_connected",
+        "1 while the LISTEN connection to the shared database is up",
+    ),
+    "change_feed_lag_seconds": (
+        "broker_change_feed_lag_seconds",
+        "How long this daemon has known of changes made elsewhere that it has not applied "
+        "(or been disconnected); 0 when current",
+    ),
+    "change_feed_lag_changes": (
+        "broker_change_feed_lag_changes",
+        "Changes made elsewhere this daemon knows of but has not applied",
+    ),
+    "change_feed_last_change_id": (
+        "broker_change_feed_last_change_id",
+        "The id of the last change this daemon applied",
     ),
 }
 #: Running totals: name -> (metric without _total, help). Alerts use these names.
@@ -65,6 +93,18 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "renewal_lead_ms": (
         "broker_credential_renewal_lead_milliseconds",
         "Sum over renewals of the time left on the replaced credential (mean: / renewals)",
+    ),
+    "change_feed_reconnects": (
+        "broker_change_feed_reconnects",
+        "Times the change feed's LISTEN connection was opened again after it was lost",
+    ),
+    "change_feed_applied": (
+        "broker_change_feed_applied",
+        "Changes made through any daemon that this daemon applied",
+    ),
+    "change_feed_full_reloads": (
+        "broker_change_feed_full_reloads",
+        "Times this daemon fell behind the change retention and read every connector again",
     ),
 }
 

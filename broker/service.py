@@ -21,7 +21,7 @@ from broker import __version__
 from broker.access import Gatekeeper, connector_target
 from broker.audit import AuditLog
 from broker.cache.cache import CacheKey
-from broker.catalog import Catalog
+from broker.catalog import Catalog, Changed
 from broker.clock import Clock
 from broker.connectors import (
     ConnectorDraft,
@@ -56,7 +56,7 @@ from broker.policy import AccessPolicy, Action, Target
 from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
 from broker.served import ServedMargins
-from broker.store.base import ConnectorFilter, ConnectorStore
+from broker.store.base import ConnectorFilter, ConnectorStore, StoreChange
 from broker.streams.hub import WatchEvent
 from broker.upstream_stats import UpstreamStats
 
@@ -145,6 +145,10 @@ class DaemonStatus:
     cached_credentials: int
     subscribers: int
     connector_types: list[str]
+    #: Why the daemon may be behind (e.g. its change feed is reconnecting); empty: all well.
+    degraded: list[str] = field(default_factory=list)
+    #: Where connectors are kept, safe to show (never a password).
+    store: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,8 @@ class BrokerService:
         self._started = time.monotonic()
         #: The connector view: loaded once, changed only by acknowledged writes, in order.
         self.catalog = Catalog(store)
+        #: Checks reporting why the daemon is degraded (None: fine), e.g. the change feed.
+        self.conditions: list[Callable[[], str | None]] = []
         #: Mint counts and latency per connector type, for the metrics endpoint.
         self.upstream = UpstreamStats()
         #: Checks every credential returned to a caller against its documented margin.
@@ -453,6 +459,32 @@ class BrokerService:
         self._discovery.forget(deleted.id)
         self.audit.record("connector_deleted", connector=deleted.name, **principal.audit_fields())
         return deleted
+
+    async def apply_store_change(self, change: StoreChange) -> None:
+        """A write made through another daemon sharing the store (its change feed).
+
+        The same path as a local write: the catalog first, then the cache drops
+        the connector's credentials (an update refuses the old revision from now
+        on) and its watchers get ``updated`` or ``deleted``.
+        """
+        self._changed_elsewhere(await self.catalog.apply_change(change))
+
+    async def reload_catalog(self) -> None:
+        """Every connector read again (the change feed fell too far behind)."""
+        self._changed_elsewhere(await self.catalog.reload())
+
+    def _changed_elsewhere(self, changes: list[Changed]) -> None:
+        for changed in changes:
+            c = changed.connector
+            revision = c.revision if changed.event == "updated" else None
+            self._cache.invalidate_connector(c.id, changed.event, revision=revision)
+            self._discovery.forget(c.id)
+            log.info(
+                "connector_changed_elsewhere",
+                connector=c.name,
+                change=changed.event,
+                revision=c.revision,
+            )
 
     @staticmethod
     def _secret_names(provider: Provider, connector: Connector) -> frozenset[str]:
@@ -808,6 +840,8 @@ class BrokerService:
             cached_credentials=int(stats.get("entries", 0)),
             subscribers=int(stats.get("subscribers", 0)),
             connector_types=[p.spec.connector_type for p in self._registry.all()],
+            degraded=[reason for check in self.conditions if (reason := check()) is not None],
+            store=self._store.location,
         )
 
 

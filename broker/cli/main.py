@@ -11,6 +11,7 @@ import typer
 
 from broker import __version__
 from broker.cli import connector, credentials, env, login, policy, render
+from broker.cli import store as store_cli
 from broker.cli.client import connect, rpc_error
 from broker.cli.options import Output, OutputOpt, SocketOpt
 from broker.errors import BrokerError
@@ -27,6 +28,7 @@ app.add_typer(login.login_app, name="login")
 app.add_typer(env.app, name="env")
 app.add_typer(login.logout_app, name="logout")
 app.add_typer(policy.app, name="policy")
+app.add_typer(store_cli.app, name="store")
 app.command("whoami")(policy.whoami)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
 app.add_typer(config_app, name="config")
@@ -70,15 +72,16 @@ def serve(
     anyio.run(run_daemon, settings)
 
 
-def _health(socket: Path | None, timeout: float) -> str:
-    """The gRPC health service's answer for the whole server, e.g. SERVING or NOT_SERVING."""
+def _health(socket: Path | None, timeout: float, service: str = "") -> str:
+    """The gRPC health service's answer for the whole server (or one of its services),
+    e.g. SERVING or NOT_SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from broker.cli.client import connection
 
     with connection(socket, timeout) as conn:
         reply = health_pb2_grpc.HealthStub(conn.channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=timeout
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
         )
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
@@ -87,8 +90,15 @@ def _health(socket: Path | None, timeout: float) -> str:
 def health(
     socket: SocketOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait")] = 5.0,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when DEGRADED too (a readiness probe)")
+    ] = False,
 ) -> None:
-    """Exit 0 if the daemon answers SERVING on gRPC health (for HEALTHCHECK and probes)."""
+    """Exit 0 if the daemon answers SERVING on gRPC health (for HEALTHCHECK and probes).
+
+    A daemon on a shared database whose change feed is behind prints DEGRADED: it
+    still serves, from the connectors it knows, so only --strict makes that exit 1.
+    """
     try:
         state = _health(socket, timeout)
     except grpc.RpcError as exc:
@@ -97,9 +107,21 @@ def health(
     except BrokerError as exc:
         print(f"unhealthy: {exc.message}", file=sys.stderr)
         raise typer.Exit(1) from None
+    if state == "SERVING" and _feed_behind(socket, timeout):
+        state = "DEGRADED"
     print(state)
-    if state != "SERVING":
+    if state != "SERVING" and (strict or state != "DEGRADED"):
         raise typer.Exit(1)
+
+
+def _feed_behind(socket: Path | None, timeout: float) -> bool:
+    """Whether the daemon's change feed (shared database only) says it is behind."""
+    from broker.store.base import CHANGE_FEED_HEALTH
+
+    try:
+        return _health(socket, timeout, CHANGE_FEED_HEALTH) != "SERVING"
+    except grpc.RpcError:  # NOT_FOUND: a daemon on SQLite has no change feed
+        return False
 
 
 @app.command()
@@ -117,7 +139,11 @@ def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
         "cached_credentials": st.cached_credentials,
         "subscribers": st.subscribers,
         "connector_types": list(st.connector_types),
+        "store": st.store,
+        "degraded": list(st.degraded),
     }
+    if data["health"] == "SERVING" and st.degraded:
+        data["health"] = "DEGRADED"
     if output is Output.json:
         render.print_json(data)
     else:

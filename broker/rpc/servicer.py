@@ -307,13 +307,15 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         st = await self._service.status(self._callers.principal(context))
         return pb.Status(
             version=st.version,
-            health="SERVING",
+            health="DEGRADED" if st.degraded else "SERVING",
             uptime_seconds=st.uptime_seconds,
             connectors=st.connectors,
             cached_credentials=st.cached_credentials,
             subscribers=st.subscribers,
             connector_types=st.connector_types,
             helper_socket=self._helper_socket,
+            degraded=st.degraded,
+            store=st.store,
         )
 
     @_guard

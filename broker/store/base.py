@@ -19,6 +19,10 @@ __all__ = ["ChangeKind", "ConnectorFilter", "ConnectorStore", "StoreChange"]
 
 ChangeKind = Literal["created", "updated", "deleted"]
 
+#: The gRPC health service name a daemon on a shared store reports its change feed
+#: under: NOT_SERVING while it is behind (``broker health`` then prints DEGRADED).
+CHANGE_FEED_HEALTH = "credential_broker.ChangeFeed"
+
 
 @dataclass(frozen=True)
 class StoreChange:
@@ -34,6 +38,15 @@ class StoreChange:
     name: str
     revision: int
     kind: ChangeKind
+
+
+@dataclass(frozen=True)
+class StoreExport:
+    """A whole store's contents (``broker store migrate``)."""
+
+    #: Each connector by name, with the attributes it keeps sealed.
+    connectors: list[tuple[Connector, frozenset[str]]]
+    settings: dict[str, str]
 
 
 class ConnectorStore(Protocol):
@@ -71,3 +84,7 @@ class ConnectorStore(Protocol):
         """Small daemon-owned key/value state (e.g. preferred connector per registry host)."""
 
     async def set_setting(self, key: str, value: str | None) -> None: ...
+
+    async def export(self) -> StoreExport:
+        """Everything, to copy into another store: each connector (secrets opened) with
+        the names of its secret attributes, and every setting."""

@@ -102,6 +102,21 @@ def open_row(box: SecretBox, row: Row, location: str) -> Connector:
     return replace(plain, config={**plain.config, **secrets})
 
 
+def exported(box: SecretBox, row: Row, location: str) -> tuple[Connector, frozenset[str]]:
+    """A row for copying to another store: opened, with the names of its sealed attributes.
+
+    A row that does not open (tampered or unreadable) cannot be copied: its secrets
+    are unknown. StoreCorrupt names it, so the operator can delete or re-register it.
+    """
+    connector = open_row(box, row, location)
+    if connector.tampered:
+        raise StoreCorrupt(
+            f"connector '{connector.name}' in {location} is tampered: its secrets cannot be "
+            "read, so it cannot be copied (delete it, or register it again, then retry)"
+        )
+    return connector, frozenset(connector.config) - frozenset(plain_connector(row).config)
+
+
 def plain_connector(row: Row) -> Connector:
     """A ``connectors`` row as a Connector with only its non-secret attributes in ``config``.
 

@@ -50,11 +50,12 @@ from broker.errors import (
 )
 from broker.model import Connector
 from broker.store import postgres_migrations as migrations
-from broker.store.base import ChangeKind, ConnectorFilter, StoreChange
+from broker.store.base import ChangeKind, ConnectorFilter, StoreChange, StoreExport
 from broker.store.codec import (
     SchemaTooNew,
     StoreCorrupt,
     dumps,
+    exported,
     list_row,
     normalized,
     open_row,
@@ -486,6 +487,19 @@ class PostgresStore:
                     value,
                 )
 
+    async def export(self) -> StoreExport:
+        async def read(conn: Any) -> tuple[list[Any], list[Any]]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                rows = await conn.fetch(_SELECT + ' ORDER BY name COLLATE "C"')
+                settings = await conn.fetch("SELECT key, value FROM settings ORDER BY key")
+            return rows, settings
+
+        rows, settings = await self._read(read)
+        return StoreExport(
+            [exported(self._box, r, self.location) for r in rows],
+            {str(r["key"]): str(r["value"]) for r in settings},
+        )
+
     # -- the change table (read by broker.store.postgres_feed) -----------------------
 
     async def changes_after(self, change_id: int, limit: int = 1000) -> ChangeBatch:
@@ -558,7 +572,9 @@ class PostgresStore:
                 dsn=self._url,
                 timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
-                server_settings={"application_name": f"{APPLICATION_NAME} change feed"},
+                server_settings={
+                    "application_name": f"{APPLICATION_NAME} change feed pid {os.getpid()}"
+                },
             )
         listener = ChangeListener(conn, self, on_change, on_lost)
         try:

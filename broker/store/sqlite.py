@@ -36,11 +36,12 @@ from broker.errors import (
 )
 from broker.model import Connector
 from broker.store import migrations
-from broker.store.base import ConnectorFilter
+from broker.store.base import ConnectorFilter, StoreExport
 from broker.store.codec import (
     SchemaTooNew,
     StoreCorrupt,
     dumps,
+    exported,
     fmt_time,
     list_row,
     normalized,
@@ -389,6 +390,14 @@ class SqliteStore:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
+
+    async def export(self) -> StoreExport:
+        async with self._read() as db:
+            async with db.execute(_SELECT + " ORDER BY name") as cur:
+                rows = list(await cur.fetchall())
+            async with db.execute("SELECT key, value FROM settings ORDER BY key") as cur:
+                settings = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+        return StoreExport([exported(self._box, r, str(self._path)) for r in rows], settings)
 
     # -- encoding --------------------------------------------------------------
 

@@ -454,7 +454,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("version", "health", "uptime_seconds", "connectors", "cached_credentials", "subscribers", "connector_types", "helper_socket")
+    __slots__ = ("version", "health", "uptime_seconds", "connectors", "cached_credentials", "subscribers", "connector_types", "helper_socket", "degraded", "store")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -463,6 +463,8 @@ class Status(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     CONNECTOR_TYPES_FIELD_NUMBER: _ClassVar[int]
     HELPER_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     version: str
     health: str
     uptime_seconds: float
@@ -471,7 +473,9 @@ class Status(_message.Message):
     subscribers: int
     connector_types: _containers.RepeatedScalarFieldContainer[str]
     helper_socket: str
-    def __init__(self, version: _Optional[str] = ..., health: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., connectors: _Optional[int] = ..., cached_credentials: _Optional[int] = ..., subscribers: _Optional[int] = ..., connector_types: _Optional[_Iterable[str]] = ..., helper_socket: _Optional[str] = ...) -> None: ...
+    degraded: _containers.RepeatedScalarFieldContainer[str]
+    store: str
+    def __init__(self, version: _Optional[str] = ..., health: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., connectors: _Optional[int] = ..., cached_credentials: _Optional[int] = ..., subscribers: _Optional[int] = ..., connector_types: _Optional[_Iterable[str]] = ..., helper_socket: _Optional[str] = ..., degraded: _Optional[_Iterable[str]] = ..., store: _Optional[str] = ...) -> None: ...
 
 class SetPreferredConnectorRequest(_message.Message):
     __slots__ = ("resource_type", "resource_id", "connector")
