@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from broker.api.v1 import broker_pb2
 from broker.config import Settings
 from broker.errors import FailedPrecondition, InvalidArgument
-from broker.local.sdk import SdkEndpoints
+from broker.grants import SdkGrants
 from broker.rpc import limits
 from broker.rpc.acceptor import PeerAcceptor
 from broker.rpc.callers import Callers
@@ -38,7 +38,7 @@ class GrpcServer:
     """Owns the grpc.aio server and its health status."""
 
     def __init__(
-        self, settings: Settings, service: BrokerService, sdk: SdkEndpoints | None = None
+        self, settings: Settings, service: BrokerService, sdk: SdkGrants | None = None
     ) -> None:
         self._settings = settings
         self._server = grpc.aio.server(

@@ -21,15 +21,14 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.connectors import ConnectorDraft, scope_of, served_types
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
+from broker.grants import SdkGrants
 from broker.identity.principal import Principal, cert_principal, local_user
-from broker.local.sdk import SdkEndpoints
-from broker.model import Connector
+from broker.model import Connector, ConnectorFilter
 from broker.policy import Action, Target
 from broker.rpc import convert, limits
 from broker.rpc.callers import Callers
 from broker.rpc.status import DAEMON_ERROR, status_for
 from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
-from broker.store.base import ConnectorFilter
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +74,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         self,
         service: BrokerService,
         callers: Callers,
-        sdk: SdkEndpoints | None = None,
+        sdk: SdkGrants | None = None,
         helper_socket: str = "",
     ) -> None:
         self._service = service
@@ -336,7 +335,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         )
         return pb.SetPreferredConnectorResponse()
 
-    def _endpoints(self) -> SdkEndpoints:
+    def _endpoints(self) -> SdkGrants:
         if self._sdk is None:
             raise FailedPrecondition("SDK endpoints are not enabled on this daemon")
         return self._sdk
