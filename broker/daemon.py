@@ -193,20 +193,21 @@ async def run_daemon(
             if feed is not None:
                 await tg.start(feed.run)
                 tg.start_soon(report_feed_health, feed, server)
-            await server.start()
-            await helpers.start(settings.local_socket_path, settings.socket_group)
-            _write_pointers(settings, env)
-            tune_gc()
-            log.info(
-                "daemon_ready",
-                version=__version__,
-                connector_types=[p.spec.connector_type for p in registry.all()],
-                pid=os.getpid(),
-            )
-            # Handlers first: a SIGTERM right after READY=1 must still shut down in order.
+            # Handlers before the first socket exists: a client may signal the daemon as
+            # soon as it can see it, and a SIGTERM must still shut down in order.
             with anyio.open_signal_receiver(
                 signal.SIGTERM, signal.SIGINT, signal.SIGHUP
             ) as signals:
+                await server.start()
+                await helpers.start(settings.local_socket_path, settings.socket_group)
+                _write_pointers(settings, env)
+                tune_gc()
+                log.info(
+                    "daemon_ready",
+                    version=__version__,
+                    connector_types=[p.spec.connector_type for p in registry.all()],
+                    pid=os.getpid(),
+                )
                 if on_ready is not None:
                     on_ready()
                 notifier.ready(f"serving on {settings.socket_path}")
