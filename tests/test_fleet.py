@@ -367,3 +367,72 @@ def test_store_migrate_from_sqlite_gives_an_identical_listing_and_working_secret
         assert new.cli_json("connector", "list") == before
     finally:
         stop_all([new])
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of its own: this test stops and starts it."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_restarting_postgres_under_load_fails_writes_cleanly_loses_none_and_recovers(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    database = own_postgres.create_database()
+    a, b = start_daemons(
+        tmp_path, ["a", "b"], fleet_env(own_postgres.url(database), generate_key())
+    )
+    acked: list[str] = []
+    failures: list[tuple[grpc.StatusCode, str]] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with a.stub() as sa:
+            for i in range(100_000):
+                if stop.is_set():
+                    return
+                try:
+                    sa.RegisterConnector(register(f"load-{i}"), timeout=10)
+                    acked.append(f"load-{i}")
+                except grpc.RpcError as exc:
+                    failures.append((exc.code(), exc.details() or ""))
+                    time.sleep(0.05)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: len(acked) >= 10, "writes before the restart")
+        own_postgres.stop()
+        eventually(lambda: len(failures) >= 3, "writes refused while the database is down")
+        down = b.cli_json("status")
+        assert down["health"] == "DEGRADED" and "change feed" in down["degraded"][0]
+        health = b.cli("health", check=False)
+        assert (health.returncode, health.stdout.strip()) == (0, "DEGRADED")
+        assert b.cli("health", "--strict", check=False).returncode == 1
+        served = b.cli_json("connector", "list")  # still serving what it knows
+        assert len(served) >= 10
+
+        own_postgres.start()
+        before = len(acked)
+        eventually(lambda: len(acked) >= before + 10, "writes work again, no daemon restarted")
+    finally:
+        stop.set()
+        thread.join(30)
+    try:
+        assert failures and {code for code, _ in failures} == {grpc.StatusCode.UNAVAILABLE}
+        assert all("connector store postgresql://postgres:***@" in d for _, d in failures)
+        with a.stub() as sa, b.stub() as sb:
+            eventually(lambda: set(acked) <= set(names_on(sb)), "B has every acknowledged write")
+            assert set(acked) <= set(names_on(sa))
+        stored = set(own_postgres.psql("SELECT name FROM connectors", database).split())
+        assert set(acked) <= stored  # no acknowledged write lost
+        eventually(lambda: b.cli_json("status")["health"] == "SERVING", "B current again")
+        assert a.proc is not None and b.proc is not None
+        assert a.proc.poll() is None and b.proc.poll() is None
+    finally:
+        stop_all([a, b])

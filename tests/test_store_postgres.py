@@ -20,13 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
-from broker.clock import FakeClock
+from broker.clock import FakeClock, SystemClock
 from broker.errors import Aborted, FailedPrecondition, Unavailable
 from broker.store import postgres_migrations
 from broker.store.base import StoreChange
 from broker.store.crypto import SecretBox, SecretKeyMismatch, generate_key, key_fingerprint
 from broker.store.postgres import PostgresStore
 from broker.store.postgres_dsn import is_postgres_url, redact, scrub
+from broker.store.postgres_feed import ChangeFeed
 from tests.pg import PASSWORD, PostgresServer, free_port
 from tests.test_store import SECRETS, draft
 
@@ -212,3 +213,91 @@ def _self_signed_ca() -> bytes:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class RecordingSink:
+    """Stands in for the service: what the feed applied, and full reloads."""
+
+    def __init__(self) -> None:
+        self.applied: list[StoreChange] = []
+        self.reloads = 0
+
+    async def apply_store_change(self, change: StoreChange) -> None:
+        self.applied.append(change)
+
+    async def reload_catalog(self) -> None:
+        self.reloads += 1
+
+
+async def test_a_feed_behind_the_retention_reloads_everything_then_follows_changes(
+    postgres: PostgresServer, pg_database: str, pg_url: str
+) -> None:
+    writer, reader = store(pg_url), store(pg_url)
+    await writer.open()
+    await reader.open()
+    sink = RecordingSink()
+    feed = ChangeFeed(reader, sink, SystemClock(), retention_seconds=3600, check_seconds=0.2)
+    try:
+        await feed.start()  # at change 0; then cut off while changes are made and compacted
+        created = await writer.create(draft(), SECRETS)
+        for revision in (1, 2, 3):
+            created = await writer.update(
+                replace(created, description=f"r{revision}"), SECRETS, revision
+            )
+        postgres.psql("UPDATE changes SET changed_at = now() - interval '2 hours'", pg_database)
+        assert await writer.compact_changes(3600) == 3
+        latest = await writer.latest_change_id()
+        async with anyio.create_task_group() as tg:
+            await tg.start(feed.run)
+            with anyio.fail_after(10):
+                while feed.last_applied < latest:
+                    await anyio.sleep(0.01)
+            assert sink.reloads == 1 and feed.stats()["change_feed_full_reloads"] == 1
+            # From there on, changes arrive one by one again.
+            await writer.delete(created.id)
+            with anyio.fail_after(10):
+                while not sink.applied or sink.applied[-1].kind != "deleted":
+                    await anyio.sleep(0.01)
+            assert sink.reloads == 1 and feed.degraded_reason() is None
+            assert feed.stats()["change_feed_lag_changes"] == 0
+            tg.cancel_scope.cancel()
+    finally:
+        await feed.close()
+        await reader.close()
+        await writer.close()
+
+
+async def test_a_feed_reports_degraded_while_its_connection_is_down_and_reconnects(
+    postgres: PostgresServer, pg_database: str, pg_url: str
+) -> None:
+    writer, reader = store(pg_url), store(pg_url)
+    await writer.open()
+    await reader.open()
+    sink = RecordingSink()
+    feed = ChangeFeed(reader, sink, SystemClock(), retention_seconds=3600, check_seconds=0.2)
+    try:
+        await feed.start()
+        async with anyio.create_task_group() as tg:
+            await tg.start(feed.run)
+            pid = feed.listener_pid
+            assert pid is not None and feed.degraded_reason() is None
+            postgres.psql(f"SELECT pg_terminate_backend({pid})", pg_database)
+            created = await writer.create(draft(), SECRETS)  # made while it is cut off
+            with anyio.fail_after(10):
+                while not sink.applied:
+                    await anyio.sleep(0.01)
+            assert [c.connector_id for c in sink.applied] == [created.id]
+            assert feed.reconnects == 1 and feed.listener_pid not in (None, pid)
+            assert feed.degraded_reason() is None
+            tg.cancel_scope.cancel()
+    finally:
+        await feed.close()
+        await reader.close()
+        await writer.close()
+    assert "not connected" in _degraded_when_never_connected(reader)
+
+
+def _degraded_when_never_connected(s: PostgresStore) -> str:
+    reason = ChangeFeed(s, RecordingSink(), SystemClock(), retention_seconds=1).degraded_reason()
+    assert reason is not None and PASSWORD not in reason
+    return reason

@@ -98,7 +98,11 @@ class ChangeFeed:
         self._check_seconds = check_seconds
         self._compact_every = compact_every_seconds
         self._on_applied = on_change_applied
-        self._send, self._receive = anyio.create_memory_object_stream[StoreChange | _Lost](math.inf)
+        # Notifications and "connection lost", queued by the listener's callbacks (which
+        # must not block) for the feed's task; opened by start(), closed by close().
+        self._send, self._receive = anyio.create_memory_object_stream[StoreChange | _Lost](0)
+        self._send.close()
+        self._receive.close()
         self._listener: ChangeListener | None = None
         self._generation = 0
         self._last_applied = 0
@@ -169,6 +173,7 @@ class ChangeFeed:
         and applying a change the first read already saw is a no-op, so no write
         can fall between the read and the feed.
         """
+        self._send, self._receive = anyio.create_memory_object_stream[StoreChange | _Lost](math.inf)
         await self._connect()
         self._last_applied = self._known_latest = await self._store.latest_change_id()
         self._next_compact = self._clock.monotonic() + self._compact_delay()
@@ -197,6 +202,8 @@ class ChangeFeed:
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
+        self._send.close()
+        self._receive.close()
 
     # -- inside ----------------------------------------------------------------------
 
