@@ -274,3 +274,38 @@ def test_alert_rules_use_only_metrics_the_broker_exports() -> None:
     }
     assert used
     assert used <= exported, used - exported
+
+
+# -- the fleet on PostgreSQL ------------------------------------------------------------------
+
+
+def test_fleet_daemons_share_one_database_over_verified_tls_and_one_key(tmp_path: Path) -> None:
+    ds = by_kind("fleet.yaml", "DaemonSet")
+    spec = pod_spec(ds)
+    broker = containers(spec)["broker"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    # The config loads, and names a PostgreSQL URL with a verified server certificate.
+    config_map = by_kind("fleet.yaml", "ConfigMap")
+    (tmp_path / "broker.toml").write_text(config_map["data"]["broker.toml"])
+    args = broker["args"]
+    mount_dir = next(p for p, n in mounts(broker).items() if n == "config")
+    assert args[args.index("--config") + 1] == f"{mount_dir}/broker.toml"
+    settings = load_settings(tmp_path / "broker.toml", env={})
+    url = settings.database_url
+    assert url is not None and "sslmode=verify-full" in url
+    # No password in the config: libpq's PGPASSWORD, from a Secret.
+    assert re.match(r"postgresql://[^:@/]+@", url), url
+    assert env_of(broker)["PGPASSWORD"]["secretKeyRef"]["name"] == "broker-postgres"
+    # The CA file it names is mounted from that Secret.
+    ca_path = Path(re.search(r"sslrootcert=([^&]+)", url).group(1))  # type: ignore[union-attr]
+    ca_volume = volumes[mounts(broker)[str(ca_path.parent)]]
+    assert ca_volume["secret"]["secretName"] == "broker-postgres"
+    assert {"key": "ca.crt", "path": ca_path.name} in ca_volume["secret"]["items"]
+    # One key for the fleet, from a Secret; nothing durable on the node.
+    assert env_of(broker)["BROKER_SECRET_KEY"]["secretKeyRef"]["name"] == "broker-key"
+    assert "emptyDir" in volumes[mounts(broker)["/var/lib/broker"]]
+    assert volumes[mounts(broker)["/run/broker"]]["hostPath"]["path"] == "/run/broker"
+    # Ready only while current (DEGRADED fails --strict); alive while serving.
+    assert "--strict" in broker["readinessProbe"]["exec"]["command"]
+    assert "--strict" not in broker["livenessProbe"]["exec"]["command"]
+    assert settings.database_pool_size >= 1 and settings.change_retention_seconds > 0

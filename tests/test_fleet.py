@@ -345,7 +345,10 @@ def test_store_migrate_from_sqlite_gives_an_identical_listing_and_working_secret
     assert re.search(r"copied 2 connector\(s\) and 0 setting\(s\) from sqlite:", migrate.stdout)
     assert "postgresql://postgres:***@" in migrate.stdout and "Pa55" not in migrate.stdout
 
-    (new,) = start_daemons(tmp_path, ["pg"], fleet_env(pg_url, key))
+    # The daemon gets the password as PGPASSWORD, not in its URL (as deploy/ does).
+    bare = pg_url.replace(pg_url.split("@")[0].split("//")[1], "postgres")
+    assert "Pa55" not in bare
+    (new,) = start_daemons(tmp_path, ["pg"], {**fleet_env(bare, key), "PGPASSWORD": PASSWORD})
     try:
         after = new.cli_json("connector", "list")
         assert after == before
