@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from broker.clock import Clock, SystemClock
 from broker.errors import FailedPrecondition, InvalidArgument
@@ -21,14 +23,44 @@ from broker.model import (
     Connector,
     ConnectorTypeSpec,
 )
+from broker.providers.http import NETWORK, Transport
 from broker.variants import VARIANT_SDK_SESSION
 
-__all__ = ["VARIANT_SDK_SESSION", "Provider", "ProviderContext"]
+__all__ = [
+    "VARIANT_SDK_SESSION",
+    "AwsClientFactory",
+    "Provider",
+    "ProviderContext",
+    "Transport",
+]
+
+
+class AwsClientFactory(Protocol):
+    """Makes AWS API clients, as aiobotocore's ``AioSession.create_client`` does: an async
+    context manager yielding a client. Declared here (not in the aws provider) so the
+    context stays free of any one provider's imports."""
+
+    def create_client(
+        self,
+        service_name: str,
+        *,
+        region_name: str,
+        endpoint_url: str | None,
+        aws_access_key_id: str,
+        aws_secret_access_key: str,
+        aws_session_token: str | None,
+        config: Any,
+    ) -> AbstractAsyncContextManager[Any]: ...
 
 
 @dataclass(frozen=True)
 class ProviderContext:
-    """What the daemon hands every provider: settings and injected I/O seams."""
+    """What the daemon hands every provider: settings and injected I/O seams.
+
+    Timing is not a provider's business: one upstream call is one attempt
+    bounded by ``request_timeout`` (no library retries), and the cache decides
+    when to try again (:mod:`broker.cache.policy`).
+    """
 
     clock: Clock = field(default_factory=SystemClock)
     #: Whether implicit auth methods (the daemon's own identity) may be used.
@@ -37,6 +69,12 @@ class ProviderContext:
     env: Mapping[str, str] = field(default_factory=dict)
     #: Upper bound on one upstream HTTP call, in seconds.
     request_timeout: float = 10.0
+    #: Where HTTP connections go (every provider's, AWS clients' included). The network
+    #: by default; tests pass :class:`broker.providers.testing.InProcessTransport`.
+    transport: Transport = NETWORK
+    #: Makes AWS clients; None: an aiobotocore session isolated from the daemon's AWS
+    #: files, talking through ``transport``. Tests may pass stubbed clients' factory.
+    aws_clients: AwsClientFactory | None = None
 
 
 class Provider(abc.ABC):

@@ -6,6 +6,12 @@ attributes: ``certificate_authority`` (PEM; becomes the *only* trust root,
 as in a kubeconfig) and ``insecure`` (skip verification entirely — honoured,
 never silently ignored). Failures are turned into typed errors that name the
 service and URL and tell the user which attribute fixes a TLS problem.
+
+Where the connections go is the one I/O seam: :class:`Transport`, handed to
+every provider in its ``ProviderContext``. The default opens TCP (and TLS)
+connections; :class:`broker.providers.testing.InProcessTransport` hands each
+request to an aiohttp application in the same process instead (httpx's
+``MockTransport`` idea), so provider tests need no server, port or certificate.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -88,6 +96,27 @@ def _load_client_pair(context: ssl.SSLContext, cert_pem: str | None, key_pem: st
             ) from None
 
 
+class Transport:
+    """Where providers' HTTP connections go: TCP and TLS to the network.
+
+    Subclasses replace :meth:`connector` (tests: an in-process application).
+    Everything else about a session (TLS settings from the connector, the
+    timeout, no environment proxies) stays in :func:`client_session`, so a
+    replaced transport changes where bytes go, never what is checked.
+    """
+
+    #: True for the network itself; an AWS client then uses aiobotocore's own HTTP stack.
+    network = True
+
+    def connector(self, ssl: ssl.SSLContext) -> aiohttp.BaseConnector:
+        """A connector for one session; ``ssl`` is the TLS context its requests use."""
+        return aiohttp.TCPConnector(ssl=ssl)
+
+
+#: The network, for callers that were handed no transport.
+NETWORK = Transport()
+
+
 def client_session(
     *,
     timeout: float,
@@ -95,11 +124,13 @@ def client_session(
     insecure: bool = False,
     client_certificate: str | None = None,
     client_key: str | None = None,
+    transport: Transport = NETWORK,
 ) -> aiohttp.ClientSession:
     """An aiohttp session using :func:`ssl_context`; ``timeout`` bounds each request.
 
     Environment proxies are ignored (``trust_env=False``): the daemon talks to
     what the connector names, not to whatever its environment points at.
+    One request is one attempt: nothing here retries (the cache owns retries).
     Must be created inside a running event loop and closed by the caller.
     """
     context = ssl_context(
@@ -109,10 +140,39 @@ def client_session(
         client_key=client_key,
     )
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context),
+        connector=transport.connector(context),
         timeout=aiohttp.ClientTimeout(total=timeout),
         trust_env=False,
     )
+
+
+def env_proxy(url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy ``env`` names for ``url``, as curl and kubectl read it, or None.
+
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` by the URL's scheme (lower-case names win),
+    unless ``NO_PROXY`` covers the host. ``env`` is the injected environment
+    (the daemon's own), never read from ``os.environ`` here.
+    """
+    proxies: dict[str, str] = {}
+    for lower_only in (False, True):
+        for name, value in env.items():
+            if value and name.lower().endswith("_proxy") and (name.islower() or not lower_only):
+                proxies[name.lower().removesuffix("_proxy")] = value
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme)
+    if proxy is None or _no_proxy(parts.hostname or "", proxies.get("no", "")):
+        return None
+    return proxy
+
+
+def _no_proxy(host: str, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` covers ``host``: ``*``, the host itself, or a domain above it."""
+    host = host.lower().strip("[]")
+    for entry in no_proxy.lower().replace(" ", "").split(","):
+        domain = entry.removeprefix("*").lstrip(".").strip("[]")
+        if entry == "*" or (domain and (host == domain or host.endswith("." + domain))):
+            return True
+    return False
 
 
 def speaks_no_tls(exc: BaseException) -> bool:

@@ -347,12 +347,17 @@ class GoogleServer(ThreadedAiohttpServer):
             )
 
     # -- lifecycle --------------------------------------------------------------------
-    async def _serve(self) -> None:
+    def app(self) -> web.Application:
+        """The server's application, to serve over a socket or in process (unstarted, an
+        ``InProcessTransport`` carries requests for :attr:`url` to it)."""
         from tests.servers import google_routes
 
         app = web.Application(middlewares=[self._middleware])
         google_routes.add_routes(app, self)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        return app
+
+    async def _serve(self) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

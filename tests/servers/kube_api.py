@@ -187,7 +187,9 @@ class KubeApiServer(ThreadedAiohttpServer):
         return path
 
     # -- lifecycle ----------------------------------------------------------------
-    async def _serve(self) -> None:
+    def app(self) -> web.Application:
+        """The server's application, to serve over a socket or in process (unstarted, an
+        ``InProcessTransport`` can carry requests to it; no TLS, so no client certificates)."""
         app = web.Application()
         # Clients ask with and without the trailing slash (kubernetes-asyncio: /version/).
         for path, handler in (
@@ -199,7 +201,10 @@ class KubeApiServer(ThreadedAiohttpServer):
         ):
             app.router.add_get(path, handler)
             app.router.add_get(path + "/", handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        return app
+
+    async def _serve(self) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
             runner, "127.0.0.1", 0, ssl_context=self._ssl_context() if self.tls else None

@@ -69,6 +69,7 @@ class DockerProvider(Provider):
             request_timeout=self.context.request_timeout,
             certificate_authority=_optional_text(connector, "certificate_authority"),
             insecure=_insecure(connector),
+            transport=self.context.transport,
         )
         return [registry]
 

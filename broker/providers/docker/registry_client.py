@@ -34,7 +34,9 @@ from broker.errors import (
 )
 from broker.providers.docker.ids import api_host, is_loopback
 from broker.providers.http import (
+    NETWORK,
     TRANSPORT_ERRORS,
+    Transport,
     client_session,
     speaks_no_tls,
     transport_error,
@@ -164,8 +166,11 @@ async def verify_login(
     request_timeout: float,
     certificate_authority: str | None = None,
     insecure: bool = False,
+    transport: Transport = NETWORK,
 ) -> None:
     """Prove ``username``/``password`` open the registry's ``/v2/`` endpoint, or raise.
+
+    One attempt per request, each bounded by ``request_timeout``: retries are the cache's.
 
     Raises CredentialsRejected (401 after credentials), PermissionDenied (403),
     UpstreamError (unreachable, TLS, unexpected answers; ``retryable`` set).
@@ -173,7 +178,10 @@ async def verify_login(
     host = api_host(registry)
     plain_ok = insecure or is_loopback(registry)
     async with client_session(
-        timeout=request_timeout, certificate_authority=certificate_authority, insecure=insecure
+        timeout=request_timeout,
+        certificate_authority=certificate_authority,
+        insecure=insecure,
+        transport=transport,
     ) as http:
         session = _Session(http, registry, username, request_timeout)
         base = f"https://{host}"

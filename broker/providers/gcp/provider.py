@@ -89,7 +89,9 @@ class GcpProvider(Provider):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = client_session(timeout=self.context.request_timeout)
+            self._session = client_session(
+                timeout=self.context.request_timeout, transport=self.context.transport
+            )
         return self._session
 
     async def aclose(self) -> None:

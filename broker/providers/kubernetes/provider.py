@@ -15,6 +15,7 @@ from broker.errors import InvalidArgument
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector
 from broker.providers.base import Provider
 from broker.providers.kubernetes import kubeconfig
+from broker.providers.kubernetes.client import fetch_version
 from broker.providers.kubernetes.settings import ClusterSettings, cluster_identity, same_server
 from broker.providers.kubernetes.spec import CONNECTOR_TYPE, RESOURCE_TYPE, SPEC
 from broker.token_times import stored_window
@@ -61,10 +62,12 @@ class KubernetesProvider(Provider):
         if resource_id is not None:
             self.canonical_resource_id(connector, resource_type, resource_id)
         settings = ClusterSettings.from_connector(connector)
-        # kubernetes-asyncio loads ~0.5 s of generated models: only when first needed.
-        from broker.providers.kubernetes.client import fetch_version
-
-        await fetch_version(settings, self.context.request_timeout)
+        await fetch_version(
+            settings,
+            self.context.request_timeout,
+            transport=self.context.transport,
+            env=self.context.env,
+        )
         return [settings.cluster_name]
 
     async def mint(
