@@ -9,23 +9,29 @@ issues credentials through the cache, writing one audit event per issue.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Literal, Protocol
+from dataclasses import replace
 
 import structlog
 
 from broker import __version__
 from broker.access import Gatekeeper, connector_target
+from broker.app.issuer import CredentialIssuer
+from broker.app.registries import RegistryRouter, registry_host
+from broker.app.values import (
+    ConnectorUpdate,
+    CredentialCache,
+    DaemonStatus,
+    Issued,
+    IssuedEvent,
+    ListedResources,
+)
 from broker.audit import AuditLog
-from broker.cache.cache import CacheKey
 from broker.catalog import Catalog, Changed
 from broker.clock import Clock
 from broker.connectors import (
     ConnectorDraft,
-    as_declared,
     build_connector,
     check_not_expired,
     check_not_tampered,
@@ -36,125 +42,26 @@ from broker.discovery import Discovery, Found
 from broker.errors import (
     Aborted,
     AlreadyExists,
-    BrokerError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
 from broker.identity.principal import Principal
 from broker.model import (
-    HIDDEN,
     AuthMethodSpec,
-    ClientCredential,
     Connector,
     ConnectorTypeSpec,
     ResourceTypeSpec,
     TypeResources,
-    Value,
 )
 from broker.policy import AccessPolicy, Action, Target
 from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
 from broker.served import ServedMargins
 from broker.store.base import ConnectorFilter, ConnectorStore, StoreChange
-from broker.streams.hub import WatchEvent
 from broker.upstream_stats import UpstreamStats
 
 log = structlog.get_logger(__name__)
-
-#: Resolved requests remembered for the hot path (cleared wholesale when full).
-RESOLVED_MEMO_SIZE = 8192
-
-#: Store setting prefix: registry host -> the connector docker should use for it.
-PREFERRED_REGISTRY = "preferred.docker-registry."
-
-Mint = Callable[[], Awaitable[ClientCredential]]
-
-
-def registry_host(server_url: str) -> str:
-    """``https://host:port/v1/`` -> ``host:port``: what docker passes is a URL or a host."""
-    text = server_url.strip()
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    host = text.split("/", 1)[0].lower()
-    if not host:
-        raise InvalidArgument("registry server URL is empty", field="server_url")
-    return host
-
-
-class CredentialCache(Protocol):
-    """What the service needs from the renewal engine."""
-
-    async def get(self, key: CacheKey, mint: Mint) -> ClientCredential: ...
-
-    def watch(self, key: CacheKey, mint: Mint) -> AsyncIterator[WatchEvent]: ...
-
-    def invalidate_connector(
-        self,
-        connector_id: str,
-        event: Literal["updated", "deleted"],
-        *,
-        revision: int | None = None,
-    ) -> None: ...
-
-    def stats(self) -> Mapping[str, int]: ...
-
-
-@dataclass(frozen=True)
-class ConnectorUpdate:
-    """A partial change: None leaves a field as it is; ``clear_*`` unsets it."""
-
-    auth_method: str | None = None
-    resource_type: str | None = None
-    resource_id: str | None = None
-    config: Mapping[str, Value] = field(default_factory=dict)
-    remove_attributes: Sequence[str] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    remove_labels: Sequence[str] = ()
-    expiration_seconds: int | None = None
-    expires_at: datetime | None = None
-    description: str | None = None
-    clear_resource_type: bool = False
-    clear_resource_id: bool = False
-    clear_expiration_seconds: bool = False
-    clear_expires_at: bool = False
-
-
-@dataclass(frozen=True)
-class Issued:
-    """A client credential together with the connector it came from."""
-
-    connector: Connector
-    credential: ClientCredential
-
-
-@dataclass(frozen=True)
-class IssuedEvent:
-    """One event of a watch, with the connector revision the credential came from."""
-
-    kind: Literal["issued", "renewed", "updated", "deleted", "error"]
-    issued: Issued | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class DaemonStatus:
-    version: str
-    uptime_seconds: float
-    connectors: int
-    cached_credentials: int
-    subscribers: int
-    connector_types: list[str]
-    #: Why the daemon may be behind (e.g. its change feed is reconnecting); empty: all well.
-    degraded: list[str] = field(default_factory=list)
-    #: Where connectors are kept, safe to show (never a password).
-    store: str = ""
-
-
-@dataclass(frozen=True)
-class ListedResources:
-    connector: Connector
-    result: TypeResources
 
 
 class BrokerService:
@@ -185,13 +92,26 @@ class BrokerService:
         self.margins = ServedMargins(clock)
         self.audit = AuditLog()
         self.gate = Gatekeeper(policy, self.audit)
-        #: Cache key -> whether its credential is the connector's stored secret itself.
-        self._stored_secret: dict[CacheKey, bool] = {}
-        #: (connector id, revision, requested type, requested ID) -> cache key and mint:
-        #: scope checks and ID parsing run once per connector revision, not per call.
-        self._resolved: dict[
-            tuple[str, int, str | None, str | None, str], tuple[CacheKey, Mint]
-        ] = {}
+        self.issuer = CredentialIssuer(
+            self.authorized,
+            self.provider,
+            self.secret_names,
+            cache,
+            clock,
+            self.gate,
+            self.audit,
+            self.upstream,
+            self.margins,
+        )
+        self.registries = RegistryRouter(
+            self.list_connectors, self.authorized, self.provider, store, self.gate
+        )
+        # The front ends' entry points, kept on the facade.
+        self.get_credentials = self.issuer.get_credentials
+        self.watch_credentials = self.issuer.watch_credentials
+        self.registry_connector = self.registries.registry_connector
+        self.registry_usernames = self.registries.registry_usernames
+        self.set_preferred_registry_connector = self.registries.set_preferred_registry_connector
 
     # -- connector types --------------------------------------------------
     def list_types(
@@ -581,254 +501,6 @@ class BrokerService:
             )
             yield ListedResources(found.connector, result)
 
-    # -- credentials ------------------------------------------------------
-    async def _key_and_mint(
-        self,
-        name: str,
-        resource_type: str | None,
-        resource_id: str | None,
-        principal: Principal,
-        action: Action,
-        variant: str = "",
-    ) -> tuple[Connector, CacheKey, Mint]:
-        """Checks the caller may ``action`` the connector, then the resolved resource."""
-        connector = await self.authorized(name, principal, action)
-        check_not_tampered(connector)
-        check_not_expired(connector, self._clock.now())
-        key, mint = await self._resolve(connector, resource_type, resource_id, variant)
-        self.gate.require_connector(
-            principal, action, connector, key.resource_type, key.resource_id
-        )
-        return connector, key, mint
-
-    async def _resolve(
-        self,
-        connector: Connector,
-        resource_type: str | None,
-        resource_id: str | None,
-        variant: str = "",
-    ) -> tuple[CacheKey, Mint]:
-        memo = (connector.id, connector.revision, resource_type, resource_id, variant)
-        known = self._resolved.get(memo)
-        if known is not None:
-            return known
-        provider = self.provider(connector)
-        rt, rid = await resolve_resource(provider, connector, resource_type, resource_id)
-        # A variant the plain credential already satisfies shares its entry ("").
-        variant = provider.variant_for(connector, rt, variant)
-        key = CacheKey(
-            connector.id, connector.revision, rt, rid, variant, connector_name=connector.name
-        )
-
-        async def mint() -> ClientCredential:
-            check_not_tampered(connector)
-            check_not_expired(connector, self._clock.now(), rt)
-            started = self._clock.monotonic()
-            ok = False
-            try:
-                credential = await (
-                    provider.mint_variant(connector, rt, rid, variant)
-                    if variant
-                    else provider.mint(connector, rt, rid)
-                )
-                credential = as_declared(connector, credential)
-                ok = True
-                self.audit.record(
-                    "credential_minted",
-                    connector=connector.name,
-                    connector_type=connector.connector_type,
-                    resource_type=rt,
-                    resource_id=rid,
-                    expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
-                )
-                return credential
-            finally:
-                self.upstream.observe(
-                    connector.connector_type, self._clock.monotonic() - started, ok
-                )
-
-        if len(self._resolved) >= RESOLVED_MEMO_SIZE:
-            self._resolved.clear()
-            self._stored_secret.clear()
-        self._resolved[memo] = (key, mint)
-        return key, mint
-
-    async def get_credentials(
-        self,
-        name: str,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        *,
-        principal: Principal,
-        via: str = "grpc",
-        variant: str = "",
-    ) -> Issued:
-        """``variant``: a front end's own form of the credential (see
-        :meth:`broker.providers.base.Provider.variant_for`), cached and renewed apart."""
-        connector, key, mint = await self._key_and_mint(
-            name, resource_type, resource_id, principal, Action.GET, variant
-        )
-        credential = await self._cache.get(key, mint)
-        self.margins.observe(credential)
-        self._check_long_lived(principal, connector, key, credential)
-        self._audit(connector, credential, principal, via)
-        return Issued(connector, credential)
-
-    def _check_long_lived(
-        self,
-        principal: Principal,
-        connector: Connector,
-        key: CacheKey,
-        credential: ClientCredential,
-    ) -> None:
-        """A credential that *is* a stored secret (secret-key, password, static token)
-        needs a rule allowing long-lived secrets: consumers get scoped, short-lived ones."""
-        stored = self._stored_secret.get(key)
-        if stored is None:
-            secrets = {
-                str(connector.config[n])
-                for n in self.secret_names(connector)
-                if n in connector.config and connector.config[n] not in ("", HIDDEN)
-            }
-            stored = any(str(v) in secrets for v in credential.config.values())
-            self._stored_secret[key] = stored
-        if stored:
-            self.gate.require_connector(
-                principal, Action.GET_LONG_LIVED, connector, key.resource_type, key.resource_id
-            )
-
-    def _audit(
-        self, connector: Connector, credential: ClientCredential, principal: Principal, via: str
-    ) -> None:
-        self.audit.record(
-            "credential_issued",
-            connector=connector.name,
-            connector_type=connector.connector_type,
-            resource_type=credential.resource_type,
-            resource_id=credential.resource_id,
-            expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
-            via=via,
-            **principal.audit_fields(),
-        )
-
-    async def watch_credentials(
-        self,
-        name: str,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        *,
-        principal: Principal,
-    ) -> AsyncIterator[IssuedEvent]:
-        """The current credential, each renewal, and update/delete events (then the end)."""
-        connector, key, mint = await self._key_and_mint(
-            name, resource_type, resource_id, principal, Action.WATCH
-        )
-        updated = False
-        while True:
-            async for event in self._cache.watch(key, mint):
-                if event.kind in ("issued", "renewed") and event.credential is not None:
-                    if event.kind == "issued":
-                        self._check_long_lived(principal, connector, key, event.credential)
-                        # Renewals reach every watcher of a key at once: they are audited
-                        # once per mint ("credential_minted"), not once per watcher.
-                        self._audit(connector, event.credential, principal, "watch")
-                    kind: Literal["issued", "renewed", "updated"] = event.kind
-                    if updated and event.kind == "issued":
-                        kind, updated = "updated", False
-                    self.margins.observe(event.credential)
-                    yield IssuedEvent(kind, Issued(connector, event.credential))
-                elif event.kind == "error":
-                    yield IssuedEvent("error", error=event.error)
-                elif event.kind == "deleted":
-                    yield IssuedEvent("deleted")
-                    return
-                elif event.kind == "updated":
-                    break
-            else:
-                return
-            try:
-                connector, key, mint = await self._key_and_mint(
-                    connector.name, key.resource_type, key.resource_id, principal, Action.WATCH
-                )
-            except NotFound:
-                yield IssuedEvent("deleted")
-                return
-            except BrokerError as exc:  # e.g. the update moved it out of the caller's scope
-                yield IssuedEvent("error", error=exc.message)
-                return
-            updated = True
-
-    # -- docker registries (credential helper) ----------------------------
-    async def registry_connector(self, server_url: str, principal: Principal) -> tuple[str, str]:
-        """The connector serving a registry host docker asks about, and its resource ID.
-
-        Several candidates and no preference recorded by ``broker login docker`` is an
-        error that names them; none is NotFound ("credentials not found" to docker).
-        """
-        host = registry_host(server_url)
-        candidates: list[tuple[Connector, str]] = []
-        for connector in await self.list_connectors():
-            rid = self.provider(connector).registry_resource_id(connector, host)
-            target = connector_target(connector, "docker-registry", rid)
-            # Only what the caller may use: others' connectors are not even named.
-            if rid is not None and self.gate.allowed(principal, Action.GET, target):
-                candidates.append((connector, rid))
-        preferred = await self._store.get_setting(PREFERRED_REGISTRY + host)
-        for connector, rid in candidates:
-            if connector.name == preferred:
-                return connector.name, rid
-        if not candidates:
-            raise NotFound(f"no connector serves registry '{host}'", field="server_url")
-        if len(candidates) > 1:
-            names = ", ".join(c.name for c, _ in candidates)
-            raise FailedPrecondition(
-                f"several connectors serve registry '{host}' ({names}); choose one with "
-                f"`broker login docker NAME --resource-id {host}`"
-            )
-        connector, rid = candidates[0]
-        return connector.name, rid
-
-    async def registry_usernames(self, principal: Principal) -> dict[str, str]:
-        """``list`` for docker: every registry host ``get`` serves the caller (docker
-        registries, ECR, gcr.io / Artifact Registry) -> the user name its login carries.
-
-        Only connectors the caller may get credentials from, as for ``get``. A connector
-        whose hosts cannot be worked out now (e.g. ECR's account, upstream down) is left
-        out rather than failing the whole list.
-        """
-        out: dict[str, str] = {}
-        for connector in await self.list_connectors():
-            try:
-                check_not_tampered(connector)
-                provider = self.provider(connector)
-                if "docker-registry" not in served_types(provider, connector):
-                    continue
-                hosts = await provider.registry_hosts(connector)
-            except BrokerError as exc:
-                log.info("registry_hosts_unknown", connector=connector.name, error=exc.message)
-                continue
-            for host, user in hosts.items():
-                rid = provider.registry_resource_id(connector, host)
-                target = connector_target(connector, "docker-registry", rid)
-                if rid is not None and self.gate.allowed(principal, Action.GET, target):
-                    out.setdefault(host, user)
-        return out
-
-    async def set_preferred_registry_connector(
-        self, host: str, name: str | None, principal: Principal
-    ) -> None:
-        """Record (or clear) which connector answers docker for a registry host."""
-        if name is None:
-            self.gate.require(principal, Action.MANAGE, Target())
-        else:
-            connector = await self.authorized(name, principal, Action.MANAGE)
-            rid = self.provider(connector).registry_resource_id(connector, registry_host(host))
-            if rid is None:
-                raise InvalidArgument(
-                    f"connector '{name}' does not serve registry '{host}'", field="resource_id"
-                )
-        await self._store.set_setting(PREFERRED_REGISTRY + registry_host(host), name)
-
     # -- status -----------------------------------------------------------
     async def status(self, principal: Principal) -> DaemonStatus:
         self.gate.require(principal, Action.VIEW, Target())
@@ -845,4 +517,13 @@ class BrokerService:
         )
 
 
-__all__ = ["BrokerService", "ConnectorUpdate", "Found", "Issued", "IssuedEvent"]
+__all__ = [
+    "BrokerService",
+    "ConnectorUpdate",
+    "DaemonStatus",
+    "Found",
+    "Issued",
+    "IssuedEvent",
+    "ListedResources",
+    "registry_host",
+]
