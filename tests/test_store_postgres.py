@@ -301,3 +301,26 @@ def _degraded_when_never_connected(s: PostgresStore) -> str:
     reason = ChangeFeed(s, RecordingSink(), SystemClock(), retention_seconds=1).degraded_reason()
     assert reason is not None and PASSWORD not in reason
     return reason
+
+
+async def test_change_ids_follow_commit_order_with_many_writers_at_once(pg_url: str) -> None:
+    """Notifications arrive in commit order; ids must too, or catching up by id misses some."""
+    writers = [store(pg_url) for _ in range(3)]
+    for w in writers:
+        await w.open()
+    seen: list[int] = []
+    listener = await writers[0].listen(lambda c: seen.append(c.change_id), lambda: None)
+    try:
+        async with anyio.create_task_group() as tg:
+            for n, w in enumerate(writers):
+                for i in range(20):
+                    tg.start_soon(w.create, draft(f"w{n}-{i}"), SECRETS)
+        with anyio.fail_after(10):
+            while len(seen) < 60:
+                await anyio.sleep(0.01)
+        assert seen == sorted(seen) == list(range(seen[0], seen[0] + 60))
+        assert [c.change_id for c in (await writers[1].changes_after(0)).changes] == seen
+    finally:
+        await listener.close()
+        for w in writers:
+            await w.close()

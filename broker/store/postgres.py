@@ -108,9 +108,11 @@ _FETCH_FOR_UPDATE = _FETCH + " FOR UPDATE"
 _CAS_BY_ID = "SELECT id, name, revision, created_at FROM connectors WHERE id = $1 FOR UPDATE"
 _CAS_BY_NAME = "SELECT id, name, revision, created_at FROM connectors WHERE name = $1 FOR UPDATE"
 _RECORD_CHANGE = f"""
-    WITH change AS (
+    WITH change_lock AS (SELECT pg_advisory_xact_lock({migrations.CHANGE_LOCK})),
+    change AS (
+        -- Rows come from change_lock, so the id (nextval) is drawn only once it is held.
         INSERT INTO changes (connector_id, connector_name, revision, kind)
-        VALUES ($1, $2, $3, $4)
+        SELECT $1, $2, $3, $4 FROM change_lock
         RETURNING change_id
     )
     SELECT change_id, pg_notify(
@@ -120,7 +122,7 @@ _RECORD_CHANGE = f"""
             'revision', $3::bigint, 'kind', $4::text
         )::text
     ) FROM change
-"""  # noqa: S608 (a constant channel name)
+"""  # noqa: S608 (constants only)
 _CHANGES_AFTER = (
     "SELECT change_id, connector_id, connector_name, revision, kind FROM changes "
     "WHERE change_id > $1 ORDER BY change_id LIMIT $2"
@@ -680,13 +682,12 @@ class ChangeListener:
 
 
 async def _record_change(conn: Any, c: Connector, kind: ChangeKind) -> int:
-    """The change row and its notification, inside the caller's transaction.
+    """The change row and its notification, inside the caller's transaction (one statement).
 
-    The change lock is held from here to the commit, so a change id is never
-    visible before every smaller one is (ids follow commit order). Only this
-    last step of a write is serialized across the fleet.
+    The change lock is taken before the id is drawn and held until the commit, so a
+    change id is never visible before every smaller one is (ids follow commit order).
+    Only this last step of a write is serialized across the fleet.
     """
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.CHANGE_LOCK)
     return int(await conn.fetchval(_RECORD_CHANGE, c.id, c.name, c.revision, kind))
 
 
