@@ -5,15 +5,19 @@ credentials are the connector's own reach (its keys, or the role it assumes
 with no session policy): discovery and lookups such as DescribeCluster use
 them. The *client* credentials are what a consumer receives: minted per
 resource, as short-lived and as narrowly scoped as the auth method allows.
+
+The provider keeps no credentials between calls: a working role session is
+assumed for the call that needs it (discovery, an EKS mint's DescribeCluster)
+and dropped. When a credential is minted again is the cache's decision alone
+(:mod:`broker.cache.policy`), so there is no second clock with its own margin
+here. What is remembered is not secret: which account a key ID or role works in.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import replace
-from datetime import datetime, timedelta
-from typing import TypeVar
+from datetime import datetime
 
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
@@ -32,7 +36,6 @@ from broker.providers.aws.session import AwsClients, AwsCredentials, ImplicitCha
 from broker.providers.aws.settings import (
     check_type,
     default_duration,
-    fingerprint,
     optional,
     region_of,
     required,
@@ -53,11 +56,8 @@ from broker.providers.aws.spec import (
 from broker.providers.base import VARIANT_SDK_SESSION, Provider, ProviderContext
 
 _ACCESS_KEY_RE = re.compile(r"^\w{16,128}$")
-#: Working role sessions are reused while this much of their life is left.
-_REUSE_MARGIN = timedelta(minutes=5)
-#: Bound on the per-connector caches (accounts, working role sessions).
+#: Bound on the remembered accounts (key ID or profile -> account).
 _CACHE_LIMIT = 512
-_T = TypeVar("_T")
 #: The user name of every ECR login.
 ECR_USER = "AWS"
 
@@ -69,11 +69,15 @@ class AwsProvider(Provider):
 
     def __init__(self, context: ProviderContext | None = None, *, page_size: int = 0) -> None:
         super().__init__(context)
-        self._clients = AwsClients(self.context.request_timeout)
-        self._implicit = ImplicitChain(self.context.env)
+        self._clients = AwsClients(
+            self.context.request_timeout,
+            transport=self.context.transport,
+            factory=self.context.aws_clients,
+        )
+        self._implicit = ImplicitChain(self.context.env, self.context.request_timeout)
         self._page_size = page_size or resources.DEFAULT_PAGE_SIZE
-        self._accounts: dict[str, str] = {}
-        self._working: dict[str, AwsCredentials] = {}
+        #: Who works in which account: :func:`_account_key` -> account ID (never secret).
+        self._accounts: dict[tuple[str, ...], str] = {}
 
     # -- validation -------------------------------------------------------
     def validate(self, connector: Connector) -> None:
@@ -119,7 +123,7 @@ class AwsProvider(Provider):
         if resource_type == RT_GENERIC:
             return region_of(connector)
         if resource_type == RT_ECR:
-            account = self._accounts.get(fingerprint(connector))
+            account = self._known_account(connector)
             return ids.ecr_host(account, region_of(connector)) if account else None
         return None
 
@@ -319,16 +323,16 @@ class AwsProvider(Provider):
     async def _working_credentials(
         self, connector: Connector, base: AwsCredentials
     ) -> AwsCredentials:
-        """The connector's full reach: its keys, or its role assumed without a session policy."""
+        """The connector's full reach: its keys, or its role assumed without a session policy.
+
+        A role session is assumed for this call and not kept: it is used for a lookup
+        (discovery, DescribeCluster before an EKS token), and the cache already decides
+        how often those happen. Keeping it would mean a second renewal clock here.
+        """
         role_arn = optional(connector, "role_arn")
         if role_arn is None:
             return base
-        key = fingerprint(connector)
-        cached = self._working.get(key)
-        now = self.context.clock.now()
-        if cached and cached.expires_at and cached.expires_at - now > _REUSE_MARGIN:
-            return cached
-        creds = await sts.assume_role(
+        return await sts.assume_role(
             self._clients,
             where_of(connector),
             base,
@@ -336,26 +340,29 @@ class AwsProvider(Provider):
             default_duration(connector.auth_method),
             SessionPolicy(),
         )
-        creds = replace(creds, reusable=True)
-        _bounded_put(self._working, key, creds)
-        return creds
+
+    def _known_account(self, connector: Connector) -> str | None:
+        """The connector's account if it can be told without a call."""
+        role_arn = optional(connector, "role_arn")
+        if role_arn is not None:
+            return ids.account_of_role(role_arn)
+        return self._accounts.get(_account_key(connector))
 
     async def _account(
         self, connector: Connector, base: AwsCredentials, known: str | None = None
     ) -> str:
         """The account the connector's resources live in (the role's, when it assumes one)."""
-        key = fingerprint(connector)
-        account = self._accounts.get(key)
+        account = self._known_account(connector)
         if account is None:
-            role_arn = optional(connector, "role_arn")
-            if role_arn is not None:
-                account = ids.account_of_role(role_arn)
-            else:
-                account = (
-                    known
-                    or (await sts.caller_identity(self._clients, where_of(connector), base)).account
-                )
-            _bounded_put(self._accounts, key, account)
+            account = (
+                known
+                or (await sts.caller_identity(self._clients, where_of(connector), base)).account
+            )
+            key = _account_key(connector)
+            self._accounts.pop(key, None)
+            self._accounts[key] = account
+            while len(self._accounts) > _CACHE_LIMIT:
+                self._accounts.pop(next(iter(self._accounts)))
         return account
 
     # -- local environment --------------------------------------------------
@@ -365,9 +372,18 @@ class AwsProvider(Provider):
         return auto_configure(options, env, self.context.clock.now())
 
     async def aclose(self) -> None:
-        self._working.clear()
         self._accounts.clear()
         await self._clients.aclose()
+
+
+def _account_key(connector: Connector) -> tuple[str, ...]:
+    """What decides the account of a connector without a role: its access key ID (an
+    AWS key belongs to one account), or for implicit auth the daemon's profile. Never
+    secret text, and the same whatever else of the connector changes."""
+    endpoint = optional(connector, "endpoint_url") or ""
+    if connector.auth_method == AUTH_IMPLICIT:
+        return ("implicit", endpoint, optional(connector, "profile_name") or "")
+    return ("keys", endpoint, optional(connector, "aws_access_key_id") or "")
 
 
 def _aws_credential(
@@ -414,13 +430,6 @@ def _issued_at(
     if session.expires_at is not None and expires_at == session.expires_at:
         return session.issued_at
     return now
-
-
-def _bounded_put(cache: dict[str, _T], key: str, value: _T) -> None:
-    cache.pop(key, None)
-    cache[key] = value
-    while len(cache) > _CACHE_LIMIT:
-        cache.pop(next(iter(cache)))
 
 
 def _earliest(*times: datetime | None) -> datetime | None:

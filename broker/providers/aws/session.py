@@ -9,8 +9,8 @@ reads the one injected through ProviderContext, not ``os.environ``.
 
 from __future__ import annotations
 
-import hashlib
 import os
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -26,11 +26,18 @@ from aiobotocore.credentials import (
     AioInstanceMetadataProvider,
     create_credential_resolver,
 )
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
+from aiobotocore.utils import AioContainerMetadataFetcher
 from botocore.exceptions import NoCredentialsError
 
-#: Attempts per AWS call, first try included (standard mode: throttling, 5xx, connection).
-MAX_ATTEMPTS = 3
+from broker.providers.base import AwsClientFactory
+from broker.providers.http import NETWORK, Transport
+
+#: Attempts per AWS call, first try included: one. botocore would retry throttling, 5xx
+#: and connection errors up to three times, with its own backoff, under the cache's
+#: retries and backoff (:mod:`broker.cache.policy`); a failure goes back to the cache.
+MAX_ATTEMPTS = 1
 
 # Session variables pinned so the daemon's AWS config files and profile are not read.
 _ISOLATED: dict[str, tuple[Any, Any, Any, Any]] = {
@@ -85,8 +92,24 @@ class Endpoint:
 @dataclass
 class _Pooled:
     client: Any
+    #: The keys the client signs with: a changed secret retires the client.
+    credentials: AwsCredentials
     users: int = 0
     retired: bool = False
+
+
+def _transport_session(transport: Transport) -> type[AIOHTTPSession]:
+    """aiobotocore's HTTP session with its connections made by ``transport`` (tests).
+
+    Only a non-network transport needs this; it replaces the one method of
+    aiobotocore's session that builds the connector (TLS stays the transport's).
+    """
+
+    class TransportSession(AIOHTTPSession):  # type: ignore[misc]
+        async def _create_connector(self, proxy_url: str | None) -> Any:
+            return transport.connector(ssl.create_default_context())
+
+    return TransportSession
 
 
 class AwsClients:
@@ -94,25 +117,44 @@ class AwsClients:
 
     Clients for a connector's own (``reusable``) credentials are pooled: a new
     client builds its TLS context and opens new connections, tens of
-    milliseconds per AWS call otherwise. Clients for freshly minted session
-    keys are used once and closed. A pooled client pushed out of the pool is
-    closed once its last user is done.
+    milliseconds per AWS call otherwise. The pool is keyed by service,
+    endpoint and access key ID (never by secret text); a client whose key ID
+    comes back with another secret is replaced. Clients for freshly minted
+    session keys are used once and closed. A pooled client pushed out of the
+    pool is closed once its last user is done.
+
+    Every call is one attempt bounded by ``request_timeout`` (connect and read):
+    retries are the cache's.
     """
 
-    def __init__(self, request_timeout: float, *, pool_size: int = 64) -> None:
-        self._session = _new_session(_ISOLATED)
+    def __init__(
+        self,
+        request_timeout: float,
+        *,
+        pool_size: int = 64,
+        transport: Transport = NETWORK,
+        factory: AwsClientFactory | None = None,
+    ) -> None:
+        self._factory: AwsClientFactory = factory or _new_session(_ISOLATED)
         common: dict[str, Any] = {
             "connect_timeout": request_timeout,
             "read_timeout": request_timeout,
             "retries": {"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
             "ignore_configured_endpoint_urls": True,
         }
+        if not transport.network:
+            common["http_session_cls"] = _transport_session(transport)
         self._config = AioConfig(**common)
         # S3-compatible stores and emulators behind endpoint_url rarely do virtual hosts.
         self._path_style = AioConfig(**common, s3={"addressing_style": "path"})
         self._pool: OrderedDict[tuple[str, ...], _Pooled] = OrderedDict()
         self._pool_size = pool_size
         self._lock = anyio.Lock()
+
+    @property
+    def config(self) -> AioConfig:
+        """What every client is configured with (attempts, timeouts)."""
+        return self._config
 
     @asynccontextmanager
     async def client(
@@ -135,37 +177,30 @@ class AwsClients:
             entries = list(self._pool.values())
             self._pool.clear()
         for entry in entries:
-            entry.retired = True
-            if entry.users == 0:
-                await entry.client.__aexit__(None, None, None)
+            await _retire(entry)
 
     async def _lease(self, service: str, where: Endpoint, creds: AwsCredentials) -> _Pooled:
-        secret = f"{creds.secret_access_key}\0{creds.session_token or ''}"
-        key = (
-            service,
-            where.region,
-            where.endpoint_url or "",
-            creds.access_key_id,
-            hashlib.sha256(secret.encode()).hexdigest(),
-        )
+        key = (service, where.region, where.endpoint_url or "", creds.access_key_id)
         async with self._lock:
             entry = self._pool.get(key)
+            if entry is not None and not _same_keys(entry.credentials, creds):
+                del self._pool[key]
+                await _retire(entry)
+                entry = None
             if entry is not None:
                 self._pool.move_to_end(key)
             else:
                 client = await self._create(service, where, creds).__aenter__()
-                entry = self._pool[key] = _Pooled(client)
+                entry = self._pool[key] = _Pooled(client, creds)
                 while len(self._pool) > self._pool_size:
                     _, old = self._pool.popitem(last=False)
-                    old.retired = True
-                    if old.users == 0:
-                        await old.client.__aexit__(None, None, None)
+                    await _retire(old)
             entry.users += 1
             return entry
 
     def _create(self, service: str, where: Endpoint, credentials: AwsCredentials) -> Any:
         config = self._path_style if service == "s3" and where.endpoint_url else self._config
-        return self._session.create_client(
+        return self._factory.create_client(
             service,
             region_name=where.region,
             endpoint_url=where.endpoint_url or None,
@@ -176,15 +211,42 @@ class AwsClients:
         )
 
 
+def _same_keys(a: AwsCredentials, b: AwsCredentials) -> bool:
+    return (a.secret_access_key, a.session_token) == (b.secret_access_key, b.session_token)
+
+
+async def _retire(entry: _Pooled) -> None:
+    """Take a client out of service: closed now if idle, else by its last user."""
+    entry.retired = True
+    if entry.users == 0:
+        await entry.client.__aexit__(None, None, None)
+
+
+class _OneAttemptFetcher(AioContainerMetadataFetcher):  # type: ignore[misc]
+    """The container credential endpoint asked once, within the request timeout
+    (botocore: three attempts a second apart, 2 s each): the cache retries."""
+
+    RETRY_ATTEMPTS = 1
+    SLEEP_TIME = 0
+
+    def __init__(self, timeout: float) -> None:
+        self.TIMEOUT_SECONDS = timeout
+        super().__init__()
+
+
 class ImplicitChain:
     """The standard AWS credential chain, bound to an injected environment.
 
     One session per profile is kept so refreshable credentials (instance and
-    container roles, SSO) are reused and refreshed by botocore itself.
+    container roles, SSO) are reused and refreshed by botocore itself: they are
+    the daemon's own identity, not a credential handed to anyone. Each lookup
+    is one attempt (the instance metadata service: botocore's default of one;
+    the container endpoint: see :class:`_OneAttemptFetcher`).
     """
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], request_timeout: float = 10.0) -> None:
         self._env = dict(env)
+        self._timeout = request_timeout
         self._sessions: dict[str | None, AioSession] = {}
 
     async def credentials(self, profile: str | None) -> AwsCredentials:
@@ -226,7 +288,9 @@ class ImplicitChain:
             if isinstance(provider, AioEnvProvider):
                 provider = AioEnvProvider(environ=env)
             elif isinstance(provider, AioContainerProvider):
-                provider = AioContainerProvider(environ=env)
+                provider = AioContainerProvider(
+                    environ=env, fetcher=_OneAttemptFetcher(self._timeout)
+                )
             elif isinstance(provider, AioInstanceMetadataProvider) and imds_disabled:
                 continue
             providers.append(provider)

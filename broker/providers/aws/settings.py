@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from broker.errors import InvalidArgument
@@ -50,17 +49,3 @@ def required(connector: Connector, name: str) -> str:
             f"attribute '{name}' is required for connector '{connector.name}'", field=name
         )
     return value
-
-
-def fingerprint(connector: Connector) -> str:
-    """A cache key that changes with any configuration change.
-
-    Not the ID and revision: a connector being registered has no ID yet, and
-    one being updated is verified with its new configuration at the old revision.
-    """
-    material = json.dumps(
-        [connector.name, connector.auth_method, dict(connector.config)],
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
