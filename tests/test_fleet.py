@@ -16,6 +16,7 @@ import re
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -29,7 +30,7 @@ from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.store import postgres_migrations
 from broker.store.crypto import generate_key, key_fingerprint
 from tests.daemon import BROKER, Daemon, _clean_env
-from tests.pg import PASSWORD, PostgresServer
+from tests.pg import PASSWORD, PostgresServer, free_port
 
 REGISTRY = "registry.example:5000"
 #: Time a change made through one daemon gets to reach the others here (the goal is
@@ -43,13 +44,25 @@ def fleet_env(url: str, key: bytes) -> dict[str, str]:
     return {"BROKER_DATABASE": url, "BROKER_SECRET_KEY": base64.b64encode(key).decode()}
 
 
-def start_daemons(root: Path, names: list[str], env: dict[str, str]) -> list[Daemon]:
+def start_daemons(root: Path, names: list[str], env: dict[str, str], *extra: str) -> list[Daemon]:
     """Start several daemons at once (each in its own data dir, all on one database)."""
     daemons = [Daemon(root / name, env) for name in names]
     with futures.ThreadPoolExecutor(len(daemons)) as pool:
-        for done in [pool.submit(d.start, timeout=60) for d in daemons]:
+        for done in [pool.submit(d.start, *extra, timeout=60) for d in daemons]:
             done.result()
     return daemons
+
+
+def metrics_of(port: int) -> dict[str, float]:
+    """A daemon's Prometheus metrics: unlabelled samples by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def stop_all(daemons: list[Daemon]) -> None:
@@ -387,9 +400,10 @@ def test_restarting_postgres_under_load_fails_writes_cleanly_loses_none_and_reco
     own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
     database = own_postgres.create_database()
-    a, b = start_daemons(
-        tmp_path, ["a", "b"], fleet_env(own_postgres.url(database), generate_key())
-    )
+    env = fleet_env(own_postgres.url(database), generate_key())
+    (a,) = start_daemons(tmp_path, ["a"], env)
+    metrics_port = free_port()
+    (b,) = start_daemons(tmp_path, ["b"], env, "--metrics", f"127.0.0.1:{metrics_port}")
     acked: list[str] = []
     failures: list[tuple[grpc.StatusCode, str]] = []
     stop = threading.Event()
@@ -435,6 +449,14 @@ def test_restarting_postgres_under_load_fails_writes_cleanly_loses_none_and_reco
         stored = set(own_postgres.psql("SELECT name FROM connectors", database).split())
         assert set(acked) <= stored  # no acknowledged write lost
         eventually(lambda: b.cli_json("status")["health"] == "SERVING", "B current again")
+        metrics = metrics_of(metrics_port)
+        assert metrics["broker_change_feed_reconnects_total"] >= 1
+        assert metrics["broker_change_feed_connected"] == 1
+        assert metrics["broker_change_feed_lag_changes"] == 0
+        assert metrics["broker_change_feed_lag_seconds"] == 0
+        assert metrics["broker_change_feed_applied_total"] >= len(acked)
+        assert metrics["broker_store_pool_max_connections"] == 5
+        assert "broker_store_pool_in_use" in metrics and "broker_store_pool_waiting" in metrics
         assert a.proc is not None and b.proc is not None
         assert a.proc.poll() is None and b.proc.poll() is None
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import quote
 
 import anyio
@@ -28,6 +29,7 @@ from broker.store.crypto import SecretBox, SecretKeyMismatch, generate_key, key_
 from broker.store.postgres import PostgresStore
 from broker.store.postgres_dsn import is_postgres_url, redact, scrub
 from broker.store.postgres_feed import ChangeFeed
+from broker.store.sqlite import SqliteStore
 from tests.pg import PASSWORD, PostgresServer, free_port
 from tests.test_store import SECRETS, draft
 
@@ -324,3 +326,27 @@ async def test_change_ids_follow_commit_order_with_many_writers_at_once(pg_url: 
         await listener.close()
         for w in writers:
             await w.close()
+
+
+async def test_store_migrate_with_a_new_key_rotates_it(pg_url: str, tmp_path: Path) -> None:
+    from broker.cli.store import _migrate
+
+    old_key, new_key = generate_key(), generate_key()
+    source = SqliteStore(tmp_path / "broker.db", SecretBox(old_key), FakeClock())
+    await source.open()
+    created = await source.create(draft(), SECRETS)
+    await source.set_setting("preferred.docker-registry.ghcr.io", "prod")
+    await source.close()
+    copied, settings, _ = await _migrate(
+        f"sqlite:{tmp_path / 'broker.db'}", pg_url, old_key, new_key
+    )
+    assert (copied, settings) == (1, 1)
+    with pytest.raises(SecretKeyMismatch):  # the copy is sealed with the new key only
+        await store(pg_url, old_key).open()
+    rotated = store(pg_url, new_key)
+    await rotated.open()
+    try:
+        assert await rotated.get("prod") == created
+        assert await rotated.get_setting("preferred.docker-registry.ghcr.io") == "prod"
+    finally:
+        await rotated.close()

@@ -8,8 +8,9 @@ share::
 
 Runs without a daemon, reading the stores directly with the daemon's key
 (``BROKER_SECRET_KEY`` / ``BROKER_SECRET_KEY_FILE`` / ``--config``), which is
-also the key the destination is sealed with: rows keep their ids, names,
-revisions, timestamps and secrets exactly. The destination must hold no
+also the key the destination is sealed with (or ``--new-key-file``: the way
+to rotate the key): rows keep their ids, names, revisions, timestamps and
+secrets exactly. The destination must hold no
 connector yet (never a merge); a tampered row in the source stops the copy
 before anything is written.
 """
@@ -36,8 +37,16 @@ def migrate(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML config (data_dir, key file)")
     ] = None,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            help="Seal the copy with this key instead (key rotation: base64 of 32 bytes, 0600)",
+        ),
+    ] = None,
 ) -> None:
-    """Copy every connector and setting into an empty store, secrets sealed as before."""
+    """Copy every connector and setting into an empty store, secrets sealed as before
+    (or with a new key: --new-key-file)."""
     import anyio
 
     from broker.config import load_settings
@@ -51,18 +60,24 @@ def migrate(
         if not path.is_file():  # never create an empty store and "copy" nothing
             raise InvalidArgument(f"--from: no SQLite store at {path}", field="from")
     key = load_secret_key(settings.data_dir, os.environ, key_file=settings.secret_key_file)
-    copied, kept, shown = anyio.run(_migrate, source, target, key)
+    new_key = None
+    if new_key_file is not None:
+        new_key = load_secret_key(settings.data_dir, {}, key_file=new_key_file)
+    copied, kept, shown = anyio.run(_migrate, source, target, key, new_key)
     print(f"copied {copied} connector(s) and {kept} setting(s) from {shown[0]} to {shown[1]}")
 
 
-async def _migrate(source: str, target: str, key: bytes) -> tuple[int, int, tuple[str, str]]:
+async def _migrate(
+    source: str, target: str, key: bytes, new_key: bytes | None = None
+) -> tuple[int, int, tuple[str, str]]:
+    """The copy itself; ``new_key``: the key the destination is sealed with, if not ``key``."""
     from broker.clock import SystemClock
     from broker.store.crypto import SecretBox
     from broker.store.factory import make_store
 
-    box, clock = SecretBox(key), SystemClock()
-    src = make_store(source, box, clock)
-    dst = make_store(target, box, clock)
+    clock = SystemClock()
+    src = make_store(source, SecretBox(key), clock)
+    dst = make_store(target, SecretBox(new_key or key), clock)
     if src.location == dst.location:
         raise InvalidArgument("--from and --to name the same store", field="to")
     await src.open()
