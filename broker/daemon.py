@@ -119,11 +119,11 @@ async def run_daemon(
     env = dict(os.environ) if env is None else env
     clock = clock or SystemClock()
     configure(settings.log_level, settings.log_format)
-    raise_nofile_limit()  # soft to hard: the connection caps below are fitted to it
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     check_key_credential(settings, env)  # the unit's LoadCredential= key: a clear error
     key = load_secret_key(settings.data_dir, env, key_file=settings.secret_key_file)
+    raise_nofile_limit()  # soft to hard: the connection caps below are fitted to it
     store = make_store(
         settings.database_url or settings.database_path,
         SecretBox(key),

@@ -65,7 +65,8 @@ def raise_nofile_limit() -> tuple[int, int, int]:
             now = target
         except (ValueError, OSError) as exc:
             log.warning("nofile_limit_not_raised", soft=soft, hard=hard, error=str(exc))
-    log.info("nofile_limit", soft_before=soft, soft=now, hard=hard)
+    # Only a change is news; an unchanged limit must not precede a start-up error.
+    (log.info if now != soft else log.debug)("nofile_limit", soft_before=soft, soft=now, hard=hard)
     return soft, now, hard
 
 
