@@ -47,9 +47,13 @@ def fleet_env(url: str, key: bytes) -> dict[str, str]:
 def start_daemons(root: Path, names: list[str], env: dict[str, str], *extra: str) -> list[Daemon]:
     """Start several daemons at once (each in its own data dir, all on one database)."""
     daemons = [Daemon(root / name, env) for name in names]
-    with futures.ThreadPoolExecutor(len(daemons)) as pool:
-        for done in [pool.submit(d.start, *extra, timeout=60) for d in daemons]:
-            done.result()
+    try:
+        with futures.ThreadPoolExecutor(len(daemons)) as pool:
+            for done in [pool.submit(d.start, *extra, timeout=60) for d in daemons]:
+                done.result()
+    except BaseException:
+        stop_all(daemons)  # none left running when one did not start
+        raise
     return daemons
 
 
@@ -421,26 +425,13 @@ def test_restarting_postgres_under_load_fails_writes_cleanly_loses_none_and_reco
                     time.sleep(0.05)
 
     thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
     try:
-        eventually(lambda: len(acked) >= 10, "writes before the restart")
-        own_postgres.stop()
-        eventually(lambda: len(failures) >= 3, "writes refused while the database is down")
-        down = b.cli_json("status")
-        assert down["health"] == "DEGRADED" and "change feed" in down["degraded"][0]
-        health = b.cli("health", check=False)
-        assert (health.returncode, health.stdout.strip()) == (0, "DEGRADED")
-        assert b.cli("health", "--strict", check=False).returncode == 1
-        served = b.cli_json("connector", "list")  # still serving what it knows
-        assert len(served) >= 10
-
-        own_postgres.start()
-        before = len(acked)
-        eventually(lambda: len(acked) >= before + 10, "writes work again, no daemon restarted")
-    finally:
-        stop.set()
-        thread.join(30)
-    try:
+        thread.start()
+        try:
+            restart_under_load(own_postgres, b, acked, failures)
+        finally:
+            stop.set()
+            thread.join(30)
         assert failures and {code for code, _ in failures} == {grpc.StatusCode.UNAVAILABLE}
         assert all("connector store postgresql://postgres:***@" in d for _, d in failures)
         with a.stub() as sa, b.stub() as sb:
@@ -461,3 +452,27 @@ def test_restarting_postgres_under_load_fails_writes_cleanly_loses_none_and_reco
         assert a.proc.poll() is None and b.proc.poll() is None
     finally:
         stop_all([a, b])
+
+
+def restart_under_load(
+    server: PostgresServer,
+    b: Daemon,
+    acked: list[str],
+    failures: list[tuple[grpc.StatusCode, str]],
+) -> None:
+    """Stop the server while A is writing, check B while it is down, start it again."""
+    eventually(lambda: len(acked) >= 10, "writes before the restart")
+    with b.stub() as sb:
+        known = eventually(lambda: len(names_on(sb)) >= 10 and len(names_on(sb)), "B has some")
+    server.stop()
+    eventually(lambda: len(failures) >= 3, "writes refused while the database is down")
+    down = b.cli_json("status")
+    assert down["health"] == "DEGRADED" and "change feed" in down["degraded"][0]
+    health = b.cli("health", check=False)
+    assert (health.returncode, health.stdout.strip()) == (0, "DEGRADED")
+    assert b.cli("health", "--strict", check=False).returncode == 1
+    served = b.cli_json("connector", "list")  # still serving what it knows
+    assert len(served) >= known
+    server.start()
+    before = len(acked)
+    eventually(lambda: len(acked) >= before + 10, "writes work again, no daemon restarted")
