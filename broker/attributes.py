@@ -13,7 +13,7 @@ import json
 from urllib.parse import urlparse
 
 from broker.errors import InvalidArgument
-from broker.model import AttributeSpec, AttrKind, Value
+from broker.model import AttributeSpec, AttrKind, Secret, Value
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -23,7 +23,15 @@ MAX_ATTRIBUTE_BYTES = 256 * 1024
 
 
 def parse_value(spec: AttributeSpec, raw: Value) -> Value:
-    """Parse ``raw`` as ``spec`` says; raise InvalidArgument naming the attribute."""
+    """Parse ``raw`` as ``spec`` says; raise InvalidArgument naming the attribute.
+
+    A secret attribute's text comes back as :class:`Secret` (redacted in any repr).
+    """
+    value = _parse_value(spec, raw)
+    return Secret(value) if spec.secret and isinstance(value, str) else value
+
+
+def _parse_value(spec: AttributeSpec, raw: Value) -> Value:
     name = spec.name
     if isinstance(raw, str) and len(raw.encode()) > MAX_ATTRIBUTE_BYTES:
         raise InvalidArgument(

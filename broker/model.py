@@ -3,6 +3,10 @@
 Specs describe what a connector type offers (resource types, auth methods and
 their attribute schemas); a :class:`Connector` is one stored instance; a
 :class:`ClientCredential` is what a consumer receives for one resource.
+
+Configurations are read-only (``MappingProxyType``), and secret values are
+:class:`Secret`: text whose ``repr`` is redacted, so a connector or credential
+printed in a log line, a traceback or a debugger shows no secret.
 """
 
 from __future__ import annotations
@@ -11,12 +15,44 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 #: A configuration value once parsed: text, a number, a flag or a list of text.
 Value = str | int | bool | list[str]
 
 #: How secrets are shown when the caller did not ask to see them.
 HIDDEN = "[HIDDEN]"
+
+
+class Secret(str):
+    """A secret text value: ``repr`` shows ``'[HIDDEN]'``, everything else sees the text.
+
+    ``repr`` is what gets printed without anyone asking for the value: dataclass and
+    mapping reprs, ``%r`` and ``!r``, tracebacks, debuggers, log renderers that repr
+    their values. The value is still a ``str``, so the code that must send, seal or
+    serialize it (HTTP headers, the store's sealed blob, JSON, protobuf) gets the
+    text as before; :meth:`reveal` says so explicitly and returns a plain ``str``.
+    Operations on it (``strip``, slicing, ``+``) return plain ``str``.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(HIDDEN)
+
+    def reveal(self) -> str:
+        """The text itself, as a plain ``str``."""
+        return str.__str__(self)
+
+
+def hide_secrets(config: Mapping[str, Value], secret_names: frozenset[str]) -> dict[str, Value]:
+    """A copy of ``config`` whose text values named in ``secret_names`` are :class:`Secret`."""
+    return {k: Secret(v) if k in secret_names and type(v) is str else v for k, v in config.items()}
+
+
+def _read_only(config: Mapping[str, Value]) -> Mapping[str, Value]:
+    """A private, read-only copy (callers keep no handle to change it)."""
+    return MappingProxyType(dict(config))
 
 
 class AttrKind(enum.StrEnum):
@@ -129,6 +165,10 @@ class Connector:
     Such a connector has no secret values in ``config`` and must never be used
     upstream; it can be listed, described, deleted, or updated with its
     secrets supplied again.
+
+    ``config`` is a read-only copy of what is passed in. Its secret values are
+    :class:`Secret` where the code building it knew the schema (attribute parsing,
+    the store opening a row), so they never show in a ``repr``.
     """
 
     id: str
@@ -147,10 +187,17 @@ class Connector:
     description: str = ""
     tampered: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _read_only(self.config))
+
 
 @dataclass(frozen=True)
 class ClientCredential:
-    """What a consumer receives for one resource: possibly of another connector type."""
+    """What a consumer receives for one resource: possibly of another connector type.
+
+    ``config`` is a read-only copy of what is passed in, with the text values named
+    in ``secret_names`` as :class:`Secret` (redacted in any ``repr``).
+    """
 
     connector_type: str
     auth_method: str
@@ -165,6 +212,10 @@ class ClientCredential:
     session_policy: str | None = None
     #: When the credential was minted (the cache measures lifetimes from here).
     issued_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        config = MappingProxyType(hide_secrets(self.config, self.secret_names))
+        object.__setattr__(self, "config", config)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ from broker.errors import (
     InvalidArgument,
     NotFound,
 )
-from broker.model import Connector, Value
+from broker.model import Connector, Secret, Value
 from broker.store import migrations, postgres_migrations
 from broker.store.base import ConnectorFilter, ConnectorStore
 from broker.store.crypto import (
@@ -72,9 +72,10 @@ def draft(name: str = "prod", **changes: object) -> Connector:
 
 
 def typed(config: object) -> dict[str, tuple[type, Value]]:
-    """Config with each value's exact type, so True and 1 are not confused."""
-    assert isinstance(config, dict)
-    return {k: (type(v), v) for k, v in config.items()}
+    """Config with each value's exact type, so True and 1 are not confused (a sealed
+    secret's text reads back as Secret, which is a str)."""
+    assert isinstance(config, Mapping)
+    return {k: (str if isinstance(v, Secret) else type(v), v) for k, v in config.items()}
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import structlog
 
 from broker.errors import BrokerError, ConnectorTampered, FailedPrecondition, InvalidArgument
-from broker.model import Connector, Value
+from broker.model import Connector, Value, hide_secrets
 from broker.store.crypto import SecretBox, SecretKeyMismatch
 from broker.store.seal import connector_secrets_ad
 
@@ -99,7 +99,8 @@ def open_row(box: SecretBox, row: Row, location: str) -> Connector:
     secrets = load_mapping(opened, plain.name, "secrets")
     for key, value in secrets.items():
         check_stored_value(plain.name, "secrets", key, value)
-    return replace(plain, config={**plain.config, **secrets})
+    # Every attribute of the sealed blob is secret: Secret values, redacted in any repr.
+    return replace(plain, config={**plain.config, **hide_secrets(secrets, frozenset(secrets))})
 
 
 def exported(box: SecretBox, row: Row, location: str) -> tuple[Connector, frozenset[str]]:

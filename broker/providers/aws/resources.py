@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,7 +50,7 @@ class EcrLogin:
     """A docker login decoded from ECR GetAuthorizationToken."""
 
     username: str
-    password: str
+    password: str = field(repr=False)
     registry: str
     expires_at: datetime | None
 

@@ -45,6 +45,19 @@ def adc_path(env: Mapping[str, str]) -> tuple[Path, str] | None:
     return None
 
 
+def adc_signature(env: Mapping[str, str]) -> tuple[str, int, int, int] | None:
+    """What identifies the ADC file ``env`` points at as it is now (path, inode, size,
+    mtime), so settings read from it are read again once it changes; None: no file."""
+    found = adc_path(env)
+    if found is None:
+        return None
+    try:
+        st = found[0].stat()
+    except OSError:
+        return (str(found[0]), -1, -1, -1)  # load_adc says what is wrong
+    return (str(found[0]), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def load_adc(env: Mapping[str, str], field: str) -> KeyFile | None:
     """The checked ADC file of ``env`` (any supported type), or None when there is none."""
     found = adc_path(env)

@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -53,7 +52,8 @@ class KeyFile:
     """A checked credential file: its ``type``, parsed document and source attribute."""
 
     type: str
-    data: Mapping[str, Any]
+    #: The document; secret (private keys, refresh tokens), so never in ``repr``.
+    data: Mapping[str, Any] = dc_field(repr=False)
     field: str
     #: A service account's key, loaded once: loading checks the RSA key (~70 ms of CPU),
     #: far too slow to repeat on every resource ID check or token request.
@@ -98,13 +98,9 @@ def parse_key(text: str, field: str, expected: str | None, *, label: str | None 
 
     Raise InvalidArgument naming the file; never echo a value from it.
     ``label`` names the file in messages (default: the attribute ``field``).
-    Results are cached by content: connectors are read on every request.
+    Nothing is cached here (a cache keyed by the text would hold secrets for the
+    life of the process): the provider remembers settings per connector object.
     """
-    return _parse_key(text, field, expected, label)
-
-
-@lru_cache(maxsize=256)
-def _parse_key(text: str, field: str, expected: str | None, label: str | None) -> KeyFile:
     shown_as = label or f"attribute '{field}'"
 
     def bad(problem: str) -> InvalidArgument:

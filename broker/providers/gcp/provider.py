@@ -39,14 +39,15 @@ from broker.errors import (
     UpstreamError,
 )
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
-from broker.providers.base import Provider
-from broker.providers.gcp import autoconfig, discovery, ids, tokens
+from broker.providers.base import Provider, ProviderContext
+from broker.providers.gcp import adc, autoconfig, discovery, ids, tokens
 from broker.providers.gcp.api import Endpoints, GoogleApi
 from broker.providers.gcp.keys import AUTHORIZED_USER, SERVICE_ACCOUNT
 from broker.providers.gcp.settings import KEY_ATTRIBUTES, GcpSettings
 from broker.providers.gcp.spec import (
     AUTH_EXTERNAL,
     AUTH_IMPERSONATION,
+    AUTH_IMPLICIT,
     AUTH_TOKEN,
     CONNECTOR_TYPE,
     RT_GCS,
@@ -57,6 +58,7 @@ from broker.providers.gcp.spec import (
     TOKEN_LIFETIME,
 )
 from broker.providers.http import client_session
+from broker.providers.memo import PerObject
 
 #: The docker user name Google registries take with an access token as password.
 REGISTRY_TOKEN_USER = "oauth2accesstoken"
@@ -78,9 +80,24 @@ class GcpProvider(Provider):
     #: Project ID -> number, as Resource Manager said (numbers never change).
     _project_numbers: dict[str, str] | None = None
 
+    def __init__(self, context: ProviderContext | None = None) -> None:
+        super().__init__(context)
+        #: Settings per connector object (parsing a key loads its RSA key, ~70 ms), with
+        #: the ADC file's signature for implicit auth; dropped with the connector.
+        self._settings: PerObject[tuple[object, GcpSettings]] = PerObject()
+
     # -- configuration ------------------------------------------------------
     def settings(self, connector: Connector) -> GcpSettings:
-        return GcpSettings.from_connector(connector, self.context.env)
+        """The connector's checked settings, parsed once per connector object (and again
+        for implicit auth when the daemon's ADC file changed)."""
+        env = self.context.env
+        source = adc.adc_signature(env) if connector.auth_method == AUTH_IMPLICIT else None
+        known = self._settings.get(connector)
+        if known is not None and known[0] == source:
+            return known[1]
+        settings = GcpSettings.from_connector(connector, env)
+        self._settings.put(connector, (source, settings))
+        return settings
 
     def endpoints(self) -> Endpoints:
         if self._endpoints is None:
@@ -95,6 +112,7 @@ class GcpProvider(Provider):
         return self._session
 
     async def aclose(self) -> None:
+        self._settings.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 from broker.attributes import parse_value
 from broker.errors import InvalidArgument
@@ -56,7 +57,7 @@ class GcpSettings:
     #: The key file (implicit: the daemon's ADC file; None means the metadata server).
     key: KeyFile | None = None
     #: The stored OAuth2 token (oauth2-token only).
-    token: str | None = None
+    token: str | None = dc_field(default=None, repr=False)
     #: The service account to impersonate (impersonation only).
     target: str | None = None
     generate_tokens: bool = True

@@ -36,7 +36,7 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -62,7 +62,7 @@ _METADATA_HEADERS = {"Metadata-Flavor": "Google"}
 class AccessToken:
     """A bearer token, when it dies, and whose it is (for messages, never secret)."""
 
-    value: str
+    value: str = field(repr=False)
     expires_at: datetime
     principal: str
     #: The email of the identity the token acts as, where known (None: nobody said).
@@ -73,7 +73,7 @@ class AccessToken:
 class IdToken:
     """An OpenID Connect ID token (a JWT), when it dies, and whose email it carries."""
 
-    value: str
+    value: str = field(repr=False)
     expires_at: datetime
     account: str | None = None
     #: ``exp - iat`` as the token declares it (None: no ``iat``).
