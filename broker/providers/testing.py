@@ -15,8 +15,8 @@ and every request is recorded, so a test can say "exactly one attempt".
         await provider.discover(connector, "kubernetes-cluster", None)
     assert transport.count("/version") == 1
 
-AWS providers reach it too: :func:`broker.providers.aws.session.AwsClients`
-runs aiobotocore over a non-network transport. TLS is not simulated: an
+AWS clients reach it too: :class:`broker.providers.aws.session.AwsClients`
+runs aiobotocore's HTTP over a non-network transport. TLS is not simulated: an
 ``https://`` URL reaches the application as if the handshake succeeded.
 A request for a host outside ``hosts`` (when given) fails as a refused
 connection would.
