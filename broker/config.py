@@ -16,6 +16,7 @@ from typing import Any
 
 from broker.errors import InvalidArgument
 from broker.hosts import is_loopback
+from broker.identity.attestors.settings import AttestorSettings, parse_attestors
 from broker.policy import Rule, parse_policy
 from broker.store.postgres_dsn import is_postgres_url, redact
 
@@ -113,6 +114,8 @@ class Settings:
     )
     #: ``[[policy.rules]]`` from the config file (not a flat setting: no env, no flag).
     policy_rules: tuple[Rule, ...] = field(default=(), metadata={"internal": True})
+    #: ``[attestors]`` from the config file: workload attestation, off when None.
+    attestors: AttestorSettings | None = field(default=None, metadata={"internal": True})
     #: The TOML file these settings came from: SIGHUP re-reads its policy.
     config_file: Path | None = field(default=None, metadata={"internal": True})
 
@@ -294,13 +297,14 @@ def load_settings(
         settings = replace(
             settings,
             policy_rules=tuple(parse_policy(data.pop("policy", None), str(path))),
+            attestors=parse_attestors(data.pop("attestors", None), str(path), env),
             config_file=path,
         )
         nested = [k for k, v in data.items() if isinstance(v, dict)]
         if nested:
             raise InvalidArgument(
                 f"unknown section '[{nested[0]}]' in {path}: settings are top-level keys "
-                "(the only section is [policy])",
+                "(the only sections are [policy] and [attestors])",
                 field=nested[0],
             )
         settings = _apply(settings, data, str(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,8 +47,24 @@ ROLES: Mapping[str, frozenset[Action]] = {
 RESOURCE_ACTIONS = frozenset(
     {Action.GET, Action.WATCH, Action.GET_LONG_LIVED, Action.VERIFY, Action.LIST_RESOURCES}
 )
-#: Selector prefixes a rule may use (attestors add more).
-SELECTOR_KINDS = ("uid", "gid", "user", "group", "cert")
+#: Selector prefixes a rule may use: the kernel's, a certificate's, and workload attestation's.
+SELECTOR_KINDS = ("uid", "gid", "user", "group", "cert", "container", "docker", "k8s")
+#: What follows ``docker:`` / ``k8s:``: the selectors the attestors yield, and how many
+#: parts after the name each takes (label selectors are ``KEY:VALUE``).
+ATTESTED_SELECTORS: Mapping[str, Mapping[str, int]] = {
+    "docker": {"label": 2, "image_id": 1, "image": 1, "env": 1},
+    "k8s": {
+        "ns": 1,
+        "sa": 1,
+        "pod-label": 2,
+        "pod-name": 1,
+        "pod-uid": 1,
+        "container-name": 1,
+        "node-name": 1,
+    },
+}
+#: Kinds whose rule selectors may hold globs (``*``, ``?``).
+GLOB_KINDS = ("cert:", "docker:", "k8s:")
 
 ACTION_WORDS: Mapping[Action, str] = {
     Action.VIEW: "view",
@@ -127,6 +144,9 @@ class Rule:
     long_lived_secrets: bool = False
     source: str = "built-in"
     description: str = ""
+    #: Selector prefixes that keep the rule from selecting a caller (built-in rules only:
+    #: with attestation on, root in a container is not the host's root).
+    unless: tuple[str, ...] = ()
 
     @property
     def scoped(self) -> bool:
@@ -139,6 +159,8 @@ class Rule:
         return actions
 
     def selects(self, principal: Principal) -> bool:
+        if self.unless and any(s.startswith(self.unless) for s in principal.selectors):
+            return False
         return all(_selector_matches(s, principal.selectors) for s in self.selectors)
 
     def covers_connector(self, target: Target) -> bool:
@@ -175,10 +197,16 @@ class Rule:
 def _selector_matches(selector: str, selectors: frozenset[str]) -> bool:
     if selector in selectors:
         return True
-    if selector.startswith("cert:") and any(ch in selector for ch in "*?"):
-        pattern = re.compile(fnmatch.translate(selector))
-        return any(s.startswith("cert:") and pattern.fullmatch(s) for s in selectors)
+    if selector.startswith(GLOB_KINDS) and any(ch in selector for ch in "*?"):
+        kind = selector[: selector.index(":") + 1]
+        pattern = _glob(selector)
+        return any(s.startswith(kind) and pattern.fullmatch(s) for s in selectors)
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(selector: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(selector))
 
 
 @dataclass(frozen=True)
@@ -237,14 +265,20 @@ def denial(principal: Principal, action: Action, target: Target) -> str:
     )
 
 
-def built_in_rules(daemon_uid: int) -> list[Rule]:
-    """Root and the daemon's own user administer it; nobody else gets anything by default."""
+def built_in_rules(daemon_uid: int, *, attesting: bool = False) -> list[Rule]:
+    """Root and the daemon's own user administer it; nobody else gets anything by default.
+
+    With workload attestation on, only processes outside containers: a pod's root
+    (or a pod running as the daemon's uid) gets what rules give its selectors.
+    """
     uids = sorted({0, daemon_uid})
+    where = " outside containers" if attesting else ""
     return [
         Rule(
             "admin",
             (f"uid:{uid}",),
-            description="root" if uid == 0 else "the daemon's own user",
+            description=("root" if uid == 0 else "the daemon's own user") + where,
+            unless=("container:",) if attesting else (),
         )
         for uid in uids
     ]
@@ -270,19 +304,47 @@ def _strings(value: object, where: str) -> list[str]:
     return list(items)
 
 
-def _selector(text: str, where: str) -> str:
+def validate_selector(text: str, where: str) -> str:
+    """``text`` if it is a selector a principal can carry; InvalidArgument naming ``where``."""
     kind, sep, value = text.partition(":")
     if text == ANONYMOUS_TCP:
         return text
     if not sep or not value or kind not in SELECTOR_KINDS:
         raise InvalidArgument(
             f"{where}: bad selector {text!r} (use uid:N, gid:N, user:NAME, group:NAME, "
-            f"cert:ID or {ANONYMOUS_TCP})",
+            f"cert:ID, {ANONYMOUS_TCP}, or an attested docker:… / k8s:… / container:ID)",
             field=where,
         )
     if kind in ("uid", "gid") and not value.isdigit():
         raise InvalidArgument(f"{where}: {kind} must be a number, got {value!r}", field=where)
+    if kind in ATTESTED_SELECTORS:
+        _attested(kind, value, text, where)
     return text
+
+
+def _attested(kind: str, value: str, text: str, where: str) -> None:
+    names = ATTESTED_SELECTORS[kind]
+    name, sep, rest = value.partition(":")
+    forms = ", ".join(
+        f"{kind}:{n}:KEY:VALUE" if parts == 2 else f"{kind}:{n}:VALUE" for n, parts in names.items()
+    )
+    if name not in names or not sep:
+        raise InvalidArgument(f"{where}: bad selector {text!r} (one of {forms})", field=where)
+    if names[name] == 2:
+        key, sep, _ = rest.partition(":")
+        if not key or not sep:  # the value may be empty (a label set to "")
+            raise InvalidArgument(
+                f"{where}: bad selector {text!r} (use {kind}:{name}:KEY:VALUE)", field=where
+            )
+    elif not rest:
+        raise InvalidArgument(
+            f"{where}: bad selector {text!r} (use {kind}:{name}:VALUE)", field=where
+        )
+    if kind == "docker" and name == "env" and "=" in rest:
+        raise InvalidArgument(
+            f"{where}: docker:env selectors name a variable, never its value (got {text!r})",
+            field=where,
+        )
 
 
 def parse_rule(data: object, where: str, source: str) -> Rule:
@@ -305,7 +367,7 @@ def parse_rule(data: object, where: str, source: str) -> Rule:
         raise InvalidArgument(
             f'{where} needs a selector (e.g. selector = "user:alice")', field=f"{where}.selector"
         )
-    selectors = tuple(_selector(s, f"{where}.selector") for s in raw)
+    selectors = tuple(validate_selector(s, f"{where}.selector") for s in raw)
     labels = data.get("labels", {})
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -363,5 +425,7 @@ def parse_policy(section: object, source: str) -> list[Rule]:
     return [parse_rule(r, f"policy.rules[{i}]", source) for i, r in enumerate(rules)]
 
 
-def build_policy(daemon_uid: int, configured: Iterable[Rule]) -> AccessPolicy:
-    return AccessPolicy([*built_in_rules(daemon_uid), *configured])
+def build_policy(
+    daemon_uid: int, configured: Iterable[Rule], *, attesting: bool = False
+) -> AccessPolicy:
+    return AccessPolicy([*built_in_rules(daemon_uid, attesting=attesting), *configured])

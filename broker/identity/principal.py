@@ -3,7 +3,8 @@
 Never built from anything the caller declares about itself. Selectors are
 the strings policy rules match on (``uid:1001``, ``user:alice``,
 ``group:ci``, ``cert:spiffe://example.org/ci``, ``tcp:anonymous``); workload
-attestors can add more later (``k8s:ns:…``) without changing the policy.
+attestation (:mod:`broker.identity.attestors`) adds ``container:ID``,
+``docker:…`` and ``k8s:…`` ones for a local process in a container.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import grp
 import os
 import pwd
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Transport = Literal["unix", "tcp", "internal"]
@@ -38,6 +39,13 @@ class Principal:
     cert_id: str | None = None
     selectors: frozenset[str] = field(default=frozenset())
     label: str = ""
+    #: The container the process runs in, when workload attestation is on and found one.
+    container_id: str | None = None
+    #: The selectors attestation added (``container:…``, ``docker:…``, ``k8s:…``).
+    attested: frozenset[str] = frozenset()
+    #: What attestation could not find out (an attestor unreachable, an unknown container):
+    #: rules needing those selectors cannot match, and denials say why.
+    attestation_note: str | None = None
 
     @property
     def key(self) -> str:
@@ -49,12 +57,14 @@ class Principal:
         return self.label
 
     def describe(self) -> str:
+        if self.attestation_note:
+            return f"{self.label} [attestation: {self.attestation_note}]"
         return self.label
 
     def audit_fields(self) -> dict[str, object]:
         """What audit lines carry about the caller (never anything secret)."""
         if self.kind == "unix":
-            return {
+            fields: dict[str, object] = {
                 "principal": self.label,
                 "uid": self.uid,
                 "user": self.user,
@@ -62,6 +72,12 @@ class Principal:
                 "group": self.group,
                 "pid": self.pid,
             }
+            if self.container_id is not None:  # attested: which workload it was
+                fields["container"] = self.container_id
+                fields["selectors"] = sorted(self.attested)
+                if self.attestation_note:
+                    fields["attestation"] = self.attestation_note
+            return fields
         if self.kind == "cert":
             return {"principal": self.label, "cert_id": self.cert_id}
         return {"principal": self.label}
@@ -143,6 +159,27 @@ def anonymous_tcp(peer: str) -> Principal:
         transport="tcp",
         selectors=frozenset({ANONYMOUS_TCP}),
         label=f"{ANONYMOUS_TCP} ({peer})",
+    )
+
+
+def with_selectors(principal: Principal, extra: frozenset[str]) -> Principal:
+    """``principal`` with more selectors, as attestation would add (``broker policy check``)."""
+    if not extra - principal.selectors:
+        return principal
+    return replace(
+        principal,
+        selectors=principal.selectors | extra,
+        label=f"{principal.label} with {', '.join(sorted(extra))}",
+    )
+
+
+def selector_principal(selectors: frozenset[str]) -> Principal:
+    """A subject made of selectors only (``broker policy check --selector …``)."""
+    return Principal(
+        kind="anonymous",
+        transport="unix",
+        selectors=selectors,
+        label="selectors " + ", ".join(sorted(selectors)),
     )
 
 
