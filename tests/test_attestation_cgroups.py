@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,20 @@ def test_a_gone_pid_is_refused() -> None:
     child.wait()
     with pytest.raises(ProcessGone, match=f"pid {child.pid} is gone"):
         read_process(child.pid)
+
+
+def test_an_exited_process_not_yet_reaped_is_gone() -> None:
+    """A zombie's /proc/PID/cgroup names the root: it must not read as a host process."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while (Path("/proc") / str(child.pid) / "stat").read_bytes().split(b") ")[1][:1] != b"Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        with pytest.raises(ProcessGone, match="has exited"):
+            read_process(child.pid)
+    finally:
+        child.wait()
 
 
 def test_pid_zero_is_not_visible() -> None:

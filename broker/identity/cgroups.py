@@ -27,7 +27,10 @@ attested.
 A pid can be reused once its process exits, so every reading is tied to the
 process's start time (``/proc/PID/stat`` field 22): the start time is read
 before and after the cgroup file, and a process that started after the
-connection it is asked about is refused as a reused pid.
+connection it is asked about is refused as a reused pid. An exited process
+not yet reaped (a zombie) counts as gone: its cgroup file names the root.
+Start times count clock ticks (10 ms): a pid cannot come around again within
+one tick short of root steering ``ns_last_pid``.
 """
 
 from __future__ import annotations
@@ -157,6 +160,8 @@ def start_time(pid: int, proc: Path = PROC) -> int:
     fields = raw[raw.rfind(b")") + 2 :].split()
     if len(fields) < 20:
         raise ProcessGone(f"pid {pid} has no readable stat")
+    if fields[0] in (b"Z", b"X"):  # exited: a zombie's cgroup file reads as the root's
+        raise ProcessGone(f"pid {pid} has exited")
     return int(fields[19])
 
 
