@@ -5,6 +5,12 @@ over TLS on a loopback port, serving the few read-only endpoints clients
 need (``/version``, ``/api``, ``/apis``, ``/api/v1``, ``/api/v1/namespaces``) with
 complete objects, because kubernetes-asyncio and kubectl validate them.
 
+For workload attestation it also lists pods: ``/api/v1/pods`` with a
+``fieldSelector`` of ``spec.nodeName=NODE`` (what the attestor asks; any other
+selector is refused with 400, as a real server refuses unknown fields), and a
+kubelet-style ``/pods`` (the pods of ``kubelet_node``). Tests set ``pods``
+(:func:`make_pod` builds complete ones) at any time.
+
 Every request must authenticate, in the order the real server tries:
 
 * a client certificate signed by ``client_ca`` (the user is its CN);
@@ -30,6 +36,7 @@ import inspect
 import ssl
 import tempfile
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -107,8 +114,12 @@ class KubeApiServer(ThreadedAiohttpServer):
         token_validator: TokenValidator | None = None,
         ca: CertificateAuthority | None = None,
         tls: bool = True,
+        kubelet_node: str = "node-1",
     ) -> None:
         self.tokens = dict(tokens or {})
+        #: Pod objects the pod listings serve (see make_pod); replace or append at will.
+        self.pods: list[dict[str, Any]] = []
+        self.kubelet_node = kubelet_node
         self.basic = dict(basic or {})
         self.client_ca = client_ca
         self.token_validator = token_validator
@@ -198,6 +209,8 @@ class KubeApiServer(ThreadedAiohttpServer):
             ("/apis", self._apis),
             ("/api/v1", self._api_v1),
             ("/api/v1/namespaces", self._namespaces),
+            ("/api/v1/pods", self._pods),
+            ("/pods", self._kubelet_pods),
         ):
             app.router.add_get(path, handler)
             app.router.add_get(path + "/", handler)
@@ -269,7 +282,7 @@ class KubeApiServer(ThreadedAiohttpServer):
         return result
 
     async def _guard(
-        self, request: web.Request, body: Callable[[], dict[str, Any]]
+        self, request: web.Request, body: Callable[[], dict[str, Any] | web.Response]
     ) -> web.Response:
         user, via = await self._authenticate(request)
         if user is None:
@@ -277,7 +290,8 @@ class KubeApiServer(ThreadedAiohttpServer):
         elif self.fail_with is not None:
             response = _status(self.fail_with, "InternalError", "injected failure")
         else:
-            response = web.json_response(body())
+            answer = body()
+            response = answer if isinstance(answer, web.Response) else web.json_response(answer)
         with self._lock:
             self.requests.append(
                 SeenRequest(request.method, request.path, response.status, user, via)
@@ -345,3 +359,90 @@ class KubeApiServer(ThreadedAiohttpServer):
                 ],
             },
         )
+
+    async def _pods(self, request: web.Request) -> web.Response:
+        def listing() -> dict[str, Any] | web.Response:
+            selector = request.query.get("fieldSelector", "")
+            node: str | None = None
+            for term in filter(None, selector.split(",")):
+                key, _, value = term.partition("=")
+                if key != "spec.nodeName":
+                    return _status(400, "BadRequest", f'field label not supported: "{key}"')
+                node = value
+            return _pod_list([p for p in self.pods if node is None or _node(p) == node])
+
+        return await self._guard(request, listing)
+
+    async def _kubelet_pods(self, request: web.Request) -> web.Response:
+        return await self._guard(
+            request, lambda: _pod_list([p for p in self.pods if _node(p) == self.kubelet_node])
+        )
+
+
+def _node(pod: dict[str, Any]) -> str | None:
+    return pod.get("spec", {}).get("nodeName")
+
+
+def _pod_list(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "100"},
+        "items": pods,
+    }
+
+
+def make_pod(
+    name: str,
+    *,
+    namespace: str = "default",
+    service_account: str = "default",
+    labels: Mapping[str, str] | None = None,
+    node: str = "node-1",
+    containers: Mapping[str, str | None],
+    uid: str | None = None,
+    runtime: str = "containerd",
+) -> dict[str, Any]:
+    """A complete running Pod object; ``containers``: name -> container id (None: not
+    started yet, so its status has no ``containerID``)."""
+    uid = uid or str(uuid.uuid4())
+    statuses = []
+    for cname, container_id in containers.items():
+        status: dict[str, Any] = {
+            "name": cname,
+            "image": "registry.example/app:1",
+            "imageID": "registry.example/app@sha256:" + "0" * 64,
+            "ready": container_id is not None,
+            "restartCount": 0,
+            "started": container_id is not None,
+            "state": (
+                {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+                if container_id
+                else {"waiting": {"reason": "ContainerCreating"}}
+            ),
+        }
+        if container_id:
+            status["containerID"] = f"{runtime}://{container_id}"
+        statuses.append(status)
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+            "resourceVersion": "1",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": dict(labels or {}),
+        },
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": service_account,
+            "containers": [{"name": c, "image": "registry.example/app:1"} for c in containers],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.1",
+            "containerStatuses": statuses,
+        },
+    }
