@@ -358,7 +358,13 @@ class PostgresStore:
             raise FailedPrecondition(
                 f"connector store {self.location} failed: {detail} (SQLSTATE {state})"
             ) from None
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            EOFError,  # a connection cut mid-message (asyncio.IncompleteReadError)
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,  # e.g. a protocol state lost in a restart
+        ) as exc:
             detail = self._scrub(str(exc) or type(exc).__name__)
             raise Unavailable(f"{what}: {detail}") from None
 
