@@ -65,8 +65,12 @@ def reload_policy_now(settings: Settings, service: BrokerService) -> None:
     except BrokerError as exc:
         log.error("policy_reload_failed", error=exc.message, kept="the previous policy")
         return
-    service.gate.replace(build_policy(os.getuid(), rules))
+    service.gate.replace(build_policy(os.getuid(), rules, attesting=_attesting(settings)))
     log.info("policy_reloaded", rules=len(rules), source=str(settings.config_file))
+
+
+def _attesting(settings: Settings) -> bool:
+    return settings.attestors is not None and settings.attestors.enabled
 
 
 def _write_pointers(settings: Settings, env: Mapping[str, str]) -> None:
@@ -152,13 +156,17 @@ async def run_daemon(
             cache_ttl=settings.discovery_cache_ttl_seconds,
         ),
     )
-    service = BrokerService(
-        store, registry, cache, discovery, clock, build_policy(os.getuid(), settings.policy_rules)
-    )
+    policy = build_policy(os.getuid(), settings.policy_rules, attesting=_attesting(settings))
+    service = BrokerService(store, registry, cache, discovery, clock, policy)
+    attestation = None
+    if settings.attestors is not None and settings.attestors.enabled:
+        from broker.identity.attestors.attestation import Attestation
+
+        attestation = Attestation.from_settings(settings.attestors)
     helper_guard, sdk_guard = endpoint_guards(settings)
     sdk = SdkEndpoints(service, clock, guard=sdk_guard)
-    server = GrpcServer(settings, service, sdk)
-    helpers = HelperEndpoint(service, helper_guard)
+    server = GrpcServer(settings, service, sdk, attestation)
+    helpers = HelperEndpoint(service, helper_guard, attestation)
     notifier = Notifier.from_env(env)
     feed = None
     if isinstance(store, PostgresStore):  # a fleet: other daemons' writes arrive here
@@ -186,6 +194,13 @@ async def run_daemon(
         if feed is not None:  # LISTEN before the view is read: no write falls in between
             await feed.start()
         await service.catalog.load()
+        if attestation is not None:  # a bad kubeconfig stops the start, naming it
+            await attestation.start()
+            log.info(
+                "attestation_on",
+                attestors=[a.name for a in attestation.attestors],
+                cache_seconds=attestation.cache_seconds,
+            )
         if metrics is not None:  # first, outside the task group: a plain error, no socket yet
             await metrics.start()
         async with anyio.create_task_group() as tg:
@@ -228,6 +243,8 @@ async def run_daemon(
         with anyio.CancelScope(shield=True):
             if metrics is not None:
                 await metrics.stop()
+            if attestation is not None:
+                await attestation.aclose()
             await registry.aclose()
             if feed is not None:
                 await feed.close()

@@ -100,3 +100,15 @@ async def test_an_engine_that_never_answers_times_out() -> None:
             assert asyncio.get_running_loop().time() - started < 2
         finally:
             listener.close()
+
+
+async def test_containers_of_other_runtimes_are_not_asked_about(fake: FakeEngine) -> None:
+    attestor = DockerAttestor(DockerSettings(fake.host))
+    await attestor.start()
+    try:
+        for runtime in ("containerd", "cri-o", "podman"):
+            finding = await attestor.attest(Container("ab" * 32, runtime))
+            assert finding.selectors == frozenset() and finding.note is None
+    finally:
+        await attestor.aclose()
+    assert not any("/containers/" in path for path in fake.requests)

@@ -59,6 +59,15 @@ def check(
     cert_id: Annotated[
         str | None, typer.Option("--cert-id", help="A client certificate identity")
     ] = None,
+    selector: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--selector",
+            "-s",
+            help="A selector the subject has too, e.g. an attested k8s:ns:ml (repeatable); "
+            "alone: a subject with only these",
+        ),
+    ] = None,
     resource_type: ResourceTypeOpt = None,
     resource_id: ResourceIdOpt = None,
     socket: SocketOpt = None,
@@ -67,8 +76,11 @@ def check(
     """Explain whether a principal may do ACTION (to CONNECTOR); exit 1 when denied."""
     from broker.api.v1 import broker_pb2 as pb
 
-    if sum(x is not None for x in (uid, user, cert_id)) != 1:
-        raise InvalidArgument("give exactly one of --uid, --user or --cert-id", field="uid")
+    subjects = sum(x is not None for x in (uid, user, cert_id))
+    if subjects > 1 or (subjects == 0 and not selector):
+        raise InvalidArgument(
+            "give one of --uid, --user or --cert-id, and/or --selector", field="uid"
+        )
     request = pb.CheckPolicyRequest(
         user=user or "",
         cert_id=cert_id or "",
@@ -76,6 +88,7 @@ def check(
         connector=connector or "",
         resource_type=resource_type or "",
         resource_id=resource_id or "",
+        selectors=selector or [],
     )
     if uid is not None:
         request.uid = uid

@@ -18,7 +18,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -33,12 +33,16 @@ from broker.errors import (
     Unauthenticated,
     Unavailable,
 )
+from broker.identity.cgroups import boot_ticks
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
 from broker.local import formats
 from broker.local.guard import GUARD, HttpGuard, HttpRefusal, describe_peer, header_safe
 from broker.service import BrokerService, registry_host
 from broker.sockets import listen_unix
+
+if TYPE_CHECKING:
+    from broker.identity.attestors.attestation import Attestation
 
 log = structlog.get_logger(__name__)
 
@@ -200,8 +204,14 @@ def _exec_info_version(exec_info: str | None) -> str:
 class HelperEndpoint:
     """Routes for the docker helper, the kubectl plugin and credential_process."""
 
-    def __init__(self, service: BrokerService, guard: HttpGuard | None = None) -> None:
+    def __init__(
+        self,
+        service: BrokerService,
+        guard: HttpGuard | None = None,
+        attestation: Attestation | None = None,
+    ) -> None:
         self._service = service
+        self._attestation = attestation
         self.guard = guard or HttpGuard("helper")
         self.app = self.guard.application(middlewares=[_errors])
         self.app.add_routes(
@@ -245,6 +255,15 @@ class HelperEndpoint:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
 
+    async def _principal(self, request: web.Request) -> Principal:
+        """The caller, attested per request when attestation is on (cached per process)."""
+        principal = principal_of(request)
+        if self._attestation is None:
+            return principal
+        return await self._attestation.principal(
+            principal, connection=request.transport, started_by=boot_ticks()
+        )
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "serving"})
 
@@ -253,7 +272,7 @@ class HelperEndpoint:
             _text(data, "connector", required=True) or "",
             _text(data, "resource_type"),
             _text(data, "resource_id"),
-            principal=principal_of(request),
+            principal=await self._principal(request),
             via="helper",
         )
 
@@ -286,7 +305,7 @@ class HelperEndpoint:
     async def docker_get(self, request: web.Request) -> web.Response:
         data = await _body(request)
         server_url = _text(data, "server_url", required=True) or ""
-        principal = principal_of(request)
+        principal = await self._principal(request)
         name, resource_id = await self._service.registry_connector(server_url, principal)
         issued = await self._service.get_credentials(
             name, "docker-registry", resource_id, principal=principal, via="docker helper"
@@ -294,7 +313,9 @@ class HelperEndpoint:
         return web.json_response(formats.docker_secret(issued.credential, server_url))
 
     async def docker_list(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._service.registry_usernames(principal_of(request)))
+        return web.json_response(
+            await self._service.registry_usernames(await self._principal(request))
+        )
 
     async def docker_managed(self, request: web.Request) -> web.Response:
         """The one line ``store`` / ``erase`` print: the broker keeps these credentials
@@ -306,7 +327,9 @@ class HelperEndpoint:
             raise InvalidArgument("'action' must be 'store' or 'erase'", field="action")
         host = registry_host(server_url)
         try:
-            name, _ = await self._service.registry_connector(server_url, principal_of(request))
+            name, _ = await self._service.registry_connector(
+                server_url, await self._principal(request)
+            )
         except NotFound:
             return web.Response(
                 text=f"credential-broker stores no credentials and no connector serves {host}: "

@@ -9,6 +9,10 @@ then reports that name as the peer (``unix-abstract:NAME``), which maps back
 to the principal. A relay is two asyncio protocols writing into each other's
 transport, with flow control passed across, so it adds no task per message.
 
+With workload attestation on (``[attestors]``), the relay attests the caller
+before connecting upstream, once per connection; a caller that cannot be
+attested (its process gone) gets UNAUTHENTICATED with the reason on each call.
+
 The public socket is accepted by :class:`broker.descriptors.AcceptLoop`: when
 descriptors run out (accept() fails with EMFILE, or the upstream socket
 cannot be made) it stops accepting and retries after a growing delay, and
@@ -25,13 +29,19 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from broker.descriptors import AcceptLoop, Connections, is_resource_error
+from broker.errors import Unauthenticated
+from broker.identity.cgroups import boot_ticks
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
 from broker.logs import RateLimitedLog
+
+if TYPE_CHECKING:
+    from broker.identity.attestors.attestation import Attestation
 
 log = structlog.get_logger(__name__)
 #: One line per failed connection set-up, at most 5 per 10 s, then a summary.
@@ -95,6 +105,7 @@ class _Relay:
                 half.transport.close()
         if self.name is not None:
             self.acceptor.peers.pop(self.name, None)
+            self.acceptor.refused.pop(self.name, None)
         self.acceptor.relays.discard(self)
 
     async def start(self) -> None:
@@ -105,6 +116,16 @@ class _Relay:
         try:
             sock = client.get_extra_info("socket")
             principal = peer_principal(sock, via="grpc unix socket")
+            refusal = None
+            if self.acceptor.attestation is not None:  # workload attestation: once per connection
+                try:
+                    principal = await self.acceptor.attestation.principal(
+                        principal, started_by=boot_ticks()
+                    )
+                except Unauthenticated as exc:  # said to each call, not a dropped connection
+                    refusal = exc.message
+                if self.closed:  # the client hung up meanwhile
+                    return
             name = self.acceptor.next_name()
             up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -116,7 +137,10 @@ class _Relay:
                 up.close()
                 raise
             self.name = name
-            self.acceptor.peers[name] = principal
+            if refusal is None:
+                self.acceptor.peers[name] = principal
+            else:
+                self.acceptor.refused[name] = refusal
             await loop.create_unix_connection(lambda: self.upstream, sock=up)
         except Exception as exc:  # one bad connection never hurts the daemon
             _failures.warning("grpc_accept_failed", error=str(exc))
@@ -144,10 +168,13 @@ class _ClientSide(_Half):
 class PeerAcceptor:
     """Accepts the public gRPC Unix socket and relays to gRPC's private one."""
 
-    def __init__(self) -> None:
+    def __init__(self, attestation: Attestation | None = None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="cb-"))  # 0700, short (socket paths ≤ 107)
         self.private_path = self._dir / "grpc.sock"
+        self.attestation = attestation
         self.peers: dict[str, Principal] = {}
+        #: Connections whose caller could not be attested: why, for each of their calls.
+        self.refused: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.listener: AcceptLoop | None = None
         self._connections = Connections()
@@ -165,7 +192,11 @@ class PeerAcceptor:
     def principal(self, peer: str) -> Principal | None:
         """The caller behind gRPC's ``context.peer()``, if it came through this acceptor."""
         if peer.startswith(ABSTRACT_PEER_PREFIX):
-            return self.peers.get(peer[len(ABSTRACT_PEER_PREFIX) :])
+            name = peer[len(ABSTRACT_PEER_PREFIX) :]
+            found = self.peers.get(name)
+            if found is None and name in self.refused:
+                raise Unauthenticated(self.refused[name])
+            return found
         return None
 
     async def start(self, listener: socket.socket) -> None:

@@ -103,6 +103,7 @@ LIMITS: dict[str, Limit] = {
     "page_token": Limit(256),
     "user": Limit(256),
     "cert_id": Limit(2 * KIB),
+    "selectors": Limit(2 * KIB, items=64),
 }
 
 

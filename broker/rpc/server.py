@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -25,6 +26,9 @@ from broker.rpc.servicer import BrokerServicer
 from broker.service import BrokerService
 from broker.sockets import listen_unix
 
+if TYPE_CHECKING:
+    from broker.identity.attestors.attestation import Attestation
+
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
@@ -38,7 +42,11 @@ class GrpcServer:
     """Owns the grpc.aio server and its health status."""
 
     def __init__(
-        self, settings: Settings, service: BrokerService, sdk: SdkGrants | None = None
+        self,
+        settings: Settings,
+        service: BrokerService,
+        sdk: SdkGrants | None = None,
+        attestation: Attestation | None = None,
     ) -> None:
         self._settings = settings
         self._server = grpc.aio.server(
@@ -48,7 +56,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.acceptor = PeerAcceptor()
+        self.acceptor = PeerAcceptor(attestation)
         # Raw request bytes in, decoded and size-checked there: bad input is INVALID_ARGUMENT.
         limits.add_servicer(
             BrokerServicer(

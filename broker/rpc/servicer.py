@@ -22,9 +22,15 @@ from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.connectors import ConnectorDraft, scope_of, served_types
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
 from broker.grants import SdkGrants
-from broker.identity.principal import Principal, cert_principal, local_user
+from broker.identity.principal import (
+    Principal,
+    cert_principal,
+    local_user,
+    selector_principal,
+    with_selectors,
+)
 from broker.model import Connector, ConnectorFilter
-from broker.policy import Action, Target
+from broker.policy import Action, Target, validate_selector
 from broker.rpc import convert, limits
 from broker.rpc.callers import Callers
 from broker.rpc.status import DAEMON_ERROR, status_for
@@ -418,14 +424,17 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
 
 def _subject(request: pb.CheckPolicyRequest) -> Principal:
     given = [request.HasField("uid"), bool(request.user), bool(request.cert_id)]
-    if sum(given) != 1:
-        raise InvalidArgument("give exactly one of uid, user or cert_id", field="uid")
+    extra = frozenset(validate_selector(s, "selectors") for s in request.selectors)
+    if sum(given) > 1 or (sum(given) == 0 and not extra):
+        raise InvalidArgument("give one of uid, user or cert_id, and/or selectors", field="uid")
+    if sum(given) == 0:
+        return selector_principal(extra)
     if request.cert_id:
-        return cert_principal(request.cert_id)
+        return with_selectors(cert_principal(request.cert_id), extra)
     try:
         if request.user:
-            return local_user(name=request.user)
-        return local_user(uid=request.uid)
+            return with_selectors(local_user(name=request.user), extra)
+        return with_selectors(local_user(uid=request.uid), extra)
     except LookupError as exc:
         raise InvalidArgument(str(exc), field="user" if request.user else "uid") from None
     except ValueError:  # a NUL in the name: no such user can exist

@@ -611,7 +611,7 @@ class Policy(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[_Union[PolicyRule, _Mapping]]] = ..., actions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CheckPolicyRequest(_message.Message):
-    __slots__ = ("uid", "user", "cert_id", "action", "connector", "resource_type", "resource_id")
+    __slots__ = ("uid", "user", "cert_id", "action", "connector", "resource_type", "resource_id", "selectors")
     UID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     CERT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -619,6 +619,7 @@ class CheckPolicyRequest(_message.Message):
     CONNECTOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
     uid: int
     user: str
     cert_id: str
@@ -626,7 +627,8 @@ class CheckPolicyRequest(_message.Message):
     connector: str
     resource_type: str
     resource_id: str
-    def __init__(self, uid: _Optional[int] = ..., user: _Optional[str] = ..., cert_id: _Optional[str] = ..., action: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ...) -> None: ...
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uid: _Optional[int] = ..., user: _Optional[str] = ..., cert_id: _Optional[str] = ..., action: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicyDecision(_message.Message):
     __slots__ = ("allowed", "reason", "principal", "rule")

@@ -9,9 +9,10 @@ Selectors, from ``GET /containers/ID/json``:
   never read into a selector, a log line or an audit line.
 
 A 404 means the Engine does not know the container (another runtime's, or one
-already removed): a note, no selectors. Anything else that keeps the Engine
-from answering (no socket, refused, a timeout, a 5xx) is
-:class:`~broker.identity.attestors.base.AttestorUnavailable`.
+already removed): a note, no selectors. A container whose cgroup names another
+runtime (``cri-containerd-…``, ``crio-…``, ``libpod-…``) is not asked about.
+Anything else that keeps the Engine from answering (no socket, refused, a
+timeout, a 5xx) is :class:`~broker.identity.attestors.base.AttestorUnavailable`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def selectors_of(inspected: dict[str, Any]) -> frozenset[str]:
     return frozenset(out)
 
 
+#: Runtimes whose containers the Engine cannot know: not asked, no note.
+_OTHER_RUNTIMES = frozenset({"containerd", "cri-o", "podman"})
 #: aiodocker's status for "could not connect" (no HTTP answer at all).
 _NO_CONNECTION = 900
 
@@ -78,6 +81,8 @@ class DockerAttestor:
         from aiodocker.exceptions import DockerError
 
         assert self._docker is not None, "start() first"
+        if container.runtime in _OTHER_RUNTIMES:
+            return Finding()  # its cgroup says CRI-containerd / CRI-O / podman made it
         host = self.settings.host
         try:
             async with asyncio.timeout(self.settings.timeout_seconds):

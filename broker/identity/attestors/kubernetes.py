@@ -14,7 +14,8 @@ again at once (callers waiting together share one listing), and up to
 starts a container before the kubelet writes its id into the pod's status.
 Only a container id found in ``status.containerStatuses`` (or the init or
 ephemeral lists) counts; when the cgroup path also names a pod UID it must
-be that pod's.
+be that pod's. A container in docker's or podman's own cgroups (no pod in the
+path) is no kubelet's: not looked for.
 
 Selectors: ``k8s:ns:``, ``k8s:sa:``, ``k8s:pod-name:``, ``k8s:pod-uid:``,
 ``k8s:node-name:``, ``k8s:pod-label:KEY:VALUE`` per label and
@@ -39,6 +40,8 @@ from broker.identity.attestors.base import AttestorUnavailable, Finding
 from broker.identity.attestors.settings import KubernetesSettings
 from broker.identity.cgroups import Container
 
+#: Runtimes whose own cgroup names (no pod in the path) mean a container no kubelet made.
+_NOT_KUBELETS = frozenset({"docker", "podman"})
 _STATUS_LISTS = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
 
 
@@ -149,6 +152,8 @@ class KubernetesAttestor:
     # -- attesting --------------------------------------------------------------------
 
     async def attest(self, container: Container) -> Finding:
+        if container.pod_uid is None and container.runtime in _NOT_KUBELETS:
+            return Finding()  # docker's or podman's own cgroup, not under kubepods: no pod
         fresh = (
             self._listed_at is not None
             and self._clock() - self._listed_at < self.settings.pod_cache_seconds
