@@ -25,7 +25,6 @@ under the same associated data, so a store moves between the two unchanged
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
@@ -50,7 +49,8 @@ from broker.errors import (
 )
 from broker.model import Connector
 from broker.store import postgres_migrations as migrations
-from broker.store.base import ChangeKind, ConnectorFilter, StoreChange, StoreExport
+from broker.store import postgres_sql as sql
+from broker.store.base import ConnectorFilter, StoreChange, StoreExport
 from broker.store.codec import (
     SchemaTooNew,
     StoreCorrupt,
@@ -65,6 +65,12 @@ from broker.store.codec import (
     utc,
 )
 from broker.store.crypto import SecretBox, SecretKeyMismatch
+from broker.store.postgres_changes import (
+    ChangeListener,
+    change_from_row,
+    latest_change_id_on,
+    record_change,
+)
 from broker.store.postgres_dsn import redact, scrub
 
 log = structlog.get_logger(__name__)
@@ -84,54 +90,6 @@ ACQUIRE_TIMEOUT_SECONDS = 10.0
 IDLE_CONNECTION_SECONDS = 300.0
 #: Shown in pg_stat_activity, so an operator can tell the broker's sessions apart.
 APPLICATION_NAME = "credential-broker"
-
-_KEY_FINGERPRINT = "key_fingerprint"
-_COMPACTED_THROUGH = "compacted_through"
-
-_COLUMNS = (
-    "id, name, connector_type, auth_method, resource_type, resource_id, description, "
-    "config, secrets, labels, expiration_seconds, expires_at, created_at, updated_at, revision"
-)
-_SELECT = f"SELECT {_COLUMNS} FROM connectors"  # noqa: S608 (fixed column list)
-_INSERT = (
-    f"INSERT INTO connectors ({_COLUMNS}) "  # noqa: S608
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12, $13, $14, $15)"
-)
-_UPDATE = (
-    "UPDATE connectors SET id = $1, name = $2, connector_type = $3, auth_method = $4, "
-    "resource_type = $5, resource_id = $6, description = $7, config = $8::jsonb, "
-    "secrets = $9, labels = $10::jsonb, expiration_seconds = $11, expires_at = $12, "
-    "created_at = $13, updated_at = $14, revision = $15 WHERE id = $16 AND revision = $17"
-)
-_FETCH = _SELECT + " WHERE name = $1 OR id = $1 ORDER BY (name = $1) DESC LIMIT 1"
-_FETCH_FOR_UPDATE = _FETCH + " FOR UPDATE"
-_CAS_BY_ID = "SELECT id, name, revision, created_at FROM connectors WHERE id = $1 FOR UPDATE"
-_CAS_BY_NAME = "SELECT id, name, revision, created_at FROM connectors WHERE name = $1 FOR UPDATE"
-_RECORD_CHANGE = f"""
-    WITH change_lock AS (SELECT pg_advisory_xact_lock({migrations.CHANGE_LOCK})),
-    change AS (
-        -- Rows come from change_lock, so the id (nextval) is drawn only once it is held.
-        INSERT INTO changes (connector_id, connector_name, revision, kind)
-        SELECT $1, $2, $3, $4 FROM change_lock
-        RETURNING change_id
-    )
-    SELECT change_id, pg_notify(
-        '{migrations.CHANGE_CHANNEL}',
-        json_build_object(
-            'change_id', change_id, 'connector_id', $1::text, 'name', $2::text,
-            'revision', $3::bigint, 'kind', $4::text
-        )::text
-    ) FROM change
-"""  # noqa: S608 (constants only)
-_CHANGES_AFTER = (
-    "SELECT change_id, connector_id, connector_name, revision, kind FROM changes "
-    "WHERE change_id > $1 ORDER BY change_id LIMIT $2"
-)
-
-#: SQLSTATE classes meaning "the database cannot serve now; try again": connection
-#: exceptions, transaction rollbacks (serialization, deadlock), insufficient resources,
-#: operator intervention (shutdown, restart, "cannot connect now").
-_UNAVAILABLE_CLASSES = ("08", "40", "53", "57")
 
 
 @dataclass(frozen=True)
@@ -267,12 +225,12 @@ class PostgresStore:
     async def _check_key(self, conn: Any) -> None:
         """Fail at start, not on first use, when the key is not the one the fleet uses."""
         stored = await conn.fetchval(
-            "SELECT value FROM store_meta WHERE key = $1", _KEY_FINGERPRINT
+            "SELECT value FROM store_meta WHERE key = $1", sql.KEY_FINGERPRINT
         )
         mine = self._box.fingerprint
         if stored is None:
             await conn.execute(
-                "INSERT INTO store_meta (key, value) VALUES ($1, $2)", _KEY_FINGERPRINT, mine
+                "INSERT INTO store_meta (key, value) VALUES ($1, $2)", sql.KEY_FINGERPRINT, mine
             )
             log.info("store_key_recorded", store=self.location, key_fingerprint=mine)
             return
@@ -353,7 +311,7 @@ class PostgresStore:
                 raise FailedPrecondition(
                     f"cannot log in to connector store {self.location}: {detail}"
                 ) from None
-            if state.startswith(_UNAVAILABLE_CLASSES) or not state:
+            if state.startswith(sql.UNAVAILABLE_CLASSES) or not state:
                 raise Unavailable(f"{what}: {detail}") from None
             raise FailedPrecondition(
                 f"connector store {self.location} failed: {detail} (SQLSTATE {state})"
@@ -386,15 +344,15 @@ class PostgresStore:
         params = self._encode(stored, secret_names)
         async with self._tx() as conn:
             try:
-                await conn.execute(_INSERT, *params)
+                await conn.execute(sql.INSERT, *params)
             except asyncpg.UniqueViolationError as exc:
                 raise _conflict(stored, exc) from None
-            await _record_change(conn, stored, "created")
+            await record_change(conn, stored, "created")
         return stored
 
     async def get(self, name_or_id: str) -> Connector:
         """The connector; one whose row fails its integrity check comes back ``tampered``."""
-        row = await self._read(lambda conn: conn.fetchrow(_FETCH, name_or_id))
+        row = await self._read(lambda conn: conn.fetchrow(sql.FETCH, name_or_id))
         if row is None:
             raise NotFound(f"connector '{name_or_id}' not found", field="name")
         return open_row(self._box, row, self.location)
@@ -413,11 +371,11 @@ class PostgresStore:
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
-        sql = _SELECT
+        query = sql.SELECT
         if where:  # column names come from the fixed tuple above, values are bound
-            sql += " WHERE " + " AND ".join(where)
-        sql += ' ORDER BY name COLLATE "C"'
-        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+            query += " WHERE " + " AND ".join(where)
+        query += ' ORDER BY name COLLATE "C"'
+        rows = await self._read(lambda conn: conn.fetch(query, *args))
         out = []
         for row in rows:
             # One unreadable row never takes the others down: it is listed unusable.
@@ -434,7 +392,7 @@ class PostgresStore:
         """Replace the record found by id (or by name when id is empty), if still at revision."""
         async with self._tx() as conn:
             key = connector.id or connector.name
-            row = await conn.fetchrow(_CAS_BY_ID if connector.id else _CAS_BY_NAME, key)
+            row = await conn.fetchrow(sql.CAS_BY_ID if connector.id else sql.CAS_BY_NAME, key)
             if row is None:
                 raise NotFound(f"connector '{connector.name}' not found", field="name")
             if row["revision"] != expected_revision:
@@ -450,16 +408,16 @@ class PostgresStore:
             )
             params = self._encode(stored, secret_names)
             try:
-                await conn.execute(_UPDATE, *params, stored.id, expected_revision)
+                await conn.execute(sql.UPDATE, *params, stored.id, expected_revision)
             except asyncpg.UniqueViolationError as exc:
                 raise _conflict(stored, exc) from None
-            await _record_change(conn, stored, "updated")
+            await record_change(conn, stored, "updated")
         return stored
 
     async def delete(self, name_or_id: str) -> Connector:
         """Remove and return the record; works even if its secrets no longer decrypt."""
         async with self._tx() as conn:
-            row = await conn.fetchrow(_FETCH_FOR_UPDATE, name_or_id)
+            row = await conn.fetchrow(sql.FETCH_FOR_UPDATE, name_or_id)
             if row is None:
                 raise NotFound(f"connector '{name_or_id}' not found", field="name")
             # Decode first: an error must not follow a delete that already happened.
@@ -471,7 +429,7 @@ class PostgresStore:
                     raise
                 deleted = placeholder
             await conn.execute("DELETE FROM connectors WHERE id = $1", row["id"])
-            await _record_change(conn, deleted, "deleted")
+            await record_change(conn, deleted, "deleted")
         return deleted
 
     # -- settings ------------------------------------------------------------
@@ -498,7 +456,7 @@ class PostgresStore:
     async def export(self) -> StoreExport:
         async def read(conn: Any) -> tuple[list[Any], list[Any]]:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await conn.fetch(_SELECT + ' ORDER BY name COLLATE "C"')
+                rows = await conn.fetch(sql.SELECT + ' ORDER BY name COLLATE "C"')
                 settings = await conn.fetch("SELECT key, value FROM settings ORDER BY key")
             return rows, settings
 
@@ -520,10 +478,10 @@ class PostgresStore:
         async def read(conn: Any) -> ChangeBatch:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 compacted = await conn.fetchval(
-                    "SELECT value FROM store_meta WHERE key = $1", _COMPACTED_THROUGH
+                    "SELECT value FROM store_meta WHERE key = $1", sql.COMPACTED_THROUGH
                 )
-                rows = await conn.fetch(_CHANGES_AFTER, change_id, limit)
-            return ChangeBatch([_change(r) for r in rows], int(compacted or 0))
+                rows = await conn.fetch(sql.CHANGES_AFTER, change_id, limit)
+            return ChangeBatch([change_from_row(r) for r in rows], int(compacted or 0))
 
         return await self._read(read)
 
@@ -531,7 +489,7 @@ class PostgresStore:
         """The newest change id (0 before the first write)."""
 
         async def read(conn: Any) -> int:
-            return await _latest_change_id(conn)
+            return await latest_change_id_on(conn)
 
         return await self._read(read)
 
@@ -560,7 +518,7 @@ class PostgresStore:
                     "INSERT INTO store_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO "
                     "UPDATE SET value = greatest(store_meta.value::bigint, "
                     "excluded.value::bigint)::text",
-                    _COMPACTED_THROUGH,
+                    sql.COMPACTED_THROUGH,
                     str(row["through"]),
                 )
         if count:
@@ -584,7 +542,7 @@ class PostgresStore:
                     "application_name": f"{APPLICATION_NAME} change feed pid {os.getpid()}"
                 },
             )
-        listener = ChangeListener(conn, self, on_change, on_lost)
+        listener = ChangeListener(conn, self._errors, on_change, on_lost)
         try:
             with self._errors():
                 await conn.add_listener(migrations.CHANGE_CHANNEL, listener._notified)
@@ -626,104 +584,6 @@ class PostgresStore:
             utc(c.updated_at, "updated_at"),
             c.revision,
         )
-
-
-class ChangeListener:
-    """The LISTEN connection of one daemon's change feed."""
-
-    def __init__(
-        self,
-        conn: Any,
-        store: PostgresStore,
-        on_change: Callable[[StoreChange], None],
-        on_lost: Callable[[], None],
-    ) -> None:
-        self._conn = conn
-        self._store = store
-        self._on_change = on_change
-        self._on_lost = on_lost
-        self._lost = False
-
-    @property
-    def backend_pid(self) -> int:
-        """The server process of this connection (what pg_terminate_backend takes)."""
-        return int(self._conn.get_server_pid())
-
-    @property
-    def alive(self) -> bool:
-        return not self._lost and not self._conn.is_closed()
-
-    async def latest_change_id(self) -> int:
-        """The newest change id, read on this connection: also proves it still works."""
-        with self._store._errors():
-            return await _latest_change_id(self._conn)
-
-    async def close(self) -> None:
-        self._lost = True
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:
-                self._conn.terminate()
-
-    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            data = json.loads(payload)
-            change = StoreChange(
-                change_id=int(data["change_id"]),
-                connector_id=str(data["connector_id"]),
-                name=str(data["name"]),
-                revision=int(data["revision"]),
-                kind=_kind(data["kind"]),
-            )
-        except (ValueError, KeyError, TypeError):
-            log.warning("change_notification_unreadable", payload=payload[:200])
-            return
-        self._on_change(change)
-
-    def _terminated(self, _conn: Any) -> None:
-        if not self._lost:
-            self._lost = True
-            self._on_lost()
-
-
-async def _record_change(conn: Any, c: Connector, kind: ChangeKind) -> int:
-    """The change row and its notification, inside the caller's transaction (one statement).
-
-    The change lock is taken before the id is drawn and held until the commit, so a
-    change id is never visible before every smaller one is (ids follow commit order).
-    Only this last step of a write is serialized across the fleet.
-    """
-    return int(await conn.fetchval(_RECORD_CHANGE, c.id, c.name, c.revision, kind))
-
-
-async def _latest_change_id(conn: Any) -> int:
-    value = await conn.fetchval(
-        "SELECT greatest(coalesce((SELECT max(change_id) FROM changes), 0), "
-        "coalesce((SELECT value::bigint FROM store_meta WHERE key = $1), 0))",
-        _COMPACTED_THROUGH,
-    )
-    return int(value)
-
-
-def _change(row: Any) -> StoreChange:
-    return StoreChange(
-        change_id=int(row["change_id"]),
-        connector_id=str(row["connector_id"]),
-        name=str(row["connector_name"]),
-        revision=int(row["revision"]),
-        kind=_kind(row["kind"]),
-    )
-
-
-def _kind(value: object) -> ChangeKind:
-    if value == "created":
-        return "created"
-    if value == "updated":
-        return "updated"
-    if value == "deleted":
-        return "deleted"
-    raise ValueError(f"unknown change kind {value!r}")
 
 
 def _conflict(c: Connector, exc: Any) -> BrokerError:

@@ -39,7 +39,8 @@ from anyio.abc import TaskStatus
 from broker.clock import Clock
 from broker.errors import BrokerError, Unavailable
 from broker.store.base import StoreChange
-from broker.store.postgres import ChangeListener, PostgresStore
+from broker.store.postgres import PostgresStore
+from broker.store.postgres_changes import ChangeListener
 
 log = structlog.get_logger(__name__)
 
