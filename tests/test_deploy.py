@@ -16,7 +16,7 @@ import shlex
 import subprocess
 import sys
 from copy import deepcopy
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ import pytest
 import yaml
 
 from broker.config import Settings, load_settings
+from broker.identity.principal import Principal, unix_principal
 from broker.metrics import COUNTERS, GAUGES
+from broker.policy import Action, Target, build_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -219,12 +221,87 @@ def test_daemonset_config_loads_and_exposes_the_metrics_port(tmp_path: Path) -> 
     (tmp_path / "broker.toml").write_text(config_map["data"]["broker.toml"])
     args = broker["args"]
     assert args[args.index("--config") + 1] == f"{mount_dir}/broker.toml"
-    settings = load_settings(tmp_path / "broker.toml", env={})  # raises on any bad key
+    # Raises on any bad key; NODE_NAME as the downward API sets it.
+    settings = load_settings(tmp_path / "broker.toml", env={"NODE_NAME": "node-a"})
     assert settings.metrics is not None
     port = int(settings.metrics.rsplit(":", 1)[1])
     assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in broker["ports"]
     annotations = ds["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
+
+
+def _attested(uid: int, ns: str, sa: str, **labels: str) -> Principal:
+    """A caller in a pod, as the Kubernetes attestor would describe it."""
+    base = unix_principal(uid, uid, 4242, via="helper socket")
+    extra = frozenset(
+        {
+            "container:" + "ab" * 32,
+            f"k8s:ns:{ns}",
+            f"k8s:sa:{sa}",
+            *(f"k8s:pod-label:{k}:{v}" for k, v in labels.items()),
+        }
+    )
+    return replace(base, selectors=base.selectors | extra, attested=extra, container_id="ab" * 32)
+
+
+def test_daemonset_attests_the_pods_of_its_node(tmp_path: Path) -> None:
+    ds = by_kind("daemonset.yaml", "DaemonSet")
+    spec = pod_spec(ds)
+    broker, init = containers(spec)["broker"], containers(spec)["host-dirs"]
+    # The node's pids: SO_PEERCRED and /proc/PID/cgroup name the caller as the node sees it.
+    assert spec["hostPID"] is True
+    # Its own service account, whose token reaches the broker container only.
+    account = by_kind("daemonset.yaml", "ServiceAccount")["metadata"]
+    assert spec["serviceAccountName"] == account["name"]
+    assert spec["automountServiceAccountToken"] is False
+    token_mount = mounts(broker)["/var/run/secrets/kubernetes.io/serviceaccount"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    sources = volumes[token_mount]["projected"]["sources"]
+    assert any("serviceAccountToken" in source for source in sources)
+    assert token_mount not in mounts(init).values()
+    assert env_of(broker)["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # RBAC: get and list pods, nothing else, for that account.
+    role = by_kind("daemonset.yaml", "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
+    binding = by_kind("daemonset.yaml", "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    # The config turns the attestor on with the node's name, in-cluster.
+    (tmp_path / "broker.toml").write_text(
+        by_kind("daemonset.yaml", "ConfigMap")["data"]["broker.toml"]
+    )
+    settings = load_settings(tmp_path / "broker.toml", env={"NODE_NAME": "node-a"})
+    assert settings.attestors is not None and settings.attestors.kubernetes is not None
+    assert settings.attestors.kubernetes.node_name == "node-a"
+    assert settings.attestors.kubernetes.kubeconfig is None  # the service account's token
+
+
+def test_daemonsets_example_policy_for_two_namespaces(tmp_path: Path) -> None:
+    (tmp_path / "broker.toml").write_text(
+        by_kind("daemonset.yaml", "ConfigMap")["data"]["broker.toml"]
+    )
+    settings = load_settings(tmp_path / "broker.toml", env={"NODE_NAME": "node-a"})
+    policy = build_policy(BROKER_GID, settings.policy_rules, attesting=True)
+
+    def get(who: Principal, connector: str, rtype: str, rid: str) -> bool:
+        return policy.decide(who, Action.GET, Target(connector, {}, rtype, rid)).allowed
+
+    trainer = _attested(1000, "ml", "trainer")
+    assert get(trainer, "prod-aws", "s3-bucket", "s3://ml-data")
+    assert not get(trainer, "prod-aws", "s3-bucket", "s3://web-assets")
+    assert not get(trainer, "web-registry", "docker-registry", "registry.example")
+    assert not get(_attested(1000, "ml", "default"), "prod-aws", "s3-bucket", "s3://ml-data")
+    storefront = _attested(1000, "web", "default", app="storefront")
+    assert get(storefront, "web-registry", "docker-registry", "registry.example")
+    assert not get(storefront, "prod-aws", "s3-bucket", "s3://ml-data")
+    assert not get(_attested(1000, "web", "trainer"), "prod-aws", "s3-bucket", "s3://ml-data")
+    # Admin: the broker's own pod; not root nor the broker's uid in any other pod.
+    own = _attested(BROKER_GID, "credential-broker", "credential-broker")
+    assert policy.decide(own, Action.MANAGE, Target("prod-aws")).allowed
+    for stranger in (_attested(0, "ml", "trainer"), _attested(BROKER_GID, "web", "default")):
+        assert not policy.decide(stranger, Action.ADMIN, Target()).allowed
 
 
 # -- Dockerfile and alert rules -------------------------------------------------------------
