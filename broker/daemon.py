@@ -9,10 +9,11 @@ cancellation.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import structlog
@@ -35,7 +36,7 @@ from broker.providers.base import ProviderContext
 from broker.providers.registry import ProviderRegistry
 from broker.rpc.server import GrpcServer
 from broker.service import BrokerService
-from broker.store.base import CHANGE_FEED_HEALTH
+from broker.store.base import CHANGE_FEED_HEALTH, ConnectorStore
 from broker.store.crypto import SecretBox, load_secret_key
 from broker.store.factory import make_store
 from broker.store.postgres import PostgresStore
@@ -134,15 +135,42 @@ async def run_daemon(
         clock,
         pool_size=settings.database_pool_size,
     )
-    await store.open()
-    registry = ProviderRegistry.discover(
-        ProviderContext(
-            clock=clock,
-            enable_implicit_auth=settings.enable_implicit_auth_methods,
-            env=env,
-            request_timeout=settings.request_timeout_seconds,
+    async with contextlib.AsyncExitStack() as stack:
+        # Each part is closed (in reverse, shielded from cancellation) once opened,
+        # whatever fails after it: a start-up error never leaves a pool or socket behind.
+        stack.callback(log.info, "daemon_stopped")  # last, however it ends
+        await store.open()
+        stack.push_async_callback(_shielded(store.close))
+        registry = ProviderRegistry.discover(
+            ProviderContext(
+                clock=clock,
+                enable_implicit_auth=settings.enable_implicit_auth_methods,
+                env=env,
+                request_timeout=settings.request_timeout_seconds,
+            )
         )
-    )
+        stack.push_async_callback(_shielded(registry.aclose))
+        await _serve(settings, env, clock, store, registry, stack, on_ready)
+
+
+def _shielded(close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        with anyio.CancelScope(shield=True):
+            await close()
+
+    return run
+
+
+async def _serve(
+    settings: Settings,
+    env: Mapping[str, str],
+    clock: Clock,
+    store: ConnectorStore,
+    registry: ProviderRegistry,
+    stack: contextlib.AsyncExitStack,
+    on_ready: Callable[[], None] | None,
+) -> None:
+    """Build the cache, service and front ends on an open store; serve until a signal."""
     cache = CredentialCache(
         clock, max_entries=settings.cache_max_entries, idle_seconds=settings.cache_idle_seconds
     )
@@ -188,31 +216,32 @@ async def run_daemon(
             },
             service.upstream,
         )
-    try:
-        # The connector view, loaded once before any listener accepts a call: no first
-        # calls racing to load it, and every call sees every write acknowledged before.
-        if feed is not None:  # LISTEN before the view is read: no write falls in between
-            await feed.start()
-        await service.catalog.load()
-        if attestation is not None:  # a bad kubeconfig stops the start, naming it
-            await attestation.start()
-            log.info(
-                "attestation_on",
-                attestors=[a.name for a in attestation.attestors],
-                cache_seconds=attestation.cache_seconds,
-            )
-        if metrics is not None:  # first, outside the task group: a plain error, no socket yet
-            await metrics.start()
-        async with anyio.create_task_group() as tg:
-            await tg.start(cache.run)
-            if feed is not None:
-                await tg.start(feed.run)
-                tg.start_soon(report_feed_health, feed, server)
-            # Handlers before the first socket exists: a client may signal the daemon as
-            # soon as it can see it, and a SIGTERM must still shut down in order.
-            with anyio.open_signal_receiver(
-                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
-            ) as signals:
+    # The connector view, loaded once before any listener accepts a call: no first
+    # calls racing to load it, and every call sees every write acknowledged before.
+    if feed is not None:  # LISTEN before the view is read: no write falls in between
+        await feed.start()
+        stack.push_async_callback(_shielded(feed.close))
+    await service.catalog.load()
+    if attestation is not None:  # a bad kubeconfig stops the start, naming it
+        await attestation.start()
+        stack.push_async_callback(_shielded(attestation.aclose))
+        log.info(
+            "attestation_on",
+            attestors=[a.name for a in attestation.attestors],
+            cache_seconds=attestation.cache_seconds,
+        )
+    if metrics is not None:  # first, outside the task group: a plain error, no socket yet
+        await metrics.start()
+        stack.push_async_callback(_shielded(metrics.stop))
+    async with anyio.create_task_group() as tg:
+        await tg.start(cache.run)
+        if feed is not None:
+            await tg.start(feed.run)
+            tg.start_soon(report_feed_health, feed, server)
+        # Handlers before the first socket exists: a client may signal the daemon as
+        # soon as it can see it, and a SIGTERM must still shut down in order.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            try:
                 await server.start()
                 await helpers.start(settings.local_socket_path, settings.socket_group)
                 _write_pointers(settings, env)
@@ -233,20 +262,12 @@ async def run_daemon(
                         continue
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break
-            notifier.stopping("draining in-flight calls")
-            with anyio.CancelScope(shield=True):
-                await helpers.stop()
-                await sdk.stop()
-                await server.stop(settings.shutdown_grace_seconds)
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            if metrics is not None:
-                await metrics.stop()
-            if attestation is not None:
-                await attestation.aclose()
-            await registry.aclose()
-            if feed is not None:
-                await feed.close()
-            await store.close()
-        log.info("daemon_stopped")
+            finally:
+                # Ordered, and also after a failed start: NOT_SERVING, stop accepting,
+                # drain, then cancel background work.
+                notifier.stopping("draining in-flight calls")
+                with anyio.CancelScope(shield=True):
+                    await helpers.stop()
+                    await sdk.stop()
+                    await server.stop(settings.shutdown_grace_seconds)
+                tg.cancel_scope.cancel()

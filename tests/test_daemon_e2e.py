@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -444,3 +445,33 @@ def test_list_types_and_describe_type(daemon: Daemon) -> None:
     assert "kubernetes-cluster" in table and "token" in table
     unknown = daemon.cli("connector", "describe-type", "nope", check=False)
     assert unknown.returncode == 1 and "unknown connector type 'nope'" in unknown.stderr
+
+
+def test_a_failed_start_closes_what_it_opened_and_never_takes_a_live_socket(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path / "first") as first:
+        second = Daemon(tmp_path / "second")
+        second.data_dir.mkdir()
+        with second.log_path.open("ab") as log:
+            proc = subprocess.run(
+                [
+                    *second.command,
+                    "serve",
+                    "--data-dir",
+                    str(second.data_dir),
+                    "--socket",
+                    str(first.socket),
+                ],
+                stdout=log,
+                stderr=log,
+                env=second.env,
+                timeout=60,
+            )
+        assert proc.returncode == 1
+        assert f"another daemon is already listening on {first.socket}" in second.log()
+        assert "Traceback" not in second.log()
+        # The first daemon's socket is still there and still answers.
+        assert first.socket.exists()
+        assert first.cli_json("status")["health"] == "SERVING"
+        assert "daemon_stopped" in second.log()  # the store and providers were closed

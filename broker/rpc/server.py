@@ -72,6 +72,7 @@ class GrpcServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
         )
         self.tcp_port: int | None = None
+        self._published = False
 
     async def start(self) -> None:
         settings = self._settings
@@ -84,7 +85,9 @@ class GrpcServer:
         if settings.tcp:
             self.tcp_port = self._add_tcp(settings)
         await self._server.start()
-        await self.acceptor.start(listen_unix(sock, settings.socket_group))
+        listener = listen_unix(sock, settings.socket_group)
+        self._published = True  # from here on the path is ours to remove
+        await self.acceptor.start(listener)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("grpc_listening", socket=str(sock), tcp=settings.tcp, tcp_port=self.tcp_port)
@@ -117,8 +120,9 @@ class GrpcServer:
         with contextlib.suppress(Exception):
             await self.health.enter_graceful_shutdown()
         await self.acceptor.stop_accepting()
-        with contextlib.suppress(FileNotFoundError):
-            self._settings.socket_path.unlink()
+        if self._published:  # never another daemon's socket after a failed start
+            with contextlib.suppress(FileNotFoundError):
+                self._settings.socket_path.unlink()
         await self._server.stop(grace)
         await self.acceptor.close()
 
