@@ -12,6 +12,7 @@ copy rows from one to the other unchanged.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -190,6 +191,18 @@ def list_row(box: SecretBox, row: Row, location: str) -> Connector | None:
     except StoreCorrupt as exc:
         log.error("store_row_corrupt", error=exc.message)
         return unreadable(row)
+
+
+def to_create(connector: Connector, now: datetime) -> Connector:
+    """What a backend inserts: a connector with an empty id gets a new id, timestamps
+    and revision 1 (one with an id, e.g. a migrated one, keeps them)."""
+    if connector.id:
+        stored = replace(connector, revision=max(connector.revision, 1))
+    else:
+        stored = replace(
+            connector, id=str(uuid.uuid4()), created_at=now, updated_at=now, revision=1
+        )
+    return normalized(stored)
 
 
 def normalized(c: Connector) -> Connector:

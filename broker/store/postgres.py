@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
@@ -61,6 +60,7 @@ from broker.store.codec import (
     open_row,
     seal,
     split_secrets,
+    to_create,
     unreadable,
     utc,
 )
@@ -333,14 +333,7 @@ class PostgresStore:
 
     async def create(self, connector: Connector, secret_names: frozenset[str]) -> Connector:
         """Insert; a connector with an empty id gets a new id, timestamps and revision 1."""
-        if connector.id:
-            stored = replace(connector, revision=max(connector.revision, 1))
-        else:
-            now = self._clock.now()
-            stored = replace(
-                connector, id=str(uuid.uuid4()), created_at=now, updated_at=now, revision=1
-            )
-        stored = normalized(stored)
+        stored = to_create(connector, self._clock.now())
         params = self._encode(stored, secret_names)
         async with self._tx() as conn:
             try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -50,6 +49,7 @@ from broker.store.codec import (
     plain_connector,
     seal,
     split_secrets,
+    to_create,
     unreadable,
 )
 from broker.store.crypto import SecretBox, SecretKeyMismatch
@@ -270,14 +270,7 @@ class SqliteStore:
 
     async def create(self, connector: Connector, secret_names: frozenset[str]) -> Connector:
         """Insert; a connector with an empty id gets a new id, timestamps and revision 1."""
-        if connector.id:
-            stored = replace(connector, revision=max(connector.revision, 1))
-        else:
-            now = self._clock.now()
-            stored = replace(
-                connector, id=str(uuid.uuid4()), created_at=now, updated_at=now, revision=1
-            )
-        stored = normalized(stored)
+        stored = to_create(connector, self._clock.now())
         params = self._encode(stored, secret_names)
         async with self._tx() as db:
             try:
