@@ -35,7 +35,9 @@ from typing import Any
 
 import pytest
 
+from tests import jails
 from tests.daemon import BROKER, Daemon, running_daemon
+from tests.jails import V1_PIDS, V2_ROOT, Jail
 from tests.servers.docker_engine import Engine, docker_engine
 from tests.servers.kube_api import KubeApiServer, make_pod
 from tests.servers.moto import REGION, shared_moto
@@ -50,74 +52,7 @@ from tests.users import (  # noqa: F401  (pytest fixtures)
 TOKEN = "attestor-node-token"
 ENV_VALUE = "an-env-value-never-in-a-selector"
 SA = "system:serviceaccount:credential-broker:credential-broker"
-V2_ROOT = next(
-    (
-        Path(p)
-        for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
-        if (Path(p) / "cgroup.controllers").exists()
-    ),
-    None,
-)
-V1_PIDS = Path("/sys/fs/cgroup/pids")
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or (V2_ROOT is None and not (V1_PIDS / "cgroup.procs").exists()),
-    reason="needs root and a writable cgroup hierarchy",
-)
-
-
-# -- cgroups named like a runtime's --------------------------------------------------------
-
-
-class Jail:
-    """One cgroup named as a runtime names a container's; children move into it."""
-
-    def __init__(self, container_id: str, *, pod_uid: str | None = None) -> None:
-        self.container_id = container_id
-        if V2_ROOT is not None:
-            if pod_uid is None:
-                parts = ["system.slice", f"docker-{container_id}.scope"]
-            else:
-                pod = pod_uid.replace("-", "_")
-                parts = [
-                    "kubepods.slice",
-                    "kubepods-besteffort.slice",
-                    f"kubepods-besteffort-pod{pod}.slice",
-                    f"cri-containerd-{container_id}.scope",
-                ]
-            root = V2_ROOT
-        else:
-            parts = (
-                ["docker", container_id]
-                if pod_uid is None
-                else ["kubepods", "besteffort", f"pod{pod_uid}", container_id]
-            )
-            root = V1_PIDS
-        self.made: list[Path] = []
-        path = root
-        for part in parts:
-            path = path / part
-            if not path.exists():
-                path.mkdir()
-                self.made.append(path)
-        self.path = path
-        self.cgroup_path = "/" + "/".join(parts)
-
-    def enter(self) -> None:
-        """preexec_fn: the child (still root) moves itself in, then becomes the user."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
-
-    def remove(self) -> None:
-        for path in reversed(self.made):
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    path.rmdir()
-                    break
-                except OSError:  # EBUSY: a child not yet reaped
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+pytestmark = pytest.mark.skipif(jails.missing() is not None, reason=str(jails.missing()))
 
 
 # -- the setup ------------------------------------------------------------------------------

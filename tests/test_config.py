@@ -19,6 +19,7 @@ import pytest
 
 from broker.config import Settings, describe, load_settings, setting_fields
 from broker.errors import InvalidArgument
+from broker.identity.attestors.settings import AttestorSettings, DockerSettings, KubernetesSettings
 from tests.daemon import BROKER, _clean_env, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +72,12 @@ def test_example_file_documents_every_setting_with_its_default(tmp_path: Path) -
     assert tomllib.loads(text) == {}  # as shipped it sets nothing
     # The policy example is valid as written.
     example = "\n".join(line[3:] for line in lines if line.startswith("#> "))
-    rules = load_text(tmp_path, example).policy_rules
-    assert [r.role for r in rules] == ["consumer", "admin"]
+    loaded = load_text(tmp_path, example)
+    assert [r.role for r in loaded.policy_rules] == ["consumer", "admin"]
+    # So is the attestors example, every key at its default.
+    assert loaded.attestors == AttestorSettings(
+        docker=DockerSettings(), kubernetes=KubernetesSettings(node_name="node-1")
+    )
 
 
 # -- the validation table ------------------------------------------------------------

@@ -151,11 +151,16 @@ class Process:
 
 def start_time(pid: int, proc: Path = PROC) -> int:
     """The process's start time in clock ticks after boot; ProcessGone when there is none."""
-    try:
-        with open(proc / str(pid) / "stat", "rb") as f:
-            raw = f.read()
+    try:  # os.open/os.read: this runs for every attested request, on the event loop
+        fd = os.open(f"{proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
         raise ProcessGone(f"pid {pid} is gone") from None
+    try:
+        raw = os.read(fd, 4096)
+    except ProcessLookupError:  # exited between open and read
+        raise ProcessGone(f"pid {pid} is gone") from None
+    finally:
+        os.close(fd)
     # "pid (comm) state ppid …": comm may hold spaces and parentheses; it ends at the last ')'.
     fields = raw[raw.rfind(b")") + 2 :].split()
     if len(fields) < 20:

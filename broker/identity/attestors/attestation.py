@@ -84,9 +84,10 @@ class Facts:
 HOST = Facts(None)
 
 
-def _put(cache: dict[object, tuple[float, Facts]], key: object, value: tuple[float, Facts]) -> None:
+def _put(
+    cache: dict[object, tuple[float, Facts]], key: object, value: tuple[float, Facts], now: float
+) -> None:
     if len(cache) >= MAX_ENTRIES:
-        now = time.monotonic()
         for stale in [k for k, (expires, _) in cache.items() if expires <= now]:
             del cache[stale]
         if len(cache) >= MAX_ENTRIES:
@@ -111,6 +112,7 @@ class Attestation:
         self._clock = clock
         self._processes: dict[object, tuple[float, Facts]] = {}
         self._containers: dict[object, tuple[float, Facts]] = {}
+        self._principals: dict[object, tuple[Facts, object, Principal]] = {}
         self._pending: dict[str, asyncio.Task[Facts]] = {}
         #: Helper-socket connections → the start time of the process that first called on it.
         self._connections: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
@@ -142,6 +144,7 @@ class Attestation:
         """Drop every cached answer (tests; a changed pod is otherwise seen within the TTL)."""
         self._processes.clear()
         self._containers.clear()
+        self._principals.clear()
 
     # -- one caller ------------------------------------------------------------------
 
@@ -187,7 +190,16 @@ class Attestation:
             facts = await self._process(pid, start, started_by)
         if connection is not None and first is None:
             self._connections[connection] = start
-        return facts.apply(base)
+        # The principal made for this process last time, if the kernel said the same then.
+        said = (base.uid, base.gid, base.gids, base.label)
+        made = self._principals.get(key)
+        if made is not None and made[0] is facts and made[1] == said:
+            return made[2]
+        principal = facts.apply(base)
+        if len(self._principals) >= MAX_ENTRIES:
+            self._principals.clear()
+        self._principals[key] = (facts, said, principal)
+        return principal
 
     async def _process(self, pid: int, start: int, started_by: int | None) -> Facts:
         try:
@@ -203,7 +215,8 @@ class Attestation:
             raise Unauthenticated(_gone(pid))
         facts = HOST if process.container is None else await self._container(process.container)
         ttl = FAILED_CACHE_SECONDS if facts.failed else self.cache_seconds
-        _put(self._processes, (pid, start), (self._clock() + ttl, facts))
+        now = self._clock()
+        _put(self._processes, (pid, start), (now + ttl, facts), now)
         return facts
 
     async def _container(self, container: Container) -> Facts:
@@ -230,7 +243,8 @@ class Attestation:
             failed = failed or unavailable
         facts = Facts(container, frozenset(selectors), "; ".join(notes) or None, failed)
         ttl = FAILED_CACHE_SECONDS if failed else self.cache_seconds
-        _put(self._containers, container.id, (self._clock() + ttl, facts))
+        now = self._clock()
+        _put(self._containers, container.id, (now + ttl, facts), now)
         return facts
 
     async def _one(self, attestor: Attestor, container: Container) -> tuple[Finding, bool]:
