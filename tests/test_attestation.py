@@ -317,6 +317,7 @@ async def test_a_container_process_gets_the_attested_selectors(proc: FakeProc) -
     assert got.attested == {f"container:{ID}", "k8s:ns:ml"}
     assert got.container_id == ID
     assert got.label == f"uid=54321 gid=54321 pid=11 in container {ID[:12]} via helper socket"
+    assert got.key == f"uid:54321@container:{ID}"  # owns its SDK grants, not its uid's
     audit = got.audit_fields()
     assert audit["container"] == ID and audit["selectors"] == [f"container:{ID}", "k8s:ns:ml"]
     assert "attestation" not in audit

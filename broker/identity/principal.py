@@ -49,8 +49,13 @@ class Principal:
 
     @property
     def key(self) -> str:
-        """Stable across calls of the same caller (pid excluded): owner of grants."""
+        """Stable across calls of the same caller (pid excluded): owner of grants.
+
+        An attested caller is its uid in its container: another pod running as the
+        same uid does not own (list, revoke) its SDK grants."""
         if self.kind == "unix":
+            if self.container_id is not None:
+                return f"uid:{self.uid}@container:{self.container_id}"
             return f"uid:{self.uid}"
         if self.kind == "cert":
             return f"cert:{self.cert_id}"
