@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# compat: a plain .pth path entry; the import-hook finder costs each helper start ~20 ms.
 	# constraints.txt: the exact versions CI and the image were tested with (`make constraints`).
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
+	# Bytecode for broker/ now: in a shell with PYTHONDONTWRITEBYTECODE it is never written,
+	# and every helper / CLI start would compile its modules again (~10 ms, bench/bench_helpers.py).
+	$(PY) -m compileall -q broker >/dev/null
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,211 +1,43 @@
-"""The CLI's connection to the daemon over its Unix socket (or TCP with TLS)."""
+"""The CLI's connection to the daemon over its Unix socket, through grpcio.
+
+Which socket, whether to trust it and what failures are called live in
+:mod:`broker.cli.locate`; the fast path's own transport is :mod:`broker.cli.wire`.
+"""
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import socket as pysocket
-import stat
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from broker import pointers
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
-from broker.errors import BrokerError, InvalidArgument, PermissionDenied, Unavailable
-from broker.helpers.client import DAEMON_USER_ENV, DEFAULT_DAEMON_USER
-from broker.pointers import SYSTEM_GRPC_SOCKET
+from broker.cli.locate import (
+    CONNECT_TIMEOUT_ENV,
+    SocketChoice,
+    checked,
+    connect_failure,
+    connect_timeout,
+    find_socket,
+    not_grpc,
+)
+from broker.cli.locate import checked_socket as checked_socket
+from broker.errors import BrokerError, Unavailable
 from broker.rpc.status import error_for, from_daemon
 
-#: Where the systemd unit and the container image put the socket.
-SYSTEM_SOCKET = Path(SYSTEM_GRPC_SOCKET)
-
-
-class UntrustedSocket(PermissionDenied):
-    """The socket's owner is neither root, the current user nor the daemon user."""
-
-
-@dataclass(frozen=True)
-class SocketChoice:
-    """The socket the CLI will use, and why (for errors that say where it looked)."""
-
-    path: Path
-    #: flag, env, pointer or system
-    kind: str
-    #: Where it came from, in words: "given with --socket", "from the pointer file ...".
-    source: str
-
-    def not_running(self) -> Unavailable:
-        advice = {
-            "flag": "check the path, or whether that daemon has stopped",
-            "env": "check the path, or whether that daemon has stopped",
-            "pointer": (
-                "that daemon has stopped or moved since it wrote the pointer; start it again "
-                "with `broker serve`, or name another with --socket / BROKER_SOCKET"
-            ),
-            "system": (
-                "if the broker runs as a service, check `systemctl status credential-broker`; "
-                "name a running daemon's socket with --socket / BROKER_SOCKET; or start "
-                "your own with `broker serve`, which writes the pointer"
-            ),
-        }[self.kind]
-        return Unavailable(f"daemon not running at {self.path} ({self.source}): {advice}")
-
-    def not_answering(self, timeout: float, longer: str | None = None) -> Unavailable:
-        hint = f" (wait longer with {longer})" if longer else ""
-        return Unavailable(
-            f"daemon at {self.path} ({self.source}) did not answer within {timeout:g} s: "
-            f"it may be overloaded or stuck; try again, or check its log{hint}"
-        )
-
-
-def find_socket(explicit: Path | None = None) -> SocketChoice:
-    """--socket > BROKER_SOCKET > BROKER_DATA_DIR/broker.sock > pointer file > /run/broker.
-
-    Never the current directory: a socket planted in a shared directory would
-    collect whatever the next command there sends (``password=@file`` included).
-    """
-    if explicit is not None:
-        return SocketChoice(explicit, "flag", "given with --socket")
-    env = os.environ.get("BROKER_SOCKET")
-    if env:
-        return SocketChoice(Path(env), "env", "from BROKER_SOCKET")
-    data_dir = os.environ.get("BROKER_DATA_DIR")
-    if data_dir:
-        return SocketChoice(Path(data_dir) / "broker.sock", "env", "from BROKER_DATA_DIR")
-    found = pointers.read_pointer(pointers.GRPC_POINTER)
-    if found:
-        return SocketChoice(Path(found[0]), "pointer", f"from the pointer file {found[1]}")
-    looked = " or ".join(os.path.join(d, pointers.GRPC_POINTER) for d in pointers.pointer_dirs())
-    return SocketChoice(
-        SYSTEM_SOCKET,
-        "system",
-        f"the system default: no --socket, BROKER_SOCKET, BROKER_DATA_DIR or {looked}",
-    )
-
-
-def default_socket() -> Path:
-    return find_socket().path
-
-
-def _daemon_uid() -> tuple[str, int | None]:
-    name = os.environ.get(DAEMON_USER_ENV) or DEFAULT_DAEMON_USER
-    if name.isdigit():
-        return name, int(name)
-    try:
-        return name, pwd.getpwnam(name).pw_uid
-    except KeyError:
-        if os.environ.get(DAEMON_USER_ENV):
-            raise InvalidArgument(f"{DAEMON_USER_ENV}: there is no user '{name}'") from None
-        return name, None
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def checked_socket(explicit: Path | None = None) -> Path:
-    """The socket to use: it exists, and root, you or the daemon user owns it.
-
-    Whoever owns a socket file bound it (only root can give one away), so a
-    socket owned by anyone else may be an impostor waiting for secrets.
-    """
-    return _checked(find_socket(explicit))
-
-
-def _checked(choice: SocketChoice) -> Path:
-    try:
-        st = choice.path.stat()
-    except FileNotFoundError:
-        raise choice.not_running() from None
-    except PermissionError:
-        raise permission_denied(choice.path) from None
-    except OSError as exc:
-        raise Unavailable(
-            f"cannot use socket {choice.path} ({choice.source}): {exc.strerror}"
-        ) from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise Unavailable(f"{choice.path} ({choice.source}) is not a Unix socket")
-    me = os.geteuid()
-    if st.st_uid not in (0, me):
-        daemon_user, daemon_uid = _daemon_uid()
-        if st.st_uid != daemon_uid:
-            raise UntrustedSocket(
-                f"refusing socket {choice.path} ({choice.source}): it is owned by "
-                f"{_user_name(st.st_uid)} (uid {st.st_uid}), not by root, you "
-                f"({_user_name(me)}) or the daemon user {daemon_user}; if that account runs "
-                f"your daemon, set {DAEMON_USER_ENV}={_user_name(st.st_uid)}"
-            )
-    # connect() needs write permission on a Unix socket: checked here, so that EACCES
-    # is told apart from a daemon that is not running without connecting twice.
-    if not os.access(choice.path, os.W_OK):
-        raise permission_denied(choice.path)
-    return choice.path
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def permission_denied(path: Path) -> PermissionDenied:
-    """EACCES on ``path``: name the group that the socket (or the directory in the way) admits."""
-    blocker, bit = path, stat.S_IWGRP
-    for parent in reversed(path.parents):  # from / down: the first directory we cannot enter
-        if not os.access(parent, os.X_OK):
-            blocker, bit = parent, stat.S_IXGRP
-            break
-    try:
-        st = blocker.stat()
-    except OSError:
-        return PermissionDenied(f"permission denied on {path}")
-    if st.st_mode & bit:
-        return PermissionDenied(
-            f"permission denied on {path}: ask an admin to add you to group "
-            f"{_group_name(st.st_gid)}"
-        )
-    return PermissionDenied(
-        f"permission denied on {path}: {blocker} is open only to its owner "
-        f"{_user_name(st.st_uid)}; ask an admin to set the daemon's socket_group"
-    )
-
-
-#: Seconds the CLI waits for the daemon to take the connection and answer (HTTP/2 handshake).
-CONNECT_TIMEOUT_ENV = "BROKER_CONNECT_TIMEOUT"
-DEFAULT_CONNECT_TIMEOUT = 10.0
-
-
-def connect_timeout() -> float:
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV)
-    if not raw:
-        return DEFAULT_CONNECT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 86400:
-        raise InvalidArgument(
-            f"{CONNECT_TIMEOUT_ENV}: '{raw}' is not a number of seconds", field=CONNECT_TIMEOUT_ENV
-        )
-    return value
-
-
+#: Connectivity states by the number the core reports (ChannelConnectivity.X.value[0]).
+_BY_CODE = {state.value[0]: state for state in grpc.ChannelConnectivity}
 _SETTLED = (
     grpc.ChannelConnectivity.READY,
     grpc.ChannelConnectivity.TRANSIENT_FAILURE,
     grpc.ChannelConnectivity.SHUTDOWN,
 )
+#: Longest single wait for a state change: how soon Ctrl-C is seen while connecting.
+_WATCH_SLICE = 0.25
 
 
 class Connection:
@@ -222,20 +54,23 @@ class Connection:
         self.path = path
         self.channel = grpc.insecure_channel(f"unix://{path.resolve()}")
         self.state: grpc.ChannelConnectivity | None = None
-        self._changed = threading.Condition()
-        self.channel.subscribe(self._on_state, try_to_connect=True)
-
-    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
-        with self._changed:
-            self.state = state
-            self._changed.notify_all()
 
     def wait_ready(self, timeout: float, longer: str) -> None:
         """Return once connected; else the error that says why not (``longer``: how to wait
-        longer, named in the timeout error)."""
-        with self._changed:
-            self._changed.wait_for(lambda: self.state in _SETTLED, timeout)
-            state = self.state
+        longer, named in the timeout error).
+
+        Watched in this thread through the channel's core object: ``channel.subscribe()``
+        (and ``grpc.channel_ready_future``, built on it) polls from a thread in 0.2 s
+        watches, and ``channel.close()`` waits out the pending one, which added 200 ms
+        to every command. Here no watch outlives this method.
+        """
+        core: Any = self.channel._channel  # type: ignore[attr-defined]
+        deadline = time.time() + timeout
+        state = _BY_CODE[core.check_connectivity_state(True)]
+        while state not in _SETTLED and time.time() < deadline:
+            core.watch_connectivity_state(state.value[0], min(deadline, time.time() + _WATCH_SLICE))
+            state = _BY_CODE[core.check_connectivity_state(False)]
+        self.state = state
         if state is grpc.ChannelConnectivity.READY:
             return
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
@@ -248,22 +83,11 @@ class Connection:
         probe.settimeout(1.0)
         try:
             probe.connect(str(self.path))
-        except PermissionError:
-            return permission_denied(self.path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return self.choice.not_running()
-        except TimeoutError:
-            return self.choice.not_answering(1.0)  # its backlog is full
         except OSError as exc:
-            return Unavailable(
-                f"cannot connect to {self.path} ({self.choice.source}): {exc.strerror or exc}"
-            )
+            return connect_failure(self.choice, self.path, exc)
         finally:
             probe.close()
-        return Unavailable(
-            f"cannot talk to a daemon at {self.path} ({self.choice.source}): something "
-            "accepts connections there but does not speak the broker's gRPC"
-        )
+        return not_grpc(self.choice, self.path)
 
     def error(self, exc: grpc.RpcError) -> BrokerError:
         """A failed call as the typed error the CLI prints as one line."""
@@ -280,7 +104,6 @@ class Connection:
         return error_for(code, details)
 
     def close(self) -> None:
-        self.channel.unsubscribe(self._on_state)
         self.channel.close()
 
 
@@ -293,7 +116,7 @@ def connection(
     ``timeout``: seconds to wait for the connection (default: BROKER_CONNECT_TIMEOUT, 10).
     """
     choice = find_socket(socket)
-    conn = Connection(choice, _checked(choice))
+    conn = Connection(choice, checked(choice))
     try:
         if timeout is None:
             timeout, longer = connect_timeout(), f"{CONNECT_TIMEOUT_ENV}=SECONDS"

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from broker.api.v1 import broker_pb2 as pb
 from broker.attributes import render_value
-from broker.cli import render
+from broker.cli import fast, render
 from broker.cli.client import connect
 from broker.cli.options import (
     Output,
@@ -321,33 +321,9 @@ def list_connectors(
     output: OutputOpt = Output.table,
 ) -> None:
     """List connectors, filtered."""
-    with connect(socket) as stub:
-        connectors = all_connectors(
-            stub,
-            pb.ListConnectorsRequest(
-                name=name or "",
-                connector_type=connector_type or "",
-                auth_method=auth_method or "",
-                resource_type=resource_type or "",
-                resource_id=resource_id or "",
-                labels=parse_pairs(label, "label"),
-            ),
-        )
-    if output is Output.json:
-        render.print_json([render.connector_json(c) for c in connectors])
-    else:
-        render.print_connectors(connectors)
-
-
-def all_connectors(stub: Any, request: pb.ListConnectorsRequest) -> list[pb.Connector]:
-    """Every page of a ListConnectors answer (the daemon pages them, see broker.rpc.limits)."""
-    out: list[pb.Connector] = []
-    while True:
-        reply = stub.ListConnectors(request)
-        out.extend(reply.connectors)
-        if not reply.next_page_token:
-            return out
-        request.page_token = reply.next_page_token
+    fast.list_connectors(
+        name, connector_type, auth_method, resource_type, resource_id, label, socket, output
+    )
 
 
 @app.command()
@@ -364,9 +340,9 @@ def describe(
 ) -> None:
     """Describe a connector (secrets [HIDDEN] unless --show-secrets)."""
     if client:
-        from broker.cli.credentials import show
-
-        show(name, resource_type, resource_id, socket, output, hide_secrets=not show_secrets)
+        fast.show_credential(
+            name, resource_type, resource_id, socket, output, hide_secrets=not show_secrets
+        )
         return
     with connect(socket) as stub:
         c = stub.GetConnector(pb.GetConnectorRequest(name=name, show_secrets=show_secrets))
@@ -514,7 +490,7 @@ def list_resources(
     with connect(socket) as stub:
         expected = None
         if live:
-            listed = all_connectors(
+            listed = fast.all_connectors(
                 stub,
                 pb.ListConnectorsRequest(
                     name=name or "",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import typer
 
 from broker.api.v1 import broker_pb2 as pb
-from broker.cli import render
+from broker.cli import fast, render
 from broker.cli.client import connect
 from broker.cli.options import Output, OutputOpt, ResourceIdOpt, ResourceTypeOpt, SocketOpt
 
@@ -34,32 +33,7 @@ def get(
     output: OutputOpt = Output.table,
 ) -> None:
     """Print the client credential for one resource (secrets included: that is its job)."""
-    show(name, resource_type, resource_id, socket, output, hide_secrets=False)
-
-
-def show(
-    name: str,
-    resource_type: str | None,
-    resource_id: str | None,
-    socket: Path | None,
-    output: Output,
-    *,
-    hide_secrets: bool,
-) -> None:
-    """Fetch and print one client credential (also `connector describe --client`)."""
-    with connect(socket) as stub:
-        cred = stub.GetCredentials(
-            pb.GetCredentialsRequest(
-                connector=name,
-                resource_type=resource_type or "",
-                resource_id=resource_id or "",
-                hide_secrets=hide_secrets,
-            )
-        )
-    if output is Output.json:
-        render.print_json(render.credential_json(cred))
-    else:
-        render.print_credential(cred)
+    fast.show_credential(name, resource_type, resource_id, socket, output, hide_secrets=False)
 
 
 @app.command()

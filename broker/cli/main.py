@@ -12,9 +12,9 @@ import typer
 from broker import __version__
 from broker.cli import connector, credentials, env, login, policy, render
 from broker.cli import store as store_cli
-from broker.cli.client import connect, rpc_error
+from broker.cli.client import rpc_error
 from broker.cli.options import Output, OutputOpt, SocketOpt
-from broker.errors import BrokerError
+from broker.errors import BrokerError, NotFound
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -120,35 +120,16 @@ def _feed_behind(socket: Path | None, timeout: float) -> bool:
 
     try:
         return _health(socket, timeout, CHANGE_FEED_HEALTH) != "SERVING"
-    except grpc.RpcError:  # NOT_FOUND: a daemon on SQLite has no change feed
+    except NotFound:  # a daemon on SQLite has no change feed (connection() typed the error)
         return False
 
 
 @app.command()
 def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
     """The daemon's health, uptime, version, connectors, cache and subscribers."""
-    from broker.api.v1 import broker_pb2 as pb
+    from broker.cli import fast
 
-    with connect(socket) as stub:
-        st = stub.GetStatus(pb.GetStatusRequest())
-    data = {
-        "health": _health(socket, 5.0),
-        "version": st.version,
-        "uptime_seconds": round(st.uptime_seconds, 1),
-        "connectors": st.connectors,
-        "cached_credentials": st.cached_credentials,
-        "subscribers": st.subscribers,
-        "connector_types": list(st.connector_types),
-        "store": st.store,
-        "degraded": list(st.degraded),
-    }
-    if data["health"] == "SERVING" and st.degraded:
-        data["health"] = "DEGRADED"
-    if output is Output.json:
-        render.print_json(data)
-    else:
-        rows = [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in data.items()]
-        render.print_table("Daemon", ["PROPERTY", "VALUE"], rows)
+    fast.status(socket, output)
 
 
 @config_app.command("show")
@@ -207,5 +188,7 @@ def _first_broker_error(group: BaseExceptionGroup[BaseException]) -> BrokerError
     return None
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # as the `broker` script runs: the fast path first
+    from broker.cli import fast
+
+    fast.main(full=main)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from broker.cli.shapes import MAX_FILE_BYTES as MAX_FILE_BYTES
+from broker.cli.shapes import Output as Output
+from broker.cli.shapes import parse_pairs as parse_pairs
 from broker.errors import InvalidArgument
-
-
-class Output(enum.StrEnum):
-    table = "table"
-    json = "json"
-
 
 SocketOpt = Annotated[
     Path | None,
@@ -31,38 +27,6 @@ SocketOpt = Annotated[
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
 ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
-
-#: Values read with KEY=@path are bounded like any attribute.
-MAX_FILE_BYTES = 256 * 1024
-
-
-def parse_pairs(items: list[str] | None, what: str, *, files: bool = False) -> dict[str, str]:
-    """``KEY=VALUE`` arguments into a dict; ``KEY=@path`` reads the value from a file."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise InvalidArgument(f"{what} '{key or item}' must be written KEY=VALUE", field=what)
-        if files and value.startswith("@"):
-            path = Path(value[1:]).expanduser()
-            try:
-                if path.stat().st_size > MAX_FILE_BYTES:
-                    raise InvalidArgument(
-                        f"file {path} for attribute '{key}' is larger than {MAX_FILE_BYTES} bytes",
-                        field=key,
-                    )
-                value = path.read_text()
-            except OSError as exc:
-                raise InvalidArgument(
-                    f"cannot read file {path} for attribute '{key}': {exc.strerror}", field=key
-                ) from None
-            except UnicodeDecodeError:
-                raise InvalidArgument(
-                    f"file {path} for attribute '{key}' is not text", field=key
-                ) from None
-        out[key] = value
-    return out
 
 
 def parse_time(value: str | None, field: str) -> datetime | None:

@@ -1,0 +1,179 @@
+"""What the CLI prints and parses without typer or rich: the output choice, KEY=VALUE
+arguments and the stable JSON shapes of API messages.
+
+Kept apart from :mod:`broker.cli.render` (rich tables) and :mod:`broker.cli.options`
+(typer declarations) so the fast path (:mod:`broker.cli.fast`) can print JSON without
+importing either; both re-export what is defined here.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from broker.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from broker.api.v1 import broker_pb2 as pb
+
+
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+#: Values read with KEY=@path are bounded like any attribute.
+MAX_FILE_BYTES = 256 * 1024
+
+
+def parse_pairs(items: list[str] | None, what: str, *, files: bool = False) -> dict[str, str]:
+    """``KEY=VALUE`` arguments into a dict; ``KEY=@path`` reads the value from a file."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidArgument(f"{what} '{key or item}' must be written KEY=VALUE", field=what)
+        if files and value.startswith("@"):
+            from pathlib import Path
+
+            path = Path(value[1:]).expanduser()
+            try:
+                if path.stat().st_size > MAX_FILE_BYTES:
+                    raise InvalidArgument(
+                        f"file {path} for attribute '{key}' is larger than {MAX_FILE_BYTES} bytes",
+                        field=key,
+                    )
+                value = path.read_text()
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"cannot read file {path} for attribute '{key}': {exc.strerror}", field=key
+                ) from None
+            except UnicodeDecodeError:
+                raise InvalidArgument(
+                    f"file {path} for attribute '{key}' is not text", field=key
+                ) from None
+        out[key] = value
+    return out
+
+
+def rfc3339(message: Any, name: str) -> str | None:
+    if not message.HasField(name):
+        return None
+    stamp: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def remaining(message: Any, name: str) -> int | None:
+    if not message.HasField(name):
+        return None
+    stamp: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    return int((stamp - datetime.now(UTC)).total_seconds())
+
+
+def human_remaining(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "EXPIRED"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f"{hours // 24}d{hours % 24}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def connector_json(c: pb.Connector) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "id": c.id,
+        "connector_type": c.connector_type,
+        "auth_method": c.auth_method,
+        "resource_types": list(c.resource_types),
+        "resource_id": c.resource_id if c.HasField("resource_id") else None,
+        "scope": c.scope,
+        "expiration_seconds": c.expiration_seconds if c.HasField("expiration_seconds") else None,
+        "expires_at": rfc3339(c, "expires_at"),
+        "expires_in_seconds": remaining(c, "expires_at"),
+        "labels": dict(sorted(c.labels.items())),
+        "config": dict(sorted(c.config.items())),
+        "description": c.description,
+        "revision": c.revision,
+        "created_at": rfc3339(c, "created_at"),
+        "updated_at": rfc3339(c, "updated_at"),
+    }
+
+
+def credential_json(c: pb.Credential) -> dict[str, Any]:
+    return {
+        "connector": c.connector,
+        "connector_type": c.connector_type,
+        "auth_method": c.auth_method,
+        "resource_type": c.resource_type,
+        "resource_id": c.resource_id,
+        "expires_at": rfc3339(c, "expires_at"),
+        "config": dict(sorted(c.config.items())),
+        "session_policy": json.loads(c.session_policy) if c.HasField("session_policy") else None,
+    }
+
+
+def resource_json(r: pb.ResourceResult) -> dict[str, Any]:
+    return {
+        "connector": r.connector,
+        "connector_type": r.connector_type,
+        "resource_type": r.resource_type,
+        "resource_ids": list(r.resource_ids),
+        "error": r.error if r.HasField("error") else None,
+    }
+
+
+#: A table as print_table takes it: title, column headings, rows.
+Table = tuple[str | None, list[str], list[tuple[Any, ...]]]
+
+
+def connectors_table(connectors: Sequence[pb.Connector]) -> Table:
+    return (
+        None,
+        ["NAME", "TYPE", "AUTH METHOD", "RESOURCE TYPES", "RESOURCE ID", "EXPIRES IN", "LABELS"],
+        [
+            (
+                c.name,
+                c.connector_type,
+                c.auth_method,
+                ", ".join(c.resource_types),
+                c.resource_id if c.HasField("resource_id") else "<multiple>",
+                human_remaining(remaining(c, "expires_at")),
+                ", ".join(f"{k}={v}" for k, v in sorted(c.labels.items())),
+            )
+            for c in connectors
+        ],
+    )
+
+
+def credential_tables(c: pb.Credential) -> list[Table]:
+    """Its properties and its configuration (the session policy is printed after them)."""
+    data = credential_json(c)
+    rows = [(k, v) for k, v in data.items() if k not in ("config", "session_policy")]
+    return [
+        (f"Credential for {c.resource_type} '{c.resource_id}'", ["PROPERTY", "VALUE"], rows),
+        ("Configuration", ["ATTRIBUTE", "VALUE"], list(data["config"].items())),
+    ]
+
+
+def properties_table(title: str, data: dict[str, Any]) -> Table:
+    """One PROPERTY / VALUE row per key; lists comma-separated."""
+    return (
+        title,
+        ["PROPERTY", "VALUE"],
+        [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in data.items()],
+    )
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
