@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from broker import errors
 from broker.api.v1 import broker_pb2 as pb
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
-from broker.cli import fast, locate, wire
+from broker.cli import fast, hpack, locate, wire
 from broker.cli import main as cli_main
 from broker.cli.client import connection as grpc_connection
 from broker.rpc.status import error_for
@@ -138,11 +138,11 @@ def test_error_mapping_is_the_daemons() -> None:
 
 def test_hpack_integers_and_literals_round_trip() -> None:
     fields = [("a" * 300, "v" * 70000), (":path", "/broker.v1.BrokerService/GetStatus")]
-    assert wire.HeaderDecoder().decode(wire.encode_headers(fields)) == fields
+    assert hpack.HeaderDecoder().decode(hpack.encode_headers(fields)) == fields
 
 
 def test_hpack_dynamic_table_indexing_and_eviction() -> None:
-    decoder = wire.HeaderDecoder()
+    decoder = hpack.HeaderDecoder()
     # literal with incremental indexing, new name; then the same field by index 62
     block = b"\x40\x0ccontent-type\x10application/grpc"
     assert decoder.decode(block + b"\xbe") == [("content-type", "application/grpc")] * 2
@@ -150,7 +150,7 @@ def test_hpack_dynamic_table_indexing_and_eviction() -> None:
     assert decoder.decode(b"\x5f\x03x/y\xbe") == [("content-type", "x/y")] * 2
     assert decoder.table[1] == ("content-type", "application/grpc")
     # a size update to 0 empties the table; index 62 is then out of range
-    with pytest.raises(wire.ProtocolError):
+    with pytest.raises(hpack.ProtocolError):
         decoder.decode(b"\x20\xbe")
     assert decoder.table == []
     # entries beyond the table's size evict the oldest
@@ -165,7 +165,7 @@ def test_hpack_dynamic_table_indexing_and_eviction() -> None:
 
 def test_hpack_huffman_is_left_to_grpcio() -> None:
     with pytest.raises(wire.Unsupported):
-        wire.HeaderDecoder().decode(b"\x40\x82\xab\xcd\x01v")
+        hpack.HeaderDecoder().decode(b"\x40\x82\xab\xcd\x01v")
 
 
 def test_grpc_message_is_percent_decoded() -> None:
