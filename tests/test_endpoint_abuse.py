@@ -418,8 +418,15 @@ def test_descriptor_exhaustion_keeps_grpc_serving(tmp_path: Path) -> None:
                 refused += 1  # closed straight away (beyond the refusal slots)
         assert refused >= len(idle) - cap - 5
         status_within(daemon)
-        good = exchange(unix(_helper(daemon)), b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert good.startswith(b"HTTP/1.1 503 ")  # still full: refused at once, with a reason
+        # Still full: refused at once, with a 503 and a reason, or (when every refusal
+        # slot is busy answering others) closed at once; never served, never left hanging.
+        try:
+            good = exchange(
+                unix(_helper(daemon)), b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", wait=5
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            good = b""
+        assert good == b"" or good.startswith(b"HTTP/1.1 503 "), good[:200]
         for sock in idle:
             sock.close()
         time.sleep(0.3)
