@@ -9,9 +9,11 @@
 ``python grpcload.py client`` (a JSON plan on stdin, JSON results on stdout)
     Phases run one after another on one grpc.aio channel per target:
     ``closed`` (``concurrency`` workers calling back to back for ``seconds``
-    after ``warmup``), ``burst`` (``n`` calls started at once) or ``soak``
+    after ``warmup``), ``burst`` (``n`` calls started at once), ``soak``
     (getters at a fixed rate plus watch streams, every credential received
-    checked against its expiry and safety margin at the moment it arrived).
+    checked against its expiry and safety margin at the moment it arrived),
+    ``many`` (a list of requests, each once) or ``watchers`` (a watch per
+    request held open, the server's RSS read before and after).
 
 The benchmarks drive both through :class:`EchoServer` and :func:`run_client`.
 """
@@ -45,8 +47,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def EchoServer(socket: Path, response: bytes, delay: float = 0.0) -> Iterator[tuple[str, int]]:
-    """Start the echo server process; yields its target (``unix://...``) and PID."""
+def EchoServer(
+    socket: Path, response: bytes, delay: float = 0.0, relay: str = "none"
+) -> Iterator[tuple[str, int]]:
+    """Start the echo server process; yields its target (``unix://...``) and PID.
+
+    ``relay``: behind the daemon's peer-credential acceptor, copying with that design
+    (``asyncio``, ``thread``, ``splice``: see ``fakeprovider/relays.py``); ``none``: gRPC
+    listens on the socket itself."""
     response_file = socket.with_suffix(".response")
     response_file.write_bytes(response)
     proc = subprocess.Popen(
@@ -60,6 +68,8 @@ def EchoServer(socket: Path, response: bytes, delay: float = 0.0) -> Iterator[tu
             str(response_file),
             "--delay",
             str(delay),
+            "--relay",
+            relay,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -97,7 +107,7 @@ def run_client(plan: dict[str, Any], timeout: float = 600) -> list[dict[str, Any
 # -- the echo server -----------------------------------------------------------------
 
 
-async def _echo(socket: str, response_file: str, delay: float) -> None:
+async def _echo(socket: str, response_file: str, delay: float, relay: str = "none") -> None:
     import grpc
 
     from broker.api.v1 import broker_pb2 as pb
@@ -122,10 +132,26 @@ async def _echo(socket: str, response_file: str, delay: float) -> None:
     pb_grpc.add_BrokerServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
     if os.path.exists(socket):
         os.unlink(socket)
-    server.add_insecure_port(f"unix://{socket}")
+    acceptor = None
+    if relay == "none":
+        server.add_insecure_port(f"unix://{socket}")
+    else:  # the daemon's peer-credential acceptor in front, with one relay design or another
+        sys.path.insert(0, str(HERE.parent.parent))  # run as a script: bench/ for fakeprovider
+        from broker.rpc.acceptor import PeerAcceptor
+        from broker.sockets import listen_unix
+        from fakeprovider.relays import DESIGNS
+
+        acceptor = PeerAcceptor(relay=DESIGNS[relay])
+        server.add_insecure_port(acceptor.grpc_target)
     await server.start()
+    if acceptor is not None:
+        await acceptor.start(listen_unix(Path(socket), None))
     print("ready", flush=True)
-    await server.wait_for_termination()
+    try:
+        await server.wait_for_termination()
+    finally:
+        if acceptor is not None:
+            await acceptor.close()
 
 
 # -- the client ----------------------------------------------------------------------
@@ -357,6 +383,93 @@ async def _soak(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, KiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def _many(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
+    """Every request of ``requests`` ([connector, resource_type, resource_id]) once,
+    ``concurrency`` at a time (e.g. to fill the cache)."""
+    import grpc
+
+    from broker.api.v1 import broker_pb2 as pb
+
+    pending = iter(phase["requests"])
+    errors: dict[str, int] = {}
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for connector, resource_type, resource_id in pending:
+            request = pb.GetCredentialsRequest(
+                connector=connector, resource_type=resource_type, resource_id=resource_id
+            )
+            try:
+                await stub.GetCredentials(request)
+                done += 1
+            except grpc.aio.AioRpcError as exc:
+                name = exc.code().name
+                errors[name] = errors.get(name, 0) + 1
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(phase["concurrency"])))
+    return {"calls": done, "errors": errors, "elapsed": time.perf_counter() - begin}
+
+
+async def _watchers(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
+    """One watch per request of ``requests``; once every watch holds its first credential
+    (and ``settle`` seconds more), the server's RSS (``server_pid``) next to the one before."""
+    import grpc
+
+    from broker.api.v1 import broker_pb2 as pb
+
+    pid = phase["server_pid"]
+    rss_before = rss_kib(pid)
+    first = 0
+    errors: dict[str, int] = {}
+    everyone = asyncio.Event()
+    n = len(phase["requests"])
+
+    async def watcher(connector: str, resource_type: str, resource_id: str) -> None:
+        nonlocal first
+        request = pb.WatchCredentialsRequest(
+            connector=connector, resource_type=resource_type, resource_id=resource_id
+        )
+        try:
+            async for event in stub.WatchCredentials(request):
+                if event.HasField("credential"):
+                    first += 1
+                    if first + sum(errors.values()) == n:
+                        everyone.set()
+                    await asyncio.Event().wait()  # hold the stream open
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                if first + sum(errors.values()) == n:
+                    everyone.set()
+
+    begin = time.perf_counter()
+    tasks = [asyncio.create_task(watcher(*spec)) for spec in phase["requests"]]
+    await asyncio.wait_for(everyone.wait(), phase.get("timeout", 300))
+    opened = time.perf_counter() - begin
+    await asyncio.sleep(phase.get("settle", 1.0))
+    rss_after = rss_kib(pid)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "watchers": first,
+        "errors": errors,
+        "open_seconds": opened,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+    }
+
+
 async def _client(plan: dict[str, Any]) -> list[dict[str, Any]]:
     import grpc
 
@@ -369,7 +482,13 @@ async def _client(plan: dict[str, Any]) -> list[dict[str, Any]]:
         results = []
         for phase in plan["phases"]:
             stub = pb_grpc.BrokerServiceStub(channels[phase["target"]])
-            runner = {"closed": _closed, "burst": _burst, "soak": _soak}[phase["mode"]]
+            runner = {
+                "closed": _closed,
+                "burst": _burst,
+                "soak": _soak,
+                "many": _many,
+                "watchers": _watchers,
+            }[phase["mode"]]
             results.append(await runner(stub, phase))
         return results
     finally:
@@ -384,11 +503,16 @@ def main() -> None:
     echo.add_argument("--socket", required=True)
     echo.add_argument("--response", required=True)
     echo.add_argument("--delay", type=float, default=0.0)
+    echo.add_argument(
+        "--relay",
+        choices=("none", "asyncio", "thread", "splice", "heldgil", "blocking"),
+        default="none",
+    )
     sub.add_parser("client")
     args = parser.parse_args()
     if args.command == "echo":
         with suppress(KeyboardInterrupt):
-            asyncio.run(_echo(args.socket, args.response, args.delay))
+            asyncio.run(_echo(args.socket, args.response, args.delay, args.relay))
     else:
         results = asyncio.run(_client(json.load(sys.stdin)))
         json.dump(results, sys.stdout)

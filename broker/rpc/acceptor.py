@@ -6,8 +6,9 @@ daemon accepts the public socket itself: for each connection it reads
 private socket (in a 0700 directory only the daemon's user can enter) from a
 socket bound to a unique abstract name, and relays bytes both ways. gRPC
 then reports that name as the peer (``unix-abstract:NAME``), which maps back
-to the principal. A relay is two asyncio protocols writing into each other's
-transport, with flow control passed across, so it adds no task per message.
+to the principal. The bytes are copied by reader callbacks on the event loop
+itself (:mod:`broker.rpc.relay`: no transports, no thread; the designs are
+compared in ``bench/bench_relay.py``).
 
 With workload attestation on (``[attestors]``), the relay attests the caller
 before connecting upstream, once per connection; a caller that cannot be
@@ -28,17 +29,19 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
-from broker.descriptors import AcceptLoop, Connections, is_resource_error
+from broker.descriptors import AcceptLoop, is_resource_error
 from broker.errors import Unauthenticated
 from broker.identity.cgroups import boot_ticks
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
 from broker.logs import RateLimitedLog
+from broker.rpc.relay import LoopRelay, Relay
 
 if TYPE_CHECKING:
     from broker.identity.attestors.attestation import Attestation
@@ -50,72 +53,19 @@ _failures = RateLimitedLog(log, burst=5, window=10.0)
 ABSTRACT_PEER_PREFIX = "unix-abstract:"
 
 
-class _Half(asyncio.Protocol):
-    """One side of a relay: what it reads goes to ``other``'s transport."""
+class _Setup:
+    """One accepted connection until it is relayed: identify the caller, connect upstream."""
 
-    def __init__(self, relay: _Relay) -> None:
-        self.relay = relay
-        self.transport: asyncio.Transport | None = None
-        self.other: _Half | None = None
-        self.pending: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        other = self.other
-        if other is not None and other.transport is not None:
-            other.transport.write(data)
-        else:
-            self.pending.append(data)
-
-    def eof_received(self) -> bool:
-        other = self.other
-        if other is not None and other.transport is not None and other.transport.can_write_eof():
-            other.transport.write_eof()
-        return True  # keep our write side open until the other half closes it
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.relay.close()
-
-    def pause_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.resume_reading()
-
-
-class _Relay:
-    def __init__(self, acceptor: PeerAcceptor) -> None:
+    def __init__(self, acceptor: PeerAcceptor, conn: socket.socket) -> None:
         self.acceptor = acceptor
-        self.client = _Half(self)
-        self.upstream = _Half(self)
-        self.name: str | None = None
-        self.closed = False
+        self.conn = conn
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for half in (self.client, self.upstream):
-            if half.transport is not None:
-                half.transport.close()
-        if self.name is not None:
-            self.acceptor.peers.pop(self.name, None)
-            self.acceptor.refused.pop(self.name, None)
-        self.acceptor.relays.discard(self)
-
-    async def start(self) -> None:
-        """Runs once the client connected: identify it, then connect upstream."""
-        client = self.client.transport
-        assert client is not None
-        client.pause_reading()
+    async def run(self) -> None:
+        conn = self.conn
+        up = None
+        name = None
         try:
-            sock = client.get_extra_info("socket")
-            principal = peer_principal(sock, via="grpc unix socket")
+            principal = peer_principal(conn, via="grpc unix socket")
             refusal = None
             if self.acceptor.attestation is not None:  # workload attestation: once per connection
                 try:
@@ -124,51 +74,42 @@ class _Relay:
                     )
                 except Unauthenticated as exc:  # said to each call, not a dropped connection
                     refusal = exc.message
-                if self.closed:  # the client hung up meanwhile
-                    return
             name = self.acceptor.next_name()
             up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            up.bind("\0" + name)
+            up.setblocking(False)
             try:
-                up.bind("\0" + name)
-                up.setblocking(False)
-                loop = asyncio.get_running_loop()
-                await loop.sock_connect(up, str(self.acceptor.private_path))
-            except BaseException:
-                up.close()
-                raise
-            self.name = name
+                up.connect(str(self.acceptor.private_path))
+            except BlockingIOError:  # gRPC's backlog is full: wait for it
+                await asyncio.get_running_loop().sock_connect(up, str(self.acceptor.private_path))
             if refusal is None:
                 self.acceptor.peers[name] = principal
             else:
                 self.acceptor.refused[name] = refusal
-            await loop.create_unix_connection(lambda: self.upstream, sock=up)
-        except Exception as exc:  # one bad connection never hurts the daemon
+            relay = self.acceptor.relay
+            assert relay is not None
+            relay.add(conn, up, lambda: self.acceptor.forget(name))
+        except BaseException as exc:  # one bad connection never hurts the daemon
+            conn.close()
+            if up is not None:
+                up.close()
+            if name is not None:
+                self.acceptor.forget(name)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the acceptor is closing
             _failures.warning("grpc_accept_failed", error=str(exc))
             if is_resource_error(exc) and self.acceptor.listener is not None:
                 self.acceptor.listener.pause(exc)  # out of descriptors: let some close first
-            self.close()
-            return
-        if self.closed:
-            return
-        self.client.other, self.upstream.other = self.upstream, self.client
-        for data in self.client.pending:
-            self.upstream.transport.write(data)  # type: ignore[union-attr]
-        self.client.pending.clear()
-        client.resume_reading()
-
-
-class _ClientSide(_Half):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        task = asyncio.get_running_loop().create_task(self.relay.start())
-        self.relay.acceptor.tasks.add(task)
-        task.add_done_callback(self.relay.acceptor.tasks.discard)
 
 
 class PeerAcceptor:
     """Accepts the public gRPC Unix socket and relays to gRPC's private one."""
 
-    def __init__(self, attestation: Attestation | None = None) -> None:
+    def __init__(
+        self,
+        attestation: Attestation | None = None,
+        relay: Callable[[], Relay] = LoopRelay,
+    ) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="cb-"))  # 0700, short (socket paths ≤ 107)
         self.private_path = self._dir / "grpc.sock"
         self.attestation = attestation
@@ -177,8 +118,9 @@ class PeerAcceptor:
         self.refused: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.listener: AcceptLoop | None = None
-        self._connections = Connections()
-        self.relays: set[_Relay] = set()
+        #: Copies the bytes of every connection (made by start()).
+        self.relay: Relay | None = None
+        self._relay_factory = relay  # bench/bench_relay.py measures other designs through it
         self._counter = itertools.count()
         self._prefix = f"credential-broker-{os.getpid()}-{os.urandom(4).hex()}-"
 
@@ -188,6 +130,11 @@ class PeerAcceptor:
 
     def next_name(self) -> str:
         return f"{self._prefix}{next(self._counter)}"
+
+    def forget(self, name: str) -> None:
+        """A relayed connection closed: its name no longer maps to a caller."""
+        self.peers.pop(name, None)
+        self.refused.pop(name, None)
 
     def principal(self, peer: str) -> Principal | None:
         """The caller behind gRPC's ``context.peer()``, if it came through this acceptor."""
@@ -200,21 +147,14 @@ class PeerAcceptor:
         return None
 
     async def start(self, listener: socket.socket) -> None:
-        def factory() -> _Half:
-            relay = _Relay(self)
-            relay.client = _ClientSide(relay)
-            self.relays.add(relay)
-            return relay.client
-
-        def failed(exc: BaseException) -> None:
-            _failures.warning("grpc_accept_failed", error=str(exc))
-
-        self.listener = AcceptLoop(
-            listener,
-            lambda conn: self._connections.start(conn, factory, failed),
-            name="grpc",
-        )
+        self.relay = self._relay_factory()
+        self.listener = AcceptLoop(listener, self._accepted, name="grpc")
         await self.listener.start_serving()
+
+    def _accepted(self, conn: socket.socket) -> None:
+        task = asyncio.get_running_loop().create_task(_Setup(self, conn).run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def stop_accepting(self) -> None:
         if self.listener is not None:
@@ -222,11 +162,9 @@ class PeerAcceptor:
 
     async def close(self) -> None:
         await self.stop_accepting()
-        for relay in list(self.relays):
-            relay.close()
-        self.relays.clear()
         for task in list(self.tasks):
             task.cancel()
-        self._connections.cancel()
+        if self.relay is not None:
+            self.relay.close()  # closes every relayed connection
         with contextlib.suppress(OSError):
             shutil.rmtree(self._dir)
