@@ -36,6 +36,8 @@ DOCUMENTED_MARGINS: dict[str, timedelta] = {
 DOCUMENTED_OTHER_MARGIN = timedelta(seconds=60)
 #: A margin is never more than this share of a declared lifetime.
 DOCUMENTED_LIFETIME_CAP = 3 / 4
+#: Credentials whose margin start is remembered (cleared wholesale when full).
+MARGIN_MEMO_SIZE = 8192
 
 
 def documented_margin(credential: ClientCredential) -> timedelta:
@@ -61,12 +63,26 @@ class ServedMargins:
         self._clock = clock
         self.served = 0
         self.inside_margin = 0
+        #: id(credential) -> (credential, where its documented margin starts): a cache hit
+        #: hands out the same credential object again, so its margin is worked out once.
+        self._starts: dict[int, tuple[ClientCredential, datetime]] = {}
 
     def observe(self, credential: ClientCredential) -> None:
         """Check one credential as it is returned; log and count it if inside its margin."""
         self.served += 1
+        expires = credential.expires_at
+        if expires is None:
+            return
+        known = self._starts.get(id(credential))
+        if known is None or known[0] is not credential:
+            if len(self._starts) >= MARGIN_MEMO_SIZE:
+                self._starts.clear()
+            known = self._starts[id(credential)] = (
+                credential,
+                expires - documented_margin(credential),
+            )
         now = self._clock.now()
-        if outside_margin(credential, now):
+        if now < known[1]:  # outside_margin(credential, now), worked out ahead
             return
         self.inside_margin += 1
         assert credential.expires_at is not None

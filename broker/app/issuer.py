@@ -8,14 +8,14 @@ from typing import Literal
 
 from broker.access import Gatekeeper
 from broker.app.values import CredentialCache, Issued, IssuedEvent, Mint
-from broker.audit import AuditLog
+from broker.audit import AuditLog, Line
 from broker.cache.cache import CacheKey
 from broker.clock import Clock
 from broker.connectors import as_declared, check_not_expired, check_not_tampered, resolve_resource
 from broker.errors import BrokerError, NotFound
 from broker.identity.principal import Principal
 from broker.model import HIDDEN, ClientCredential, Connector
-from broker.policy import Action
+from broker.policy import AccessPolicy, Action
 from broker.providers.base import Provider
 from broker.served import ServedMargins
 from broker.upstream_stats import UpstreamStats
@@ -25,6 +25,34 @@ RESOLVED_MEMO_SIZE = 8192
 
 #: The connector named, if the caller may do the action to it (PermissionDenied / NotFound).
 Lookup = Callable[[str, Principal, Action], Awaitable[Connector]]
+
+
+class _Grant:
+    """One caller's request as resolved and allowed for one connector object and policy.
+
+    Valid while all three are the very objects it holds (a connector update, a
+    policy reload or another connection makes new ones); holding them keeps
+    their ids from being reused meanwhile.
+    """
+
+    __slots__ = ("connector", "credential", "key", "line", "mint", "policy", "principal")
+
+    def __init__(
+        self,
+        principal: Principal,
+        connector: Connector,
+        policy: AccessPolicy,
+        key: CacheKey,
+        mint: Mint,
+    ) -> None:
+        self.principal = principal
+        self.connector = connector
+        self.policy = policy
+        self.key = key
+        self.mint = mint
+        #: The credential last handed out under this grant, and its audit line.
+        self.credential: ClientCredential | None = None
+        self.line: Line | None = None
 
 
 class CredentialIssuer:
@@ -58,6 +86,9 @@ class CredentialIssuer:
         self._resolved: dict[
             tuple[str, int, str | None, str | None, str], tuple[CacheKey, Mint]
         ] = {}
+        #: (id(caller), connector id, requested type, requested ID, variant, via) -> what a
+        #: get worked out for that caller, connector object and policy (see get_credentials).
+        self._grants: dict[tuple[int, str, str | None, str | None, str, str], _Grant] = {}
 
     async def _key_and_mint(
         self,
@@ -141,15 +172,54 @@ class CredentialIssuer:
         variant: str = "",
     ) -> Issued:
         """``variant``: a front end's own form of the credential (see
-        :meth:`broker.providers.base.Provider.variant_for`), cached and renewed apart."""
-        connector, key, mint = await self._key_and_mint(
-            name, resource_type, resource_id, principal, Action.GET, variant
-        )
-        credential = await self._cache.get(key, mint)
+        :meth:`broker.providers.base.Provider.variant_for`), cached and renewed apart.
+
+        Every call checks the caller's permission on the connector as it is now, the
+        connector's own expiry, the credential's freshness (the cache) and its margin,
+        and writes its audit line. What depends only on the caller, the connector
+        object, the policy and the credential object (resolution, the scoped
+        permission, the long-lived check, the audit line's text) is worked out once
+        for them and reused (:class:`_Grant`)."""
+        connector = await self.authorized(name, principal, Action.GET)
+        check_not_tampered(connector)
+        if connector.expires_at is not None:
+            check_not_expired(connector, self._clock.now())
+        memo = (id(principal), connector.id, resource_type, resource_id, variant, via)
+        grant = self._grants.get(memo)
+        if (
+            grant is None
+            or grant.connector is not connector
+            or grant.principal is not principal
+            or grant.policy is not self.gate.policy
+        ):
+            grant = await self._grant(connector, resource_type, resource_id, principal, variant)
+            if len(self._grants) >= RESOLVED_MEMO_SIZE:
+                self._grants.clear()
+            self._grants[memo] = grant
+        credential = await self._cache.get(grant.key, grant.mint)
         self.margins.observe(credential)
-        self._check_long_lived(principal, connector, key, credential)
-        self._audit(connector, credential, principal, via)
+        if credential is not grant.credential:
+            self._check_long_lived(principal, connector, grant.key, credential)
+            # Kept only once allowed: a refused credential is checked (and audited) each call.
+            grant.credential = credential
+            grant.line = self._line(connector, credential, principal, via)
+        assert grant.line is not None
+        self.audit.write(grant.line)
         return Issued(connector, credential)
+
+    async def _grant(
+        self,
+        connector: Connector,
+        resource_type: str | None,
+        resource_id: str | None,
+        principal: Principal,
+        variant: str,
+    ) -> _Grant:
+        key, mint = await self._resolve(connector, resource_type, resource_id, variant)
+        self.gate.require_connector(
+            principal, Action.GET, connector, key.resource_type, key.resource_id
+        )
+        return _Grant(principal, connector, self.gate.policy, key, mint)
 
     def _check_long_lived(
         self,
@@ -174,10 +244,10 @@ class CredentialIssuer:
                 principal, Action.GET_LONG_LIVED, connector, key.resource_type, key.resource_id
             )
 
-    def _audit(
+    def _line(
         self, connector: Connector, credential: ClientCredential, principal: Principal, via: str
-    ) -> None:
-        self.audit.record(
+    ) -> Line:
+        return self.audit.encode(
             "credential_issued",
             connector=connector.name,
             connector_type=connector.connector_type,
@@ -187,6 +257,11 @@ class CredentialIssuer:
             via=via,
             **principal.audit_fields(),
         )
+
+    def _audit(
+        self, connector: Connector, credential: ClientCredential, principal: Principal, via: str
+    ) -> None:
+        self.audit.write(self._line(connector, credential, principal, via))
 
     async def watch_credentials(
         self,

@@ -149,6 +149,24 @@ _PLANS: dict[type[Message], tuple[tuple[str, str, Limit], ...]] = {
 }
 
 
+def _floor(plan: tuple[tuple[str, str, Limit], ...]) -> int:
+    """Requests of at most this many bytes cannot break any limit of ``plan``: no string in
+    them is longer than the whole encoding, and each map or list entry takes 2 bytes or more."""
+    floor = MAX_REQUEST_BYTES
+    for _, shape, limit in plan:
+        floor = min(floor, limit.value_bytes)
+        if shape != "str":
+            floor = min(floor, 2 * limit.items)
+        if shape == "map":
+            floor = min(floor, limit.key_bytes)
+    return floor
+
+
+#: Per request type: below this size, :func:`check` has nothing to find (the hot path's
+#: requests, a name and a resource, are far below it).
+_FLOORS: dict[type[Message], int] = {cls: _floor(plan) for cls, plan in _PLANS.items()}
+
+
 def _size(text: str, limit: int) -> int | None:
     """``text``'s UTF-8 size if it is over ``limit``, else None (cheap for short text)."""
     if len(text) * 4 <= limit:
@@ -281,10 +299,13 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 def _checked(
     impl: Callable[[Any, Ctx], Awaitable[Any]], cls: type[Message]
 ) -> Callable[[bytes, Ctx], Awaitable[Any]]:
+    floor = _FLOORS[cls]
+
     async def handle(raw: bytes, context: Ctx) -> Any:
         try:
             request = decode(cls, raw)
-            check(request)
+            if len(raw) > floor:
+                check(request)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message, DAEMON_ERROR)
         return await impl(request, context)
