@@ -112,7 +112,7 @@ async def _echo(socket: str, response_file: str, delay: float, relay: str = "non
 
     from broker.api.v1 import broker_pb2 as pb
     from broker.api.v1 import broker_pb2_grpc as pb_grpc
-    from broker.rpc.server import MAX_MESSAGE_BYTES
+    from broker.rpc.server import MAX_MESSAGE_BYTES, MAX_PENDING_CALLS
 
     answer = pb.Credential.FromString(Path(response_file).read_bytes())
 
@@ -127,6 +127,8 @@ async def _echo(socket: str, response_file: str, delay: float, relay: str = "non
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
     )
     pb_grpc.add_BrokerServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
@@ -421,11 +423,21 @@ async def _many(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _watchers(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
-    """One watch per request of ``requests``; once every watch holds its first credential
-    (and ``settle`` seconds more), the server's RSS (``server_pid``) next to the one before."""
+    """One watch per request of ``requests``, ``per_channel`` on each channel (a connection
+    of its own, as separate watching processes would have); once every watch holds its
+    first credential (and ``settle`` seconds more), the server's RSS (``server_pid``) next
+    to the one before."""
     import grpc
 
     from broker.api.v1 import broker_pb2 as pb
+    from broker.api.v1 import broker_pb2_grpc as pb_grpc
+
+    per_channel = phase.get("per_channel", 100)
+    channels = [  # a local subchannel pool each: else all share one connection
+        grpc.aio.insecure_channel(phase["target"], options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(0, len(phase["requests"]), per_channel)
+    ]
+    stubs = [pb_grpc.BrokerServiceStub(channel) for channel in channels]
 
     pid = phase["server_pid"]
     rss_before = rss_kib(pid)
@@ -434,7 +446,7 @@ async def _watchers(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
     everyone = asyncio.Event()
     n = len(phase["requests"])
 
-    async def watcher(connector: str, resource_type: str, resource_id: str) -> None:
+    async def watcher(stub: Any, connector: str, resource_type: str, resource_id: str) -> None:
         nonlocal first
         request = pb.WatchCredentialsRequest(
             connector=connector, resource_type=resource_type, resource_id=resource_id
@@ -453,15 +465,23 @@ async def _watchers(stub: Any, phase: dict[str, Any]) -> dict[str, Any]:
                     everyone.set()
 
     begin = time.perf_counter()
-    tasks = [asyncio.create_task(watcher(*spec)) for spec in phase["requests"]]
-    await asyncio.wait_for(everyone.wait(), phase.get("timeout", 300))
-    opened = time.perf_counter() - begin
-    await asyncio.sleep(phase.get("settle", 1.0))
-    rss_after = rss_kib(pid)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = [
+        asyncio.create_task(watcher(stubs[i // per_channel], *spec))
+        for i, spec in enumerate(phase["requests"])
+    ]
+    try:
+        await asyncio.wait_for(everyone.wait(), phase.get("timeout", 300))
+        opened = time.perf_counter() - begin
+        await asyncio.sleep(phase.get("settle", 1.0))
+        rss_after = rss_kib(pid)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
     return {
+        "connections": len(channels),
         "watchers": first,
         "errors": errors,
         "open_seconds": opened,

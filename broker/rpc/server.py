@@ -36,6 +36,8 @@ SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
 MAX_REQUEST_BYTES = limits.MAX_REQUEST_BYTES
 #: Answers: a ListConnectors page stays under limits.PAGE_BYTES, far below this.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: New calls gRPC core may hold until the server's handler loop takes them.
+MAX_PENDING_CALLS = 100_000
 
 
 class GrpcServer:
@@ -54,6 +56,11 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                # Calls gRPC core holds before the handler loop takes them: its defaults
+                # (1,000, at most 3,000) left every watch stream past ~2,800 waiting forever
+                # when thousands of watchers connect at once (bench/bench_scale.py).
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ]
         )
         self.acceptor = PeerAcceptor(attestation)
