@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,18 @@ def test_audit_events_parses_only_audit_lines(tmp_path: Path) -> None:
     assert audit_events(tmp_path / "missing.log") == []
 
 
+def _wait_for_uid(pid: int, uid: int, timeout: float = 10.0) -> None:
+    """Block until process PID runs with real uid UID (after its setpriv switched)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        line = next(row for row in status.splitlines() if row.startswith("Uid:"))
+        if int(line.split()[1]) == uid:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never switched to uid {uid}")
+
+
 def test_a_second_session_is_separate_and_leaves_nothing_behind(users: Users) -> None:
     with user_session() as extra:
         names = [u.name for u in extra.all()] + [extra.brokerclients.name]
@@ -135,6 +148,9 @@ def test_a_second_session_is_separate_and_leaves_nothing_behind(users: Users) ->
         root = extra.shared_root
         sleeper = subprocess.Popen(extra.eve.argv(["sleep", "60"]), env=extra.eve.env())
         assert pwd.getpwnam(extra.eve.name).pw_uid == extra.eve.uid
+        # setpriv runs as root until it switches to eve; teardown kills eve's processes,
+        # so leave only once the sleeper is hers (on a loaded machine that takes a while).
+        _wait_for_uid(sleeper.pid, extra.eve.uid)
     assert sleeper.wait(timeout=5) != 0  # killed at teardown, so userdel could run
     for name in names:
         with pytest.raises(KeyError):
