@@ -12,7 +12,8 @@ A third server is the same daemon with caller identity (the peer-credential
 relay) and the access policy taken out (``fakeprovider/identity_off.py``), so
 their cost is measured in the same run: the goal is ≥ 0.90 × that daemon.
 
-Goals: throughput ≥ 0.85 × echo; p99 ≤ 5 ms at concurrency 1 and 32.
+Goals (issue 14): throughput ≥ 0.90 × echo at concurrency 1 and 32; p99 ≤ 5 ms at
+concurrency 1 (at 32 even the echo server queues, see the note printed at the end).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONCURRENCY = (1, 32)
 P99_GOAL_MS = 5.0
-RATIO_GOAL = 0.85
+RATIO_GOAL = 0.90
 IDENTITY_GOAL = 0.90
 IDENTITY_OFF = [
     sys.executable,
@@ -153,9 +154,9 @@ def main() -> None:
                 ok_p99 = p99 <= P99_GOAL_MS
                 ok_identity = rate / noid_rate >= IDENTITY_GOAL
                 goal = (
-                    f"ratio ≥ {RATIO_GOAL} {'✓' if ok_ratio else '✗'}; "
-                    f"p99 ≤ {P99_GOAL_MS:g} ms {'✓' if ok_p99 else '✗'}; "
-                    f"vs identity off {rate / noid_rate:.2f} ≥ {IDENTITY_GOAL} "
+                    f"ratio ≥ {RATIO_GOAL:.2f} {'✓' if ok_ratio else '✗'}; "
+                    + (f"p99 ≤ {P99_GOAL_MS:g} ms {'✓' if ok_p99 else '✗'}; " if c == 1 else "")
+                    + f"vs identity off {rate / noid_rate:.2f} ≥ {IDENTITY_GOAL:.2f} "
                     f"{'✓' if ok_identity else '✗'}"
                 )
             label = LABELS[name]
