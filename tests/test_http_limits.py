@@ -22,8 +22,9 @@ import pytest
 from broker import descriptors
 from broker.descriptors import AcceptLoop, plan_caps
 from broker.errors import InvalidArgument
+from broker.local.answers import HttpRefusal, canned_response, header_safe
 from broker.local.endpoint import HelperEndpoint, error_response, parse_json
-from broker.local.guard import HttpGuard, HttpLimits, HttpRefusal, canned_response, header_safe
+from broker.local.guard import HttpGuard, HttpLimits
 from broker.logs import RateLimitedLog
 from broker.service import BrokerService
 

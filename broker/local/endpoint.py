@@ -37,7 +37,8 @@ from broker.identity.cgroups import boot_ticks
 from broker.identity.peercred import peer_principal
 from broker.identity.principal import Principal
 from broker.local import formats
-from broker.local.guard import GUARD, HttpGuard, HttpRefusal, describe_peer, header_safe
+from broker.local.answers import HttpRefusal, describe_peer, header_safe
+from broker.local.guard import GUARD, HttpGuard
 from broker.service import BrokerService, registry_host
 from broker.sockets import listen_unix
 

@@ -24,23 +24,20 @@ ID tokens for an audience; :meth:`GcpProvider.project_number` answers its
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 
 import aiohttp
 
 from broker import variants
 from broker.errors import (
     BrokerError,
-    ConnectorExpired,
     FailedPrecondition,
     InvalidArgument,
     UpstreamError,
 )
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.base import Provider, ProviderContext
-from broker.providers.gcp import adc, autoconfig, discovery, ids, tokens
+from broker.providers.gcp import adc, autoconfig, discovery, ids, tokens, wrapping
 from broker.providers.gcp.api import Endpoints, GoogleApi
 from broker.providers.gcp.keys import AUTHORIZED_USER, SERVICE_ACCOUNT
 from broker.providers.gcp.settings import KEY_ATTRIBUTES, GcpSettings
@@ -60,10 +57,6 @@ from broker.providers.gcp.spec import (
 from broker.providers.http import client_session
 from broker.providers.memo import PerObject
 
-#: The docker user name Google registries take with an access token as password.
-REGISTRY_TOKEN_USER = "oauth2accesstoken"
-#: The docker user name Google registries take with a service account key as password.
-REGISTRY_KEY_USER = "_json_key"
 #: The client credential ``auth_method`` of an ID token variant.
 ID_TOKEN_METHOD = "id-token"
 #: Resource types whose credential is a plain token for the project (variants apply).
@@ -175,7 +168,7 @@ class GcpProvider(Provider):
             and connector.auth_method in KEY_ATTRIBUTES
             and key.type == SERVICE_ACCOUNT
         )
-        user = REGISTRY_KEY_USER if hands_key else REGISTRY_TOKEN_USER
+        user = wrapping.REGISTRY_KEY_USER if hands_key else wrapping.REGISTRY_TOKEN_USER
         return {host: user for host in hosts if self.registry_resource_id(connector, host)}
 
     # -- tokens -------------------------------------------------------------
@@ -193,7 +186,7 @@ class GcpProvider(Provider):
         timeout = self.context.request_timeout
         session = self._http()
         if settings.auth_method == AUTH_TOKEN:
-            return _stored_token(connector, settings, now)
+            return wrapping.stored_token(connector, settings, now)
         if settings.key is None:  # implicit without an ADC file: the metadata server
             return await tokens.metadata_token(
                 session,
@@ -329,7 +322,7 @@ class GcpProvider(Provider):
             )
         token = await self.access_token(connector, wanted.scopes)
         issued_at = issued if _issues_fresh_tokens(settings) else None
-        return _token_credential(
+        return wrapping.token_credential(
             resource_type, canonical, token, settings, issued_at, wanted.scopes
         )
 
@@ -410,13 +403,13 @@ class GcpProvider(Provider):
         canonical = self.canonical_resource_id(connector, resource_type, resource_id)
         issued = self.context.clock.now()
         if not settings.generate_tokens:
-            handed = self._key_credential(connector, settings, resource_type, canonical, issued)
+            handed = wrapping.key_credential(connector, settings, resource_type, canonical, issued)
             if handed is not None:
                 return handed
         token = await self.access_token(connector)
         issued_at = issued if _issues_fresh_tokens(settings) else None
         if resource_type in _TOKEN_TYPES:
-            return _token_credential(resource_type, canonical, token, settings, issued_at)
+            return wrapping.token_credential(resource_type, canonical, token, settings, issued_at)
         if resource_type == RT_GKE:
             ref = ids.parse_cluster(canonical, settings.project)
             api = GoogleApi(self._http(), token.value, self.context.request_timeout)
@@ -439,40 +432,14 @@ class GcpProvider(Provider):
                 issued_at=issued_at,
             )
         registry = ids.parse_registry(canonical, settings.project)
-        return _docker_credential(
-            canonical, registry.host, REGISTRY_TOKEN_USER, token.value, token.expires_at, issued_at
+        return wrapping.docker_credential(
+            canonical,
+            registry.host,
+            wrapping.REGISTRY_TOKEN_USER,
+            token.value,
+            token.expires_at,
+            issued_at,
         )
-
-    def _key_credential(
-        self,
-        connector: Connector,
-        settings: GcpSettings,
-        resource_type: str,
-        canonical: str,
-        issued: datetime,
-    ) -> ClientCredential | None:
-        """The key file itself as client credential, where a consumer can use one."""
-        key = settings.key
-        if key is None or connector.auth_method not in KEY_ATTRIBUTES:
-            return None
-        field = KEY_ATTRIBUTES[connector.auth_method][0]
-        text = json.dumps(dict(key.data))
-        if resource_type in (RT_GENERIC, RT_GCS):
-            config: dict[str, Value] = {field: text, "project_id": settings.project}
-            return ClientCredential(
-                connector_type=CONNECTOR_TYPE,
-                auth_method=connector.auth_method,
-                resource_type=resource_type,
-                resource_id=canonical,
-                config=config,
-                secret_names=frozenset({field}),
-                expires_at=None,
-                issued_at=issued,
-            )
-        if resource_type == RT_REGISTRY and key.type == SERVICE_ACCOUNT:
-            host = ids.parse_registry(canonical, settings.project).host
-            return _docker_credential(canonical, host, REGISTRY_KEY_USER, text, None, issued)
-        return None
 
     # -- local environment --------------------------------------------------
     def auto_configure(
@@ -506,64 +473,3 @@ def _issues_fresh_tokens(settings: GcpSettings) -> bool:
     declared when those were issued, so they keep Google's whole margin.
     """
     return settings.auth_method != AUTH_TOKEN and settings.key is not None
-
-
-def _token_credential(
-    resource_type: str,
-    canonical: str,
-    token: tokens.AccessToken,
-    settings: GcpSettings,
-    issued: datetime | None,
-    scopes: Sequence[str] | None = None,
-) -> ClientCredential:
-    """A ``gcp`` ``oauth2-token`` credential: the token, the project, and whose it is."""
-    config: dict[str, Value] = {"token": token.value, "project_id": settings.project}
-    if token.account:
-        config["account"] = token.account
-    if scopes is not None and settings.auth_method != AUTH_TOKEN:
-        config["scopes"] = " ".join(scopes)
-    return ClientCredential(
-        connector_type=CONNECTOR_TYPE,
-        auth_method=AUTH_TOKEN,
-        resource_type=resource_type,
-        resource_id=canonical,
-        config=config,
-        secret_names=frozenset({"token"}),
-        expires_at=token.expires_at,
-        issued_at=issued,
-    )
-
-
-def _stored_token(connector: Connector, settings: GcpSettings, now: datetime) -> tokens.AccessToken:
-    expires_at = connector.expires_at
-    if expires_at is None:
-        raise FailedPrecondition(
-            f"connector '{connector.name}' stores an OAuth2 token without expires_at"
-        )
-    if expires_at <= now:
-        raise ConnectorExpired(
-            f"connector '{connector.name}' OAuth2 token expired at {expires_at.isoformat()}; "
-            "update it with a fresh token"
-        )
-    assert settings.token is not None
-    return tokens.AccessToken(settings.token, expires_at, f"connector '{connector.name}' token")
-
-
-def _docker_credential(
-    canonical: str,
-    host: str,
-    username: str,
-    password: str,
-    expires_at: datetime | None,
-    issued: datetime | None,
-) -> ClientCredential:
-    return ClientCredential(
-        connector_type="docker",
-        auth_method="password",
-        resource_type=RT_REGISTRY,
-        resource_id=canonical,
-        config={"username": username, "password": password, "registry": host},
-        secret_names=frozenset({"password"}),
-        expires_at=expires_at,
-        issued_at=issued,
-    )
