@@ -18,6 +18,7 @@ BUILTIN: dict[str, str] = {
     "kubernetes": "broker.providers.kubernetes:KubernetesProvider",
     "aws": "broker.providers.aws:AwsProvider",
     "gcp": "broker.providers.gcp:GcpProvider",
+    "azure": "broker.providers.azure:AzureProvider",
 }
 
 log = structlog.get_logger(__name__)

@@ -1,0 +1,350 @@
+"""The ``azure`` connector type: Entra identities in, short-lived, scoped credentials out.
+
+* azure-generic -> an ``azure`` ``access-token`` credential for ARM
+  (``https://management.azure.com/.default``, or the connector's ARM endpoint);
+* blob-container -> an ``azure`` ``sas-token`` credential: a user-delegation
+  SAS for that one container with the connector's expiration (or, with
+  ``blob_credential=access-token``, a storage-scoped Entra token);
+* kubernetes-cluster -> a ``kubernetes`` ``token`` credential: server and CA
+  from the cluster's user kubeconfig, and an Entra token for the AKS server
+  application (scope ``6dae42f8-.../.default``, as kubelogin asks);
+* docker-registry -> a ``docker`` ``password`` credential: user
+  ``00000000-0000-0000-0000-000000000000`` and an ACR refresh token from the
+  registry's ``/oauth2/exchange``.
+
+Each carries its real expiry: the Entra token's ``expires_on``, the SAS's
+signed expiry, the refresh token's ``exp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import aiohttp
+
+from broker.errors import FailedPrecondition, InvalidArgument, NotFound
+from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
+from broker.providers.azure import arm, autoconfig, blob, entra, ids
+from broker.providers.azure.settings import AKS_SCOPE, STORAGE_SCOPE, AzureSettings
+from broker.providers.azure.spec import (
+    AUTH_TOKEN,
+    BLOB_TOKEN,
+    CONNECTOR_TYPE,
+    DEFAULT_SAS_LIFETIME,
+    RT_AKS,
+    RT_BLOB,
+    RT_GENERIC,
+    RT_REGISTRY,
+    SPEC,
+)
+from broker.providers.base import Provider, ProviderContext
+from broker.providers.http import client_session
+from broker.providers.memo import PerObject
+
+#: The docker user name ACR takes with a refresh token as password.
+ACR_USER = "00000000-0000-0000-0000-000000000000"
+#: The ID of a type without instances when the connector names neither subscription nor tenant.
+_NO_SCOPE = "default"
+
+
+class AzureProvider(Provider):
+    """Service principals, stored tokens and the daemon's own identity for Azure."""
+
+    spec = SPEC
+
+    def __init__(self, context: ProviderContext | None = None) -> None:
+        super().__init__(context)
+        self._settings: PerObject[AzureSettings] = PerObject()
+        #: One session per trust root (connectors may pin their own CA).
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+
+    # -- configuration ------------------------------------------------------
+    def settings(self, connector: Connector) -> AzureSettings:
+        known = self._settings.get(connector)
+        if known is None:
+            known = AzureSettings.from_connector(connector, self.context.env)
+            self._settings.put(connector, known)
+        return known
+
+    def _http(self, settings: AzureSettings) -> aiohttp.ClientSession:
+        ca = settings.endpoints.certificate_authority
+        session = self._sessions.get(ca)
+        if session is None or session.closed:
+            session = client_session(
+                timeout=self.context.request_timeout,
+                certificate_authority=ca,
+                transport=self.context.transport,
+            )
+            self._sessions[ca] = session
+        return session
+
+    async def aclose(self) -> None:
+        self._settings.clear()
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
+
+    # -- validation -------------------------------------------------------
+    def validate(self, connector: Connector) -> None:
+        settings = self.settings(connector)
+        if connector.resource_type == RT_AKS and settings.subscription is None:
+            raise InvalidArgument(
+                "attribute 'subscription_id' is required to reach AKS clusters",
+                field="subscription_id",
+            )
+
+    def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
+        _check_type(resource_type)
+        settings = self.settings(connector)
+        sub, urls = settings.subscription, settings.endpoints
+        if resource_type == RT_GENERIC:
+            return ids.canonical_generic(raw, settings.generic_id or _NO_SCOPE)
+        if resource_type == RT_BLOB:
+            return ids.parse_blob(raw, urls.storage_suffix, sub).canonical
+        if resource_type == RT_AKS:
+            return ids.parse_cluster(raw, sub).canonical
+        return ids.parse_registry(raw, urls.acr_suffix, sub)
+
+    def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
+        _check_type(resource_type)
+        if resource_type != RT_GENERIC:
+            return None
+        return self.settings(connector).generic_id or _NO_SCOPE
+
+    async def registry_hosts(self, connector: Connector) -> dict[str, str]:
+        """docker ``list``: the one registry of a connector fixed on it (listing every ACR
+        of a subscription needs ARM; ``get`` serves any NAME.azurecr.io all the same)."""
+        if connector.resource_type != RT_REGISTRY or connector.resource_id is None:
+            return {}
+        return {connector.resource_id: ACR_USER}
+
+    # -- tokens -------------------------------------------------------------
+    async def token(self, connector: Connector, scope: str) -> entra.AccessToken:
+        self.implicit_allowed(connector)
+        settings = self.settings(connector)
+        return await entra.get_token(
+            connector,
+            settings,
+            scope,
+            session=self._http(settings),
+            now=self.context.clock.now(),
+            request_timeout=self.context.request_timeout,
+        )
+
+    def _arm(self, settings: AzureSettings, token: entra.AccessToken) -> arm.Arm:
+        return arm.Arm(
+            self._http(settings), settings.endpoints.arm, token.value, self.context.request_timeout
+        )
+
+    def _subscription(self, settings: AzureSettings, what: str) -> str:
+        if settings.subscription is None:
+            raise FailedPrecondition(
+                f"connector '{settings.connector}' names no subscription_id, which {what} needs"
+            )
+        return settings.subscription
+
+    # -- upstream ---------------------------------------------------------
+    async def discover(
+        self, connector: Connector, resource_type: str, resource_id: str | None
+    ) -> list[str]:
+        _check_type(resource_type)
+        settings = self.settings(connector)
+        canonical = (
+            self.canonical_resource_id(connector, resource_type, resource_id)
+            if resource_id
+            else None
+        )
+        session, timeout = self._http(settings), self.context.request_timeout
+        if resource_type == RT_BLOB:
+            token = await self.token(connector, STORAGE_SCOPE)
+            if canonical:
+                ref = ids.parse_blob(canonical, settings.endpoints.storage_suffix, None)
+                url = settings.endpoints.blob_url(ref.account)
+                return [await blob.check_container(url, ref, token, session, timeout)]
+            mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
+            accounts = await arm.list_storage_accounts(
+                mgmt, self._subscription(settings, "listing storage accounts")
+            )
+            found: list[str] = []
+            for account in accounts:
+                url = settings.endpoints.blob_url(account)
+                found += await blob.list_containers(url, account, token, session, timeout)
+            return sorted(found)
+        mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
+        if resource_type == RT_GENERIC:
+            generic = settings.generic_id or _NO_SCOPE
+            if settings.subscription is not None:
+                subs = await arm.list_subscriptions(mgmt)
+                if settings.subscription not in subs:
+                    raise NotFound(
+                        f"subscription '{settings.subscription}' is not visible to connector "
+                        f"'{connector.name}' (it sees {len(subs)})"
+                    )
+            return [generic]
+        if resource_type == RT_AKS:
+            sub = self._subscription(settings, "listing AKS clusters")
+            clusters = await arm.list_clusters(mgmt, sub)
+            if canonical:
+                _find_cluster(clusters, ids.parse_cluster(canonical, sub), sub)
+                return [canonical]
+            return _cluster_ids(clusters)
+        sub = self._subscription(settings, "listing ACR registries")
+        registries = await arm.list_registries(mgmt, sub)
+        if canonical:
+            if canonical not in registries:
+                raise NotFound(f"ACR registry '{canonical}' is not in subscription '{sub}'")
+            return [canonical]
+        return registries
+
+    async def mint(
+        self, connector: Connector, resource_type: str, resource_id: str
+    ) -> ClientCredential:
+        _check_type(resource_type)
+        self.implicit_allowed(connector)
+        settings = self.settings(connector)
+        canonical = self.canonical_resource_id(connector, resource_type, resource_id)
+        issued = self.context.clock.now()
+        fresh = issued if settings.auth_method != AUTH_TOKEN else None
+        urls = settings.endpoints
+        session, timeout = self._http(settings), self.context.request_timeout
+        if resource_type == RT_GENERIC:
+            token = await self.token(connector, urls.arm_scope)
+            return self._token_credential(settings, resource_type, canonical, token, fresh)
+        if resource_type == RT_BLOB:
+            token = await self.token(connector, STORAGE_SCOPE)
+            if settings.blob_credential == BLOB_TOKEN:
+                return self._token_credential(settings, resource_type, canonical, token, fresh)
+            blob_ref = ids.parse_blob(canonical, urls.storage_suffix, None)
+            account_url = urls.blob_url(blob_ref.account)
+            lifetime = connector.expiration_seconds or DEFAULT_SAS_LIFETIME
+            sas = await blob.container_sas(
+                account_url,
+                blob_ref,
+                token,
+                lifetime,
+                now=issued,
+                session=session,
+                request_timeout=timeout,
+            )
+            return ClientCredential(
+                connector_type=CONNECTOR_TYPE,
+                auth_method="sas-token",
+                resource_type=resource_type,
+                resource_id=canonical,
+                config={
+                    "account_url": account_url,
+                    "container": blob_ref.container,
+                    "container_url": f"{account_url}/{blob_ref.container}",
+                    "sas_token": sas.token,
+                },
+                secret_names=frozenset({"sas_token"}),
+                expires_at=sas.expires_at,
+                issued_at=issued,
+            )
+        if resource_type == RT_AKS:
+            sub = self._subscription(settings, "reaching an AKS cluster")
+            mgmt = self._arm(settings, await self.token(connector, urls.arm_scope))
+            ref = ids.parse_cluster(canonical, sub)
+            if ref.resource_group is None:
+                group, name = _find_cluster(await arm.list_clusters(mgmt, sub), ref, sub)
+            else:
+                group, name = ref.resource_group, ref.name
+            server, ca = await arm.cluster_access(mgmt, sub, group, name)
+            token = await self.token(connector, AKS_SCOPE)
+            return ClientCredential(
+                connector_type="kubernetes",
+                auth_method="token",
+                resource_type=resource_type,
+                resource_id=canonical,
+                config={
+                    "server": server,
+                    "certificate_authority": ca,
+                    "cluster_name": name,
+                    "token": token.value,
+                },
+                secret_names=frozenset({"token"}),
+                expires_at=token.expires_at,
+                issued_at=fresh,
+            )
+        token = await self.token(connector, urls.arm_scope)
+        refresh = await arm.acr_refresh_token(
+            session, urls.acr_url(canonical), canonical, settings.tenant, token.value, timeout
+        )
+        expires_at = arm.jwt_expiry(refresh) or token.expires_at
+        return ClientCredential(
+            connector_type="docker",
+            auth_method="password",
+            resource_type=RT_REGISTRY,
+            resource_id=canonical,
+            config={"username": ACR_USER, "password": refresh, "registry": canonical},
+            secret_names=frozenset({"password"}),
+            expires_at=expires_at,
+            issued_at=issued,
+        )
+
+    def _token_credential(
+        self,
+        settings: AzureSettings,
+        resource_type: str,
+        canonical: str,
+        token: entra.AccessToken,
+        issued: datetime | None,
+    ) -> ClientCredential:
+        config: dict[str, Value] = {"token": token.value}
+        if settings.tenant:
+            config["tenant_id"] = settings.tenant
+        if settings.subscription:
+            config["subscription_id"] = settings.subscription
+        return ClientCredential(
+            connector_type=CONNECTOR_TYPE,
+            auth_method=AUTH_TOKEN,
+            resource_type=resource_type,
+            resource_id=canonical,
+            config=config,
+            secret_names=frozenset({"token"}),
+            expires_at=token.expires_at,
+            issued_at=issued,
+        )
+
+    # -- local environment --------------------------------------------------
+    def auto_configure(
+        self, options: AutoConfigureOptions, env: Mapping[str, str]
+    ) -> AutoConfigured:
+        return autoconfig.auto_configure(options, env)
+
+
+def _check_type(resource_type: str) -> None:
+    if SPEC.resource_type(resource_type) is None:
+        raise InvalidArgument(
+            f"connector type '{CONNECTOR_TYPE}' has no resource type '{resource_type}' "
+            f"(it offers: {', '.join(SPEC.resource_type_names)})",
+            field="resource_type",
+        )
+
+
+def _cluster_ids(clusters: list[tuple[str, str]]) -> list[str]:
+    """Listing: a bare name when unique in the subscription, else RESOURCE_GROUP/NAME."""
+    names = [name for _, name in clusters]
+    return sorted(name if names.count(name) == 1 else f"{group}/{name}" for group, name in clusters)
+
+
+def _find_cluster(
+    clusters: list[tuple[str, str]], ref: ids.ClusterRef, subscription: str
+) -> tuple[str, str]:
+    matches = [
+        (group, name)
+        for group, name in clusters
+        if name.lower() == ref.name.lower()
+        and (ref.resource_group is None or group == ref.resource_group)
+    ]
+    if not matches:
+        raise NotFound(f"AKS cluster '{ref.canonical}' is not in subscription '{subscription}'")
+    if len(matches) > 1:
+        groups = ", ".join(sorted(group for group, _ in matches))
+        raise InvalidArgument(
+            f"AKS cluster name '{ref.name}' exists in several resource groups ({groups}): "
+            f"use RESOURCE_GROUP/{ref.name}",
+            field="resource_id",
+        )
+    return matches[0]
