@@ -26,9 +26,8 @@ under the same associated data, so a store moves between the two unchanged
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -39,8 +38,6 @@ import structlog
 from broker.clock import Clock
 from broker.errors import (
     Aborted,
-    AlreadyExists,
-    BrokerError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -48,10 +45,10 @@ from broker.errors import (
 )
 from broker.model import Connector
 from broker.store import postgres_migrations as migrations
+from broker.store import postgres_setup as setup
 from broker.store import postgres_sql as sql
 from broker.store.base import ConnectorFilter, StoreChange, StoreExport
 from broker.store.codec import (
-    SchemaTooNew,
     StoreCorrupt,
     dumps,
     exported,
@@ -64,7 +61,7 @@ from broker.store.codec import (
     unreadable,
     utc,
 )
-from broker.store.crypto import SecretBox, SecretKeyMismatch
+from broker.store.crypto import SecretBox
 from broker.store.postgres_changes import (
     ChangeListener,
     change_from_row,
@@ -72,6 +69,7 @@ from broker.store.postgres_changes import (
     record_change,
 )
 from broker.store.postgres_dsn import redact, scrub
+from broker.store.postgres_errors import conflict, translated
 
 log = structlog.get_logger(__name__)
 
@@ -168,79 +166,7 @@ class PostgresStore:
                 await _close_pool(pool)
 
     async def _migrate(self, conn: Any) -> None:
-        # Everyone queues here; whoever comes first migrates, the others find it done.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-            "applied_by TEXT NOT NULL)"
-        )
-        current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
-        if current > migrations.LATEST_VERSION:
-            raise SchemaTooNew(
-                f"connector store {self.location} has schema version {current}, but this "
-                f"broker only knows versions up to {migrations.LATEST_VERSION}: upgrade the "
-                "broker (every daemon of the fleet), or restore a backup made by this version"
-            )
-        if current >= 1:
-            await self._check_key(conn)  # before any step touches secrets
-        applied_by = f"{socket.gethostname()} pid {os.getpid()}"
-        for migration in migrations.pending(current):
-            try:
-                async with conn.transaction():  # a savepoint: name the failing version
-                    for statement in migration.statements:
-                        await conn.execute(statement)
-                    if migration.python is not None:
-                        await self._check_key(conn)
-                        await migration.python(
-                            migrations.MigrationContext(conn, self._box, self.location)
-                        )
-            except asyncpg.PostgresError as exc:
-                raise FailedPrecondition(
-                    f"connector store {self.location}: migration to schema version "
-                    f"{migration.version} ({migration.description}) failed: "
-                    f"{self._scrub(str(exc))}; the database was left unchanged"
-                ) from None
-            except SecretKeyMismatch:
-                raise
-            except BrokerError as exc:
-                raise FailedPrecondition(
-                    f"connector store {self.location}: migration to schema version "
-                    f"{migration.version} ({migration.description}) failed: {exc.message}; "
-                    "the database was left unchanged"
-                ) from None
-            await conn.execute(
-                "INSERT INTO schema_version (version, applied_by) VALUES ($1, $2)",
-                migration.version,
-                applied_by,
-            )
-            log.info(
-                "store_migrated",
-                store=self.location,
-                version=migration.version,
-                description=migration.description,
-            )
-        await self._check_key(conn)
-
-    async def _check_key(self, conn: Any) -> None:
-        """Fail at start, not on first use, when the key is not the one the fleet uses."""
-        stored = await conn.fetchval(
-            "SELECT value FROM store_meta WHERE key = $1", sql.KEY_FINGERPRINT
-        )
-        mine = self._box.fingerprint
-        if stored is None:
-            await conn.execute(
-                "INSERT INTO store_meta (key, value) VALUES ($1, $2)", sql.KEY_FINGERPRINT, mine
-            )
-            log.info("store_key_recorded", store=self.location, key_fingerprint=mine)
-            return
-        if stored != mine:
-            raise SecretKeyMismatch(
-                f"the secret key does not match connector store {self.location}: its "
-                f"secrets are sealed with the key of fingerprint {stored}, this daemon's "
-                f"key has fingerprint {mine}. Every daemon sharing a database needs the "
-                "same key: set BROKER_SECRET_KEY / BROKER_SECRET_KEY_FILE to the fleet's key"
-            )
+        await setup.migrate(conn, self._box, self.location, self._scrub)
 
     # -- connections, transactions and errors ------------------------------------
 
@@ -290,41 +216,8 @@ class PostgresStore:
                 log.debug("store_read_retried", store=self.location)
         raise AssertionError("unreachable")
 
-    @contextmanager
-    def _errors(self, *, connecting: bool = False) -> Iterator[None]:
-        """Driver and network errors as broker errors, never with the password in them."""
-        what = (
-            f"cannot connect to connector store {self.location}"
-            if connecting
-            else f"connector store {self.location} is unavailable"
-        )
-        try:
-            yield
-        except BrokerError:
-            raise
-        except asyncpg.PostgresError as exc:
-            state = str(getattr(exc, "sqlstate", "") or "")
-            detail = self._scrub(str(exc))
-            if state.startswith("22"):  # data exception, e.g. a NUL character in text
-                raise InvalidArgument(f"the connector store refused a value: {detail}") from None
-            if state.startswith("28"):  # wrong user or password: a setup problem
-                raise FailedPrecondition(
-                    f"cannot log in to connector store {self.location}: {detail}"
-                ) from None
-            if state.startswith(sql.UNAVAILABLE_CLASSES) or not state:
-                raise Unavailable(f"{what}: {detail}") from None
-            raise FailedPrecondition(
-                f"connector store {self.location} failed: {detail} (SQLSTATE {state})"
-            ) from None
-        except (
-            OSError,
-            TimeoutError,
-            EOFError,  # a connection cut mid-message (asyncio.IncompleteReadError)
-            asyncpg.InterfaceError,
-            asyncpg.exceptions.InternalClientError,  # e.g. a protocol state lost in a restart
-        ) as exc:
-            detail = self._scrub(str(exc) or type(exc).__name__)
-            raise Unavailable(f"{what}: {detail}") from None
+    def _errors(self, *, connecting: bool = False) -> AbstractContextManager[None]:
+        return translated(self.location, self._scrub, connecting=connecting)
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self._url)
@@ -339,7 +232,7 @@ class PostgresStore:
             try:
                 await conn.execute(sql.INSERT, *params)
             except asyncpg.UniqueViolationError as exc:
-                raise _conflict(stored, exc) from None
+                raise conflict(stored, exc) from None
             await record_change(conn, stored, "created")
         return stored
 
@@ -403,7 +296,7 @@ class PostgresStore:
             try:
                 await conn.execute(sql.UPDATE, *params, stored.id, expected_revision)
             except asyncpg.UniqueViolationError as exc:
-                raise _conflict(stored, exc) from None
+                raise conflict(stored, exc) from None
             await record_change(conn, stored, "updated")
         return stored
 
@@ -577,14 +470,6 @@ class PostgresStore:
             utc(c.updated_at, "updated_at"),
             c.revision,
         )
-
-
-def _conflict(c: Connector, exc: Any) -> BrokerError:
-    if getattr(exc, "constraint_name", None) == "connectors_pkey":
-        return AlreadyExists(
-            f"connector '{c.name}': another connector already has its id '{c.id}'", field="id"
-        )
-    return AlreadyExists(f"connector '{c.name}' already exists", field="name")
 
 
 async def _close_pool(pool: Any) -> None:
