@@ -1,0 +1,279 @@
+"""azure connectors end to end: the real daemon, `broker` CLI, kubectl and the docker helper.
+
+Entra, ARM and ACR are the loopback TLS stand-ins (tests.servers.azure_storage.AzureStandIn),
+which check the client secret, scopes, audiences, signatures and expiry of every token;
+blob storage is Azurite. The connector's endpoint attributes point there, with the test CA
+as its only trust root. kubectl reaches the Kubernetes test API server (standing in for an
+AKS API server) through the exec plugin; that server accepts only live Entra tokens issued
+for the AKS server application.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import BROKER, Daemon, running_daemon
+from tests.servers.azure_arm import ACR_USER, Cluster
+from tests.servers.azure_entra import AKS_RESOURCE
+from tests.servers.azure_storage import ACCOUNT, AzureStandIn, Azurite, start_azurite
+from tests.servers.kube_api import KubeApiServer
+from tests.servers.tls import CertificateAuthority, make_ca
+
+BIN = Path(sys.executable).parent
+SUB = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return make_ca("azure e2e CA")
+
+
+@pytest.fixture(scope="module")
+def stand_in(ca: CertificateAuthority) -> Iterator[AzureStandIn]:
+    with AzureStandIn(ca) as server:
+        server.cloud.subscriptions = [SUB]
+        server.cloud.storage_accounts = {SUB: [ACCOUNT]}
+        server.cloud.registries = {SUB: ["brokeracr"]}
+        yield server
+
+
+@pytest.fixture(scope="module")
+def kube(stand_in: AzureStandIn) -> Iterator[KubeApiServer]:
+    def entra_user(token: str) -> str | None:
+        claims = stand_in.entra.validate(token, AKS_RESOURCE)
+        return None if claims is None else f"entra:{claims['appid']}"
+
+    with KubeApiServer(token_validator=entra_user) as api:
+        stand_in.cloud.clusters = [Cluster(SUB, "rg-aks", "prod", api.url, api.ca_pem)]
+        yield api
+
+
+@pytest.fixture(scope="module")
+def azurite(
+    tmp_path_factory: pytest.TempPathFactory, ca: CertificateAuthority
+) -> Iterator[Azurite]:
+    from azure.storage.blob import BlobServiceClient
+
+    with start_azurite(tmp_path_factory.mktemp("azurite"), ca) as server:
+        ca_file = ca.write(tmp_path_factory.mktemp("ca"))
+        admin = BlobServiceClient.from_connection_string(
+            server.connection_string, connection_verify=str(ca_file)
+        )
+        admin.create_container("builds").upload_blob("artifact.txt", b"build 42")
+        admin.create_container("private")
+        admin.close()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    home = tmp_path_factory.mktemp("azure-home")
+    with running_daemon(home / "data", env={"HOME": str(home)}) as d:
+        yield d
+
+
+def _register(
+    daemon: Daemon, name: str, stand_in: AzureStandIn, azurite: Azurite, tmp: Path, *extra: str
+) -> dict[str, Any]:
+    app = stand_in.entra.add_secret_app()
+    ca_file = stand_in.ca.write(tmp, f"ca-{name}")
+    secret_file = tmp / f"secret-{name}"
+    secret_file.write_text(str(app.secret))
+    config = {**stand_in.connector_config(), "blob_endpoint": f"{azurite.url}/{{account}}"}
+    config.pop("certificate_authority")
+    return daemon.cli_json(
+        "connector",
+        "register",
+        name,
+        "--type",
+        "azure",
+        "--auth-method",
+        "service-principal",
+        f"tenant_id={stand_in.entra.tenant}",
+        f"client_id={app.client_id}",
+        f"client_secret=@{secret_file}",
+        f"subscription_id={SUB}",
+        f"certificate_authority=@{ca_file}",
+        *(f"{k}={v}" for k, v in config.items()),
+        *extra,
+    )
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_register_verify_list_get_kubectl_and_docker_helper(
+    daemon: Daemon,
+    stand_in: AzureStandIn,
+    kube: KubeApiServer,
+    azurite: Azurite,
+    tmp_path: Path,
+) -> None:
+    registered = _register(
+        daemon, "az", stand_in, azurite, tmp_path, "--expiration-seconds", "1200"
+    )
+    assert registered["connector"]["config"]["client_secret"] == "[HIDDEN]"
+    found = {r["resource_type"]: r for r in registered["resources"]}
+    assert {t: r["error"] for t, r in found.items()} == dict.fromkeys(found, None)
+    assert found["azure-generic"]["resource_ids"] == [SUB]
+    assert found["blob-container"]["resource_ids"] == [
+        f"az://{ACCOUNT}/builds",
+        f"az://{ACCOUNT}/private",
+    ]
+    assert found["kubernetes-cluster"]["resource_ids"] == ["prod"]
+    assert found["docker-registry"]["resource_ids"] == ["brokeracr.azurecr.io"]
+
+    verified = daemon.cli_json("connector", "verify", "az", "-r", "kubernetes-cluster")
+    assert verified[0]["resource_ids"] == ["prod"]
+    listed = daemon.cli("connector", "list-resources", "--output", "json").stdout
+    assert "brokeracr.azurecr.io" in listed and f"az://{ACCOUNT}/builds" in listed
+
+    def get(resource_type: str, resource_id: str | None = None) -> dict[str, Any]:
+        args = ["-r", resource_type] + (["-i", resource_id] if resource_id else [])
+        return daemon.cli_json("credentials", "get", "az", *args)  # type: ignore[no-any-return]
+
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    generic = get("azure-generic")
+    assert (generic["connector_type"], generic["auth_method"]) == ("azure", "access-token")
+    assert stand_in.entra.validate(generic["config"]["token"], stand_in.url) is not None
+    assert _stamp(generic["expires_at"]) >= before + timedelta(seconds=3600)
+
+    blob = get("blob-container", f"https://{ACCOUNT}.blob.core.windows.net/builds")
+    assert blob["resource_id"] == f"az://{ACCOUNT}/builds"
+    expiry = _stamp(blob["expires_at"])
+    assert before + timedelta(seconds=1200) <= expiry <= datetime.now(UTC) + timedelta(seconds=1201)
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import ContainerClient
+
+    ca_file = str(stand_in.ca.write(tmp_path, "verify-ca"))
+    builds = ContainerClient.from_container_url(
+        blob["config"]["container_url"],
+        credential=blob["config"]["sas_token"],
+        connection_verify=ca_file,
+    )
+    assert builds.download_blob("artifact.txt").readall() == b"build 42"
+    builds.close()
+    private = ContainerClient(
+        azurite.account_url,
+        "private",
+        credential=blob["config"]["sas_token"],
+        connection_verify=ca_file,
+    )
+    with pytest.raises(HttpResponseError) as refused:
+        list(private.list_blobs())
+    assert refused.value.status_code == 403
+    private.close()
+
+    aks = get(
+        "kubernetes-cluster",
+        f"/subscriptions/{SUB}/resourceGroups/rg-aks/providers/"
+        "Microsoft.ContainerService/managedClusters/prod",
+    )
+    assert aks["resource_id"] == "rg-aks/prod"
+    assert aks["config"]["server"] == kube.url
+    assert stand_in.entra.validate(aks["config"]["token"], AKS_RESOURCE) is not None
+
+    # kubectl through the exec plugin: the API server takes only live AKS-audience tokens.
+    kubeconfig = tmp_path / "kubeconfig"
+    daemon.cli(
+        "login", "kubernetes", "az", "--resource-id", "prod", "--kubeconfig", str(kubeconfig)
+    )
+    assert aks["config"]["token"] not in kubeconfig.read_text()
+    kubectl = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**daemon.env},
+    )
+    assert kubectl.returncode == 0, kubectl.stderr
+    assert any(user.startswith("entra:") for user in kube.users)
+    arm_token = generic["config"]["token"]  # live, but for ARM: the API server refuses it
+    forged = kube.write_kubeconfig(tmp_path / "forged", token=arm_token)
+    refused_kube = subprocess.run(
+        ["kubectl", "--kubeconfig", str(forged), "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused_kube.returncode != 0 and "Unauthorized" in refused_kube.stderr
+
+    # docker: the helper serves *.azurecr.io from the azure connector.
+    def helper(server_url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "docker-credential-broker"), "get"],
+            input=server_url,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**daemon.env, "BROKER_HELPER_SOCKET": str(daemon.data_dir / "helper.sock")},
+        )
+
+    got = helper("https://brokeracr.azurecr.io")
+    assert got.returncode == 0, got.stdout + got.stderr
+    answer = json.loads(got.stdout)
+    assert answer["Username"] == ACR_USER
+    # The refresh token works at the registry's token endpoint as docker uses it.
+    basic = base64.b64encode(f"{ACR_USER}:{answer['Secret']}".encode()).decode()
+    request = urllib.request.Request(
+        f"{stand_in.url}/acr/brokeracr/oauth2/token?service=brokeracr.azurecr.io"
+        "&scope=repository:app:pull",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca_file)
+    with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+        assert reply.status == 200 and json.load(reply)["access_token"]
+    unknown = helper("otheracr.azurecr.cn")
+    assert unknown.returncode == 1
+    assert str(stand_in.entra.apps) not in daemon.log()
+    for app in stand_in.entra.apps.values():
+        assert app.secret is None or app.secret not in daemon.log()
+
+
+@pytest.mark.slow
+def test_watch_sees_the_entra_token_renewed(
+    daemon: Daemon, stand_in: AzureStandIn, azurite: Azurite, tmp_path: Path
+) -> None:
+    stand_in.entra.token_lifetime = 8
+    try:
+        _register(
+            daemon, "az-short", stand_in, azurite, tmp_path, "-r", "azure-generic", "--no-verify"
+        )
+        with subprocess.Popen(
+            [*BROKER, "credentials", "watch", "az-short", "--output", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**daemon.env, "BROKER_SOCKET": str(daemon.socket)},
+        ) as proc:
+            assert proc.stdout is not None
+            events: list[tuple[float, dict[str, Any]]] = []
+            deadline = time.time() + 30
+            while len(events) < 2 and time.time() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                events.append((time.time(), json.loads(line)))
+            proc.terminate()
+    finally:
+        stand_in.entra.token_lifetime = 3600
+    assert [e["event"] for _, e in events] == ["issued", "renewed"]
+    (_, first), (seen, second) = events
+    assert seen < _stamp(first["credential"]["expires_at"]).timestamp()
+    assert second["credential"]["config"]["token"] != first["credential"]["config"]["token"]
+    assert stand_in.entra.validate(second["credential"]["config"]["token"], stand_in.url)
