@@ -27,12 +27,16 @@ import pytest
 from tests.daemon import BROKER, Daemon, running_daemon
 from tests.servers.azure_arm import ACR_USER, Cluster
 from tests.servers.azure_entra import AKS_RESOURCE
+from tests.servers.azure_proxy import ConnectProxy
 from tests.servers.azure_storage import ACCOUNT, AzureStandIn, Azurite, start_azurite
 from tests.servers.kube_api import KubeApiServer
+from tests.servers.registry import TokenServer, start_registry
 from tests.servers.tls import CertificateAuthority, make_ca
+from tests.test_frontends import _make_oci_image
 
 BIN = Path(sys.executable).parent
 SUB = "11111111-2222-3333-4444-555555555555"
+ACR_HOST = "brokeracr.azurecr.io"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def ca() -> CertificateAuthority:
 
 @pytest.fixture(scope="module")
 def stand_in(ca: CertificateAuthority) -> Iterator[AzureStandIn]:
-    with AzureStandIn(ca) as server:
+    with AzureStandIn(ca, hosts=(ACR_HOST,)) as server:
         server.cloud.subscriptions = [SUB]
         server.cloud.storage_accounts = {SUB: [ACCOUNT]}
         server.cloud.registries = {SUB: ["brokeracr"]}
@@ -277,3 +281,83 @@ def test_watch_sees_the_entra_token_renewed(
     assert seen < _stamp(first["credential"]["expires_at"]).timestamp()
     assert second["credential"]["config"]["token"] != first["credential"]["config"]["token"]
     assert stand_in.entra.validate(second["credential"]["config"]["token"], stand_in.url)
+
+
+class _AcrTokenSigner(TokenServer):
+    """Signs the access tokens the real registry verifies; never started: the ACR stand-in's
+    /oauth2/token (behind the registry host) is the realm that hands them out."""
+
+    @property
+    def realm(self) -> str:
+        return f"https://{ACR_HOST}/oauth2/token"
+
+
+def test_skopeo_pushes_and_inspects_through_the_docker_helper(
+    daemon: Daemon, stand_in: AzureStandIn, azurite: Azurite, tmp_path: Path
+) -> None:
+    _register(daemon, "acr", stand_in, azurite, tmp_path, "-r", "docker-registry", "--no-verify")
+    (tmp_path / "registry").mkdir()
+    signer = _AcrTokenSigner(tmp_path / "registry", {}, service=ACR_HOST, issuer="acr-stand-in")
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    (cert_dir / "ca.crt").write_text(stand_in.ca.cert_pem)
+    # broker login docker: the credHelpers entry, and 'acr' preferred over 'az' for the host.
+    daemon.cli("login", "docker", "acr", "-i", ACR_HOST, "--config", str(tmp_path / "docker"))
+    authfile = tmp_path / "docker" / "config.json"
+    assert json.loads(authfile.read_text())["credHelpers"] == {ACR_HOST: "broker"}
+    src = tmp_path / "img"
+    _make_oci_image(src)
+    with (
+        start_registry(tmp_path / "registry", token_server=signer) as registry,
+        ConnectProxy({f"{ACR_HOST}:443": stand_in.port}) as proxy,
+    ):
+        stand_in.cloud.registry_backend = registry.url
+        stand_in.cloud.registry_tokens = signer.issue
+        env = {
+            **daemon.env,
+            "PATH": f"{BIN}:{daemon.env.get('PATH', '/usr/bin:/bin')}",
+            "HTTPS_PROXY": proxy.url,
+            "BROKER_HELPER_SOCKET": str(daemon.data_dir / "helper.sock"),
+        }
+
+        def skopeo(*args: str, auth: Path = authfile) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["skopeo", *args[:1], "--authfile", str(auth), *args[1:]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+
+        try:
+            push = skopeo(
+                "copy",
+                "--dest-cert-dir",
+                str(cert_dir),
+                f"oci:{src}:v1",
+                f"docker://{ACR_HOST}/team/app:v1",
+            )
+            assert push.returncode == 0, push.stderr
+            inspect = skopeo(
+                "inspect", "--cert-dir", str(cert_dir), f"docker://{ACR_HOST}/team/app:v1"
+            )
+            assert inspect.returncode == 0, inspect.stderr
+            assert json.loads(inspect.stdout)["Name"] == f"{ACR_HOST}/team/app"
+            # Without the helper the registry refuses: the token came from the broker's login.
+            anonymous = tmp_path / "anonymous.json"
+            anonymous.write_text("{}")
+            refused = skopeo(
+                "inspect",
+                "--cert-dir",
+                str(cert_dir),
+                f"docker://{ACR_HOST}/team/app:v1",
+                auth=anonymous,
+            )
+            assert refused.returncode != 0
+            assert "unauthorized" in refused.stderr.lower() or "401" in refused.stderr
+        finally:
+            stand_in.cloud.registry_backend = None
+            stand_in.cloud.registry_tokens = None
+    assert f"{ACR_HOST}:443" in proxy.seen
+    exchanges = [c for c in stand_in.cloud.calls if c[1].endswith("/oauth2/exchange")]
+    assert exchanges and all(status == 200 for _, _, status in exchanges)

@@ -21,7 +21,10 @@ under ``/acr/NAME`` (one loopback server for every registry):
   signed here, ``aud`` = the registry, ``exp`` = ``refresh_lifetime`` later);
 * ``GET|POST /oauth2/token``: a refresh token (form ``refresh_token`` or basic
   auth password, as docker sends it) for a registry access token with the scope;
-* ``GET /v2/``: 401 with a Bearer challenge unless a live access token.
+* ``GET /v2/``: 401 with a Bearer challenge unless a live access token; or, with
+  ``registry_backend`` set, every ``/v2/...`` request is forwarded to that real
+  docker-registry (token auth whose realm is this ``/oauth2/token``), and
+  ``registry_tokens`` signs the access tokens that registry verifies.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import binascii
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import jwt
 import yaml
 from aiohttp import web
@@ -67,6 +72,10 @@ class AzureCloud:
     storage_accounts: dict[str, list[str]] = field(default_factory=dict)
     clusters: list[Cluster] = field(default_factory=list)
     registries: dict[str, list[str]] = field(default_factory=dict)
+    #: A real registry the ACR host fronts for /v2/ (e.g. http://127.0.0.1:5000), and what
+    #: signs its access tokens (user, scopes) -> JWT; None: the built-in /v2/ check.
+    registry_backend: str | None = None
+    registry_tokens: Callable[[str, tuple[str, ...]], str] | None = None
     #: (method, path, status) of every ARM/ACR call.
     calls: list[tuple[str, str, int]] = field(default_factory=list)
 
@@ -86,6 +95,7 @@ class AzureCloud:
             app.router.add_post(prefix + "/oauth2/exchange", self._exchange)
             app.router.add_route("*", prefix + "/oauth2/token", self._acr_token)
             app.router.add_get(prefix + "/v2/", self._v2)
+        app.router.add_route("*", "/v2/{tail:.+}", self._v2)
 
     # -- ARM --------------------------------------------------------------------------
     def _record(self, request: web.Request, status: int) -> None:
@@ -281,11 +291,17 @@ class AzureCloud:
             self._record(request, 401)
             return _acr_error(401, "UNAUTHORIZED", "invalid refresh token")
         scope = str(form.get("scope") or request.query.get("scope") or "")
-        access = self._acr_jwt(registry, "access", 300, scope=scope, sub=claims["sub"])
+        if self.registry_tokens is not None:
+            scopes = tuple(request.query.getall("scope", [])) or ((scope,) if scope else ())
+            access = self.registry_tokens(str(claims["sub"]), scopes)
+        else:
+            access = self._acr_jwt(registry, "access", 300, scope=scope, sub=claims["sub"])
         self._record(request, 200)
-        return web.json_response({"access_token": access})
+        return web.json_response({"access_token": access, "token": access})
 
-    async def _v2(self, request: web.Request) -> web.Response:
+    async def _v2(self, request: web.Request) -> web.StreamResponse:
+        if self.registry_backend is not None:
+            return await self._forward(request)
         registry = self._registry(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme == "Bearer" and self._acr_claims(token.strip(), registry, "access"):
@@ -298,6 +314,38 @@ class AzureCloud:
             status=401,
             headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="{registry}"'},
         )
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        """The real registry answers: headers that matter both ways, the body in full."""
+        keep = ("Authorization", "Accept", "Content-Type", "Content-Range")
+        # A list, not a dict: clients repeat Accept, one media type each.
+        headers = [(k, v) for k, v in request.headers.items() if k in keep]
+        headers += [("Host", request.host), ("X-Forwarded-Proto", "https")]
+        body = await request.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                f"{self.registry_backend}{request.path_qs}",
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            ) as reply,
+        ):
+            data = await reply.read()
+            out = {
+                k: v
+                for k, v in reply.headers.items()
+                if k.lower() in ("content-type", "www-authenticate", "location", "range")
+                or k.lower().startswith("docker-")
+            }
+            self._record(request, reply.status)
+            if request.method == "HEAD":  # the size of what a GET would send
+                head = web.StreamResponse(status=reply.status, headers=out)
+                head.content_length = int(reply.headers.get("Content-Length", "0"))
+                await head.prepare(request)
+                return head
+            return web.Response(status=reply.status, body=data, headers=out)
 
 
 def _arm_error(status: int, code: str, message: str) -> web.Response:

@@ -122,12 +122,19 @@ class AzureStandIn(ThreadedAiohttpServer):
 
     thread_name = "azure stand-in"
 
-    def __init__(self, ca: CertificateAuthority, entra: EntraAuthority | None = None) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        entra: EntraAuthority | None = None,
+        *,
+        hosts: tuple[str, ...] = (),
+    ) -> None:
+        """``hosts``: more names the certificate covers (registry hosts reached by proxy)."""
         self.ca = ca
         self.entra = entra or EntraAuthority()
         self.cloud = AzureCloud(self.entra)
         self.port = 0
-        self._cert = issue_cert(ca, "azure-stand-in")
+        self._cert = issue_cert(ca, "azure-stand-in", dns_names=("localhost", *hosts))
 
     @property
     def url(self) -> str:
