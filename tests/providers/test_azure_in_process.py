@@ -12,6 +12,7 @@ import base64
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import jwt
 import pytest
@@ -328,3 +329,32 @@ async def test_implicit_needs_the_daemon_switch_and_reads_azure_env(
     finally:
         await off.aclose()
         await on.aclose()
+
+
+@pytest.mark.anyio
+async def test_implicit_workload_identity_federation_from_the_token_file(
+    transport: InProcessTransport, entra: EntraAuthority, tmp_path: Path
+) -> None:
+    issuer = "https://oidc.prod-aks.azure.com/cluster-1/"
+    app = entra.add_federated_app(issuer, "system:serviceaccount:ci:deployer")
+    token_file = tmp_path / "azure-identity-token"
+    env = {
+        "AZURE_TENANT_ID": entra.tenant,
+        "AZURE_CLIENT_ID": app.client_id,
+        "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
+        "implicit": "yes",
+    }
+    provider = make_provider(transport, **env)
+    conn = connector("implicit", subscription_id=SUB)
+    try:
+        token_file.write_text(app.federated_token())
+        cred = await provider.mint(conn, "azure-generic", SUB)
+        claims = entra.validate(str(cred.config["token"]), "https://management.azure.com")
+        assert claims is not None and claims["appid"] == app.client_id
+        assert entra.requests[-1][2:] == ("federated", True)
+        # Another service account's token: no federated identity record matches.
+        token_file.write_text(app.federated_token(sub="system:serviceaccount:ci:intruder"))
+        with pytest.raises(CredentialsRejected, match="AADSTS700213"):
+            await provider.mint(conn, "azure-generic", SUB)
+    finally:
+        await provider.aclose()

@@ -7,7 +7,9 @@
   signed by the registered certificate's key (PS256 with ``x5t#S256`` as
   azure-identity sends, or RS256 with ``x5t``), the thumbprint matching that
   certificate, ``iss`` = ``sub`` = the client ID, ``aud`` = this very token
-  endpoint URL, and unexpired;
+  endpoint URL, and unexpired; or (workload identity federation) a token of a
+  trusted external issuer, checked against the app's federated credential
+  (issuer, subject, audience ``api://AzureADTokenExchange``, issuer's key);
 * exactly one scope ``RESOURCE/.default``, and the resource must be one the
   authority knows (ARM, Storage, the AKS server app, ...).
 
@@ -39,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 STORAGE_RESOURCE = "https://storage.azure.com"
 AKS_RESOURCE = "6dae42f8-4368-4678-94ff-3960e28e3630"
 ARM_RESOURCE = "https://management.azure.com"
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
 
 @dataclass
@@ -52,6 +55,18 @@ class App:
     cert_pem: str | None = None
     #: Resources it may get tokens for (None: any known).
     resources: set[str] | None = None
+    #: Federated credential: (issuer, subject, the issuer's RSA private key for tests to sign).
+    federation: tuple[str, str, rsa.RSAPrivateKey] | None = None
+
+    def federated_token(self, lifetime: int = 600, **override: Any) -> str:
+        """A token of the federated issuer for this app's subject (as a Kubernetes
+        projected service account token would be)."""
+        assert self.federation is not None
+        issuer, subject, key = self.federation
+        now = int(time.time())
+        claims = {"iss": issuer, "sub": subject, "aud": FEDERATION_AUDIENCE, "iat": now}
+        claims["exp"] = now + lifetime
+        return jwt.encode({**claims, **override}, key, algorithm="RS256")
 
 
 def make_rsa_cert(common_name: str) -> tuple[str, str, bytes]:
@@ -118,6 +133,12 @@ class EntraAuthority:
             cert_pem=cert_pem,
             resources=resources,
         )
+        self.apps[app.client_id] = app
+        return app
+
+    def add_federated_app(self, issuer: str, subject: str) -> App:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        app = App(str(uuid.uuid4()), federation=(issuer, subject, key))
         self.apps[app.client_id] = app
         return app
 
@@ -213,6 +234,8 @@ class EntraAuthority:
             or not assertion
         ):
             return "none", ("invalid_client", "AADSTS7000216: client credentials required")
+        if app.federation is not None:
+            return "federated", _check_federated(app.federation, assertion)
         if app.cert_der is None:
             return "assertion", ("invalid_client", "AADSTS700027: no certificate registered")
         try:
@@ -241,6 +264,26 @@ class EntraAuthority:
         if claims.get("sub") != app.client_id:
             return "assertion", ("invalid_client", "AADSTS700027: sub is not the client")
         return "assertion", None
+
+
+def _check_federated(
+    federation: tuple[str, str, rsa.RSAPrivateKey], assertion: str
+) -> tuple[str, str] | None:
+    issuer, subject, key = federation
+    try:
+        claims = jwt.decode(
+            assertion,
+            key.public_key(),
+            algorithms=["RS256"],
+            audience=FEDERATION_AUDIENCE,
+            issuer=issuer,
+            options={"require": ["exp", "aud", "iss", "sub"]},
+        )
+    except jwt.PyJWTError as exc:
+        return ("invalid_client", f"AADSTS700211: federated token invalid: {exc}")
+    if claims["sub"] != subject:
+        return ("invalid_client", "AADSTS700213: no matching federated identity record")
+    return None
 
 
 def _error(status: int, error: str, description: str) -> web.Response:
