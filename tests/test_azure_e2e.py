@@ -242,6 +242,14 @@ def test_register_verify_list_get_kubectl_and_docker_helper(
     context = ssl.create_default_context(cafile=ca_file)
     with urllib.request.urlopen(request, timeout=10, context=context) as reply:
         assert reply.status == 200 and json.load(reply)["access_token"]
+    listed_hosts = subprocess.run(
+        [str(BIN / "docker-credential-broker"), "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**daemon.env, "BROKER_HELPER_SOCKET": str(daemon.data_dir / "helper.sock")},
+    )
+    assert json.loads(listed_hosts.stdout)[ACR_HOST] == ACR_USER
     unknown = helper("otheracr.azurecr.cn")
     assert unknown.returncode == 1
     assert str(stand_in.entra.apps) not in daemon.log()

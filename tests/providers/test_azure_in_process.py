@@ -252,6 +252,11 @@ async def test_acr_login_is_the_null_guid_and_an_exchanged_refresh_token(
         ) as reply:
             assert reply.status == 401  # scoped to its own registry
     assert provider.registry_resource_id(conn, "brokeracr.azurecr.io") == "brokeracr.azurecr.io"
+    assert await provider.registry_hosts(conn) == {
+        "brokeracr.azurecr.io": ACR_USER,
+        "otheracr.azurecr.io": ACR_USER,
+        "thirdacr.azurecr.io": ACR_USER,
+    }
     assert provider.registry_resource_id(conn, "gcr.io") is None
 
 

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import aiohttp
+import anyio
 
-from broker.errors import FailedPrecondition, InvalidArgument, NotFound
+from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.azure import arm, autoconfig, blob, entra, ids
 from broker.providers.azure.settings import AKS_SCOPE, STORAGE_SCOPE, AzureSettings
@@ -44,6 +45,8 @@ from broker.providers.memo import PerObject
 
 #: The docker user name ACR takes with a refresh token as password.
 ACR_USER = "00000000-0000-0000-0000-000000000000"
+#: Storage accounts whose containers are listed at once.
+ACCOUNT_CONCURRENCY = 8
 #: The ID of a type without instances when the connector names neither subscription nor tenant.
 _NO_SCOPE = "default"
 
@@ -113,11 +116,13 @@ class AzureProvider(Provider):
         return self.settings(connector).generic_id or _NO_SCOPE
 
     async def registry_hosts(self, connector: Connector) -> dict[str, str]:
-        """docker ``list``: the one registry of a connector fixed on it (listing every ACR
-        of a subscription needs ARM; ``get`` serves any NAME.azurecr.io all the same)."""
-        if connector.resource_type != RT_REGISTRY or connector.resource_id is None:
+        """docker ``list``: the one registry of a connector fixed on it, else the ACR
+        registries ARM lists in the subscription (an error leaves the connector out)."""
+        if connector.resource_type not in (None, RT_REGISTRY):
             return {}
-        return {connector.resource_id: ACR_USER}
+        if connector.resource_id is not None:
+            return {connector.resource_id: ACR_USER}
+        return dict.fromkeys(await self.discover(connector, RT_REGISTRY, None), ACR_USER)
 
     # -- tokens -------------------------------------------------------------
     async def token(self, connector: Connector, scope: str) -> entra.AccessToken:
@@ -166,11 +171,7 @@ class AzureProvider(Provider):
             accounts = await arm.list_storage_accounts(
                 mgmt, self._subscription(settings, "listing storage accounts")
             )
-            found: list[str] = []
-            for account in accounts:
-                url = settings.endpoints.blob_url(account)
-                found += await blob.list_containers(url, account, token, session, timeout)
-            return sorted(found)
+            return await self._containers(settings, accounts, token)
         mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
         if resource_type == RT_GENERIC:
             generic = settings.generic_id or _NO_SCOPE
@@ -196,6 +197,31 @@ class AzureProvider(Provider):
                 raise NotFound(f"ACR registry '{canonical}' is not in subscription '{sub}'")
             return [canonical]
         return registries
+
+    async def _containers(
+        self, settings: AzureSettings, accounts: list[str], token: entra.AccessToken
+    ) -> list[str]:
+        """Every container of ``accounts``, a few accounts at a time; the first error wins
+        (collected: a task group would wrap it in an exception group)."""
+        found: list[str] = []
+        errors: list[BrokerError] = []
+        limiter = anyio.Semaphore(ACCOUNT_CONCURRENCY)
+        session, timeout = self._http(settings), self.context.request_timeout
+
+        async def one(account: str) -> None:
+            async with limiter:
+                url = settings.endpoints.blob_url(account)
+                try:
+                    found.extend(await blob.list_containers(url, account, token, session, timeout))
+                except BrokerError as exc:
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for account in accounts:
+                group.start_soon(one, account)
+        if errors:
+            raise errors[0]
+        return sorted(found)
 
     async def mint(
         self, connector: Connector, resource_type: str, resource_id: str
