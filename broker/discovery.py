@@ -151,6 +151,10 @@ class Discovery:
             )
             return TypeResources(rt, error=f"internal error while listing ({type(exc).__name__})")
         unique = sorted({_canonical(provider, connector, rt, i) for i in ids})
+        if not unique and unit.resource_id is None and connector.resource_type is None:
+            # A multi-type connector serves every type of its cloud: an account with no EKS
+            # clusters (yet) is healthy, and the listing says "none found", not an error.
+            return TypeResources(rt, resource_ids=())
         if not unique:
             what = f"'{unit.resource_id}' is not" if unit.resource_id else "no resources"
             return TypeResources(rt, error=f"{what} reachable with these credentials")

@@ -116,7 +116,10 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {**self.env, "BROKER_SOCKET": str(self.socket), **(env or {})}
+        # The venv's bin on PATH, as after `. .venv/bin/activate`: `broker login docker`
+        # refuses to write a credHelpers entry docker could not resolve.
+        path = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        full_env = {**self.env, "PATH": path, "BROKER_SOCKET": str(self.socket), **(env or {})}
         result = subprocess.run(
             [*BROKER, *args], capture_output=True, text=True, env=full_env, timeout=timeout
         )

@@ -319,6 +319,9 @@ def test_ctrl_c_in_the_cli_cancels_the_fan_out(
         stderr=subprocess.PIPE,
         env={**daemon.env, "BROKER_SOCKET": str(daemon.socket)},
         text=True,
+        # A user's terminal delivers Ctrl-C; a suite run from a backgrounded
+        # non-interactive shell inherits SIGINT ignored, which exec keeps.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         upstream.wait_until(lambda: upstream.count("running") == 4, timeout=20)

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from broker.api.v1 import broker_pb2 as pb
 from broker.attributes import render_value
 from broker.cli import fast, render
+from broker.cli.attrs import inline_keys, secret_names, warn_inline_secrets
 from broker.cli.client import connect
 from broker.cli.options import (
     Output,
@@ -247,7 +248,11 @@ def _print_change(
 def register(
     name: str,
     attributes: Annotated[
-        list[str] | None, typer.Argument(help="KEY=VALUE config attributes; KEY=@file reads a file")
+        list[str] | None,
+        typer.Argument(
+            help="KEY=VALUE config attributes; KEY=@file reads a file, KEY=- reads stdin "
+            "(for secrets: the command line is visible to other users)"
+        ),
     ] = None,
     connector_type: Annotated[str, typer.Option("--type", "-t", help="Connector type")] = "",
     auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
@@ -291,6 +296,7 @@ def register(
         config = {**found, **config}
         expiry = expiry or found_expiry
     with connect(socket) as stub:
+        warn_inline_secrets(attributes, secret_names(stub, connector_type, auth_method))
         reply = stub.RegisterConnector(
             pb.RegisterConnectorRequest(
                 name=name,
@@ -355,7 +361,10 @@ def describe(
 @app.command()
 def update(
     name: str,
-    attributes: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE to set")] = None,
+    attributes: Annotated[
+        list[str] | None,
+        typer.Argument(help="KEY=VALUE to set; KEY=@file reads a file, KEY=- reads stdin"),
+    ] = None,
     remove_attr: Annotated[list[str] | None, typer.Option("--remove-attr")] = None,
     auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
     resource_type: ResourceTypeOpt = None,
@@ -387,8 +396,12 @@ def update(
     changed in between, it is refused (ABORTED) and nothing is written.
     """
     with connect(socket) as stub:
-        if expected_revision is None:
-            expected_revision = stub.GetConnector(pb.GetConnectorRequest(name=name)).revision
+        if expected_revision is None or inline_keys(attributes):
+            current = stub.GetConnector(pb.GetConnectorRequest(name=name))
+            if expected_revision is None:
+                expected_revision = current.revision
+            method = auth_method or current.auth_method
+            warn_inline_secrets(attributes, secret_names(stub, current.connector_type, method))
         reply = stub.UpdateConnector(
             pb.UpdateConnectorRequest(
                 name=name,

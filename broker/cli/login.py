@@ -22,7 +22,7 @@ import typer
 import yaml
 
 from broker.api.v1 import broker_pb2 as pb
-from broker.cli import render
+from broker.cli import docker_helper, render
 from broker.cli.client import checked_socket, connect
 from broker.cli.files import write_private
 from broker.cli.options import ResourceIdOpt, SocketOpt
@@ -103,9 +103,26 @@ def login_docker(
     name: str,
     resource_id: ResourceIdOpt = None,
     config: Annotated[Path | None, typer.Option("--config", help="docker config dir")] = None,
+    install_helper: Annotated[
+        Path | None,
+        typer.Option(
+            "--install-helper",
+            help="Link docker-credential-broker into DIR (a directory on PATH, e.g. "
+            "~/.local/bin) first: docker and skopeo find credential helpers on PATH only",
+            metavar="DIR",
+        ),
+    ] = None,
     socket: SocketOpt = None,
 ) -> None:
-    """Make docker ask the broker for this connector's registry."""
+    """Make docker ask the broker for this connector's registry.
+
+    docker's credHelpers entry names a helper by suffix ("broker"), never by path: docker
+    and skopeo run `docker-credential-broker` from PATH. Nothing is written unless it is
+    found there (or --install-helper links it into a directory that is).
+    """
+    ours = _helper(docker_helper.HELPER)
+    installed = docker_helper.install(install_helper, ours) if install_helper else None
+    docker_helper.check_on_path(ours, installed)
     cred, helper_socket = _client_credential(socket, name, "docker-registry", resource_id)
     host = _registry_host(cred.resource_id)
     with connect(socket) as stub:
@@ -185,7 +202,11 @@ def login_kubernetes(
     kubeconfig: Annotated[Path | None, typer.Option("--kubeconfig")] = None,
     context: Annotated[str | None, typer.Option("--context", help="context name")] = None,
     set_current: Annotated[
-        bool, typer.Option("--set-current/--no-set-current", help="make it the current context")
+        bool,
+        typer.Option(
+            "--set-current/--no-set-current",
+            help="make it kubectl's current-context (the command says when it switches)",
+        ),
     ] = True,
     socket: SocketOpt = None,
 ) -> None:
@@ -229,10 +250,28 @@ def login_kubernetes(
     _upsert(doc["clusters"], entry, "cluster", cluster)
     _upsert(doc["users"], entry, "user", user)
     _upsert(doc["contexts"], entry, "context", {"cluster": entry, "user": entry})
+    previous = doc.get("current-context") or None
     if set_current:
         doc["current-context"] = entry
     write_private(path, yaml.safe_dump(doc, sort_keys=False))
     render.console.print(f"kubeconfig {path}: context '{entry}' uses credential-broker ('{name}').")
+    render.console.print(_context_note(entry, previous, set_current), highlight=False)
+
+
+def _context_note(entry: str, previous: str | None, set_current: bool) -> str:
+    """kubectl's target changes with current-context: say so, and how to keep the old one."""
+    if not set_current:
+        kept = f"stays '{previous}'" if previous else "is unset"
+        return f"current-context {kept}: use `kubectl --context {entry}`."
+    if previous == entry:
+        return f"current-context is '{entry}' (unchanged)."
+    if previous is None:
+        return f"current-context set to '{entry}' (it was unset; --no-set-current leaves it)."
+    return (
+        f"current-context switched from '{previous}' to '{entry}': kubectl now talks to "
+        f"this cluster (back: `kubectl config use-context {previous}`; --no-set-current "
+        "leaves it alone)."
+    )
 
 
 def _aws_config_path() -> Path:

@@ -62,7 +62,7 @@ def print_resources(results: Sequence[pb.ResourceResult]) -> None:
                 r.resource_type,
                 f"[red]error: {r.error}[/red]"
                 if r.HasField("error")
-                else "\n".join(r.resource_ids),
+                else "\n".join(r.resource_ids) or "none found",
             )
             for r in results
         ],

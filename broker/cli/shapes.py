@@ -31,34 +31,76 @@ MAX_FILE_BYTES = 256 * 1024
 
 
 def parse_pairs(items: list[str] | None, what: str, *, files: bool = False) -> dict[str, str]:
-    """``KEY=VALUE`` arguments into a dict; ``KEY=@path`` reads the value from a file."""
+    """``KEY=VALUE`` arguments into a dict; with ``files``, ``KEY=@path`` reads the value from
+    a file and ``KEY=-`` from stdin (once), so a secret never shows in ``ps`` or history."""
     out: dict[str, str] = {}
+    stdin_key: str | None = None
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise InvalidArgument(f"{what} '{key or item}' must be written KEY=VALUE", field=what)
-        if files and value.startswith("@"):
-            from pathlib import Path
-
-            path = Path(value[1:]).expanduser()
-            try:
-                if path.stat().st_size > MAX_FILE_BYTES:
-                    raise InvalidArgument(
-                        f"file {path} for attribute '{key}' is larger than {MAX_FILE_BYTES} bytes",
-                        field=key,
-                    )
-                value = path.read_text()
-            except OSError as exc:
+        if files and value == "-":
+            if stdin_key is not None:
                 raise InvalidArgument(
-                    f"cannot read file {path} for attribute '{key}': {exc.strerror}", field=key
-                ) from None
-            except UnicodeDecodeError:
-                raise InvalidArgument(
-                    f"file {path} for attribute '{key}' is not text", field=key
-                ) from None
+                    f"only one attribute can be read from stdin ('{stdin_key}=-' and "
+                    f"'{key}=-'): give the other as KEY=@FILE",
+                    field=key,
+                )
+            stdin_key = key
+            value = _read_stdin(key)
+        elif files and value.startswith("@"):
+            value = _read_file(key, value[1:])
         out[key] = value
     return out
+
+
+def inline_keys(items: list[str] | None) -> list[str]:
+    """Keys whose value was written on the command line itself (not ``@file``, not ``-``)."""
+    keys = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if sep and value != "-" and not value.startswith("@"):
+            keys.append(key.strip())
+    return keys
+
+
+def _read_stdin(key: str) -> str:
+    """The whole of stdin, less one trailing newline (``echo`` adds it; a value never ends
+    in one). A terminal gets a hidden prompt instead, as ``docker login`` does."""
+    if sys.stdin is None:
+        raise InvalidArgument(f"attribute '{key}=-' reads stdin, but there is none", field=key)
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"{key}: ")
+    data = sys.stdin.read(MAX_FILE_BYTES + 1)
+    if len(data.encode()) > MAX_FILE_BYTES:
+        raise InvalidArgument(
+            f"stdin for attribute '{key}' is larger than {MAX_FILE_BYTES} bytes", field=key
+        )
+    if data.endswith("\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith("\n") else data
+
+
+def _read_file(key: str, name: str) -> str:
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidArgument(
+                f"file {path} for attribute '{key}' is larger than {MAX_FILE_BYTES} bytes",
+                field=key,
+            )
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read file {path} for attribute '{key}': {exc.strerror}", field=key
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"file {path} for attribute '{key}' is not text", field=key) from None
 
 
 def rfc3339(message: Any, name: str) -> str | None:

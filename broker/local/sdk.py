@@ -34,7 +34,7 @@ import hashlib
 import hmac
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -94,6 +94,17 @@ def _hash(token: str) -> bytes:
 
 def _stamp(when: datetime) -> str:
     return formats.rfc3339(when.astimezone(UTC))
+
+
+def _aws_location(config: Mapping[str, object]) -> dict[str, str]:
+    """Where the connector's AWS is: SDKs and the aws CLI read these, so `aws s3 ls` after
+    `eval "$(broker env aws ...)"` goes to the connector's endpoint and region, not AWS's."""
+    env: dict[str, str] = {}
+    if config.get("endpoint_url"):
+        env["AWS_ENDPOINT_URL"] = str(config["endpoint_url"])
+    if config.get("region"):
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = str(config["region"])
+    return env
 
 
 def validate_ttl(ttl_seconds: int | None) -> int:
@@ -292,6 +303,7 @@ class SdkEndpoints:
             env = {
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://{self._host}:{port}{AWS_PATH}",
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
+                **_aws_location(issued.credential.config),
             }
         else:
             gce.check_credential(connector, issued.credential)  # a token, not a key file
