@@ -369,3 +369,37 @@ def test_skopeo_pushes_and_inspects_through_the_docker_helper(
     assert f"{ACR_HOST}:443" in proxy.seen
     exchanges = [c for c in stand_in.cloud.calls if c[1].endswith("/oauth2/exchange")]
     assert exchanges and all(status == 200 for _, _, status in exchanges)
+
+
+def test_auto_configure_from_azure_env(
+    daemon: Daemon, stand_in: AzureStandIn, azurite: Azurite, tmp_path: Path
+) -> None:
+    app = stand_in.entra.add_secret_app()
+    ca_file = stand_in.ca.write(tmp_path, "ca-auto")
+    endpoints = {
+        k: v for k, v in stand_in.connector_config().items() if k != "certificate_authority"
+    }
+    registered = daemon.cli_json(
+        "connector",
+        "register",
+        "az-auto",
+        "--type",
+        "azure",
+        "--auto-configure",
+        "-r",
+        "azure-generic",
+        f"certificate_authority=@{ca_file}",
+        *(f"{k}={v}" for k, v in endpoints.items()),
+        env={
+            "AZURE_TENANT_ID": stand_in.entra.tenant,
+            "AZURE_CLIENT_ID": app.client_id,
+            "AZURE_CLIENT_SECRET": str(app.secret),
+            "AZURE_SUBSCRIPTION_ID": SUB,
+        },
+    )
+    connector = registered["connector"]
+    assert connector["auth_method"] == "service-principal"
+    assert connector["config"]["client_secret"] == "[HIDDEN]"
+    assert connector["config"]["subscription_id"] == SUB
+    assert registered["resources"][0]["resource_ids"] == [SUB]
+    assert str(app.secret) not in daemon.log()
