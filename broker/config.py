@@ -17,6 +17,7 @@ from typing import Any
 from broker.errors import InvalidArgument
 from broker.hosts import is_loopback
 from broker.identity.attestors.settings import AttestorSettings, parse_attestors
+from broker.outputs.settings import OutputSpec, parse_outputs
 from broker.policy import Rule, parse_policy
 from broker.store.postgres_dsn import is_postgres_url, redact
 
@@ -116,6 +117,8 @@ class Settings:
     policy_rules: tuple[Rule, ...] = field(default=(), metadata={"internal": True})
     #: ``[attestors]`` from the config file: workload attestation, off when None.
     attestors: AttestorSettings | None = field(default=None, metadata={"internal": True})
+    #: ``[[outputs]]`` from the config file: credentials kept written to files.
+    outputs: tuple[OutputSpec, ...] = field(default=(), metadata={"internal": True})
     #: The TOML file these settings came from: SIGHUP re-reads its policy.
     config_file: Path | None = field(default=None, metadata={"internal": True})
 
@@ -298,13 +301,14 @@ def load_settings(
             settings,
             policy_rules=tuple(parse_policy(data.pop("policy", None), str(path))),
             attestors=parse_attestors(data.pop("attestors", None), str(path), env),
+            outputs=parse_outputs(data.pop("outputs", None), str(path)),
             config_file=path,
         )
         nested = [k for k, v in data.items() if isinstance(v, dict)]
         if nested:
             raise InvalidArgument(
                 f"unknown section '[{nested[0]}]' in {path}: settings are top-level keys "
-                "(the only sections are [policy] and [attestors])",
+                "(the only sections are [policy], [attestors] and [[outputs]])",
                 field=nested[0],
             )
         settings = _apply(settings, data, str(path))
@@ -348,3 +352,20 @@ def reload_policy(settings: Settings) -> tuple[Rule, ...]:
             f"config file {path} is not valid TOML: {exc}", field="config"
         ) from None
     return tuple(parse_policy(data.get("policy"), str(path)))
+
+
+def reload_outputs(settings: Settings) -> tuple[OutputSpec, ...]:
+    """The ``[[outputs]]`` tables re-read from the config file (SIGHUP); errors name
+    ``outputs[N].key``."""
+    if settings.config_file is None:
+        return settings.outputs
+    path = settings.config_file
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"config file {path}: {exc.strerror}", field="config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(
+            f"config file {path} is not valid TOML: {exc}", field="config"
+        ) from None
+    return parse_outputs(data.get("outputs"), str(path))

@@ -21,7 +21,7 @@ import structlog
 from broker import __version__
 from broker.cache.cache import CredentialCache
 from broker.clock import Clock, SystemClock
-from broker.config import Settings, reload_policy
+from broker.config import Settings, reload_outputs, reload_policy
 from broker.descriptors import raise_nofile_limit
 from broker.discovery import Discovery, DiscoveryLimits
 from broker.errors import BrokerError
@@ -30,6 +30,7 @@ from broker.local.guard import endpoint_guards
 from broker.local.sdk import SdkEndpoints
 from broker.logs import configure
 from broker.notify import Notifier
+from broker.outputs.manager import OutputManager
 from broker.pointers import write_pointers
 from broker.policy import build_policy
 from broker.providers.base import ProviderContext
@@ -68,6 +69,16 @@ def reload_policy_now(settings: Settings, service: BrokerService) -> None:
         return
     service.gate.replace(build_policy(os.getuid(), rules, attesting=_attesting(settings)))
     log.info("policy_reloaded", rules=len(rules), source=str(settings.config_file))
+
+
+async def reload_outputs_now(settings: Settings, outputs: OutputManager) -> None:
+    """SIGHUP: apply the config file's [[outputs]]; a bad one keeps the old and says why."""
+    try:
+        specs = reload_outputs(settings)
+    except BrokerError as exc:
+        log.error("outputs_reload_failed", error=exc.message, kept="the previous outputs")
+        return
+    await outputs.replace(specs)
 
 
 def _attesting(settings: Settings) -> bool:
@@ -196,6 +207,11 @@ async def _serve(
     server = GrpcServer(settings, service, sdk, attestation)
     helpers = HelperEndpoint(service, helper_guard, attestation)
     notifier = Notifier.from_env(env)
+    # [[outputs]]: files kept current, written as the daemon's own user (an admin by the
+    # built-in rules: the config file is the admin's decision); failures show in status.
+    outputs = OutputManager(settings.outputs, service.watch_credentials, clock, dict(env))
+    service.outputs = outputs.states
+    service.conditions.append(outputs.degraded_reason)
     feed = None
     if isinstance(store, PostgresStore):  # a fleet: other daemons' writes arrive here
         feed = ChangeFeed(
@@ -213,6 +229,7 @@ async def _serve(
                 **service.margins.stats(),
                 **(store.stats() if isinstance(store, PostgresStore) else {}),
                 **(feed.stats() if feed is not None else {}),
+                **outputs.stats(),
             },
             service.upstream,
         )
@@ -235,6 +252,7 @@ async def _serve(
         stack.push_async_callback(_shielded(metrics.stop))
     async with anyio.create_task_group() as tg:
         await tg.start(cache.run)
+        await tg.start(outputs.run)
         if feed is not None:
             await tg.start(feed.run)
             tg.start_soon(report_feed_health, feed, server)
@@ -259,6 +277,7 @@ async def _serve(
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         reload_policy_now(settings, service)
+                        await reload_outputs_now(settings, outputs)
                         continue
                     log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     break

@@ -68,6 +68,11 @@ GAUGES: dict[str, tuple[str, str]] = {
         "broker_change_feed_last_change_id",
         "The id of the last change this daemon applied",
     ),
+    "outputs": ("broker_outputs", "Configured [[outputs]] files"),
+    "outputs_failing": (
+        "broker_outputs_failing",
+        "Outputs whose last write or hook failed (retrying); 0 when all are current",
+    ),
 }
 #: Running totals: name -> (metric without _total, help). Alerts use these names.
 COUNTERS: dict[str, tuple[str, str]] = {
@@ -101,6 +106,20 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "change_feed_applied": (
         "broker_change_feed_applied",
         "Changes made through any daemon that this daemon applied",
+    ),
+    "output_writes": ("broker_output_writes", "Output files written (a changed credential)"),
+    "output_write_failures": (
+        "broker_output_write_failures",
+        "Output writes that failed (unwritable path, format refused); each is retried",
+    ),
+    "output_hook_runs": ("broker_output_hook_runs", "on_change programs started"),
+    "output_hook_failures": (
+        "broker_output_hook_failures",
+        "on_change runs that failed or timed out, and signals that could not be sent",
+    ),
+    "output_late_writes": (
+        "broker_output_late_writes",
+        "Output rewrites that came after the previous credential entered its margin",
     ),
     "change_feed_full_reloads": (
         "broker_change_feed_full_reloads",

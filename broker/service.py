@@ -54,6 +54,7 @@ from broker.model import (
     ResourceTypeSpec,
     TypeResources,
 )
+from broker.outputs.manager import OutputState, OutputsView
 from broker.policy import AccessPolicy, Action, Target
 from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
@@ -112,6 +113,8 @@ class BrokerService:
         self.registry_connector = self.registries.registry_connector
         self.registry_usernames = self.registries.registry_usernames
         self.set_preferred_registry_connector = self.registries.set_preferred_registry_connector
+        #: The file outputs' states (the daemon sets it when [[outputs]] are configured).
+        self.outputs: OutputsView | None = None
 
     # -- connector types --------------------------------------------------
     def list_types(
@@ -500,6 +503,13 @@ class BrokerService:
                 principal, Action.LIST_RESOURCES, found.connector, found.result
             )
             yield ListedResources(found.connector, result)
+
+    # -- file outputs -----------------------------------------------------
+    def list_outputs(self, principal: Principal) -> list[OutputState]:
+        """Paths, formats, last write, next renewal and last error: no secret, so viewers
+        may see them, as they see ``status``."""
+        self.gate.require(principal, Action.VIEW, Target())
+        return self.outputs() if self.outputs is not None else []
 
     # -- status -----------------------------------------------------------
     async def status(self, principal: Principal) -> DaemonStatus:

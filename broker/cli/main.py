@@ -10,7 +10,7 @@ import grpc
 import typer
 
 from broker import __version__
-from broker.cli import connector, credentials, env, login, policy, render
+from broker.cli import connector, credentials, env, login, outputs, policy, render
 from broker.cli import store as store_cli
 from broker.cli.client import rpc_error
 from broker.cli.options import Output, OutputOpt, SocketOpt
@@ -29,6 +29,7 @@ app.add_typer(env.app, name="env")
 app.add_typer(login.logout_app, name="logout")
 app.add_typer(policy.app, name="policy")
 app.add_typer(store_cli.app, name="store")
+app.add_typer(outputs.app, name="outputs")
 app.command("whoami")(policy.whoami)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
 app.add_typer(config_app, name="config")

@@ -20,6 +20,7 @@ from broker.model import (
     TypeResources,
     Value,
 )
+from broker.outputs.manager import OutputState
 from broker.policy import ROLES, AccessPolicy, Action
 
 
@@ -211,3 +212,29 @@ def policy(access: AccessPolicy) -> pb.Policy:
         for action in Action
     }
     return pb.Policy(rules=rules, actions=actions)
+
+
+def output(state: OutputState) -> pb.Output:
+    """One file output's state (``broker outputs list``): nothing secret in it."""
+    spec = state.spec
+    return pb.Output(
+        index=spec.index,
+        connector=spec.connector,
+        resource_type=spec.resource_type or "",
+        resource_id=spec.resource_id or "",
+        format=spec.format,
+        path=str(spec.path),
+        mode=spec.mode,
+        last_write=ts(state.last_write),
+        next_renewal=ts(state.next_renewal),
+        margin_at=ts(state.margin_at),
+        expires_at=ts(state.expires_at),
+        last_error=state.last_error,
+        last_error_at=ts(state.last_error_at),
+        writes=state.writes,
+        write_failures=state.write_failures,
+        hook_runs=state.hook_runs,
+        hook_failures=state.hook_failures,
+        on_change=spec.on_change[0] if spec.on_change else "",
+        signal=spec.signal.name if spec.signal is not None else "",
+    )

@@ -324,6 +324,13 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         )
 
     @_guard
+    async def ListOutputs(
+        self, request: pb.ListOutputsRequest, context: Ctx
+    ) -> pb.ListOutputsResponse:
+        states = self._service.list_outputs(self._callers.principal(context))
+        return pb.ListOutputsResponse(outputs=[convert.output(s) for s in states])
+
+    @_guard
     async def SetPreferredConnector(
         self, request: pb.SetPreferredConnectorRequest, context: Ctx
     ) -> pb.SetPreferredConnectorResponse:

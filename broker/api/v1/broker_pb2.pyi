@@ -477,6 +477,58 @@ class Status(_message.Message):
     store: str
     def __init__(self, version: _Optional[str] = ..., health: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., connectors: _Optional[int] = ..., cached_credentials: _Optional[int] = ..., subscribers: _Optional[int] = ..., connector_types: _Optional[_Iterable[str]] = ..., helper_socket: _Optional[str] = ..., degraded: _Optional[_Iterable[str]] = ..., store: _Optional[str] = ...) -> None: ...
 
+class ListOutputsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Output(_message.Message):
+    __slots__ = ("index", "connector", "resource_type", "resource_id", "format", "path", "mode", "last_write", "next_renewal", "margin_at", "expires_at", "last_error", "last_error_at", "writes", "write_failures", "hook_runs", "hook_failures", "on_change", "signal")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_WRITE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RENEWAL_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    HOOK_RUNS_FIELD_NUMBER: _ClassVar[int]
+    HOOK_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ON_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    connector: str
+    resource_type: str
+    resource_id: str
+    format: str
+    path: str
+    mode: int
+    last_write: _timestamp_pb2.Timestamp
+    next_renewal: _timestamp_pb2.Timestamp
+    margin_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    last_error: str
+    last_error_at: _timestamp_pb2.Timestamp
+    writes: int
+    write_failures: int
+    hook_runs: int
+    hook_failures: int
+    on_change: str
+    signal: str
+    def __init__(self, index: _Optional[int] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., format: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., last_write: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_renewal: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., margin_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., writes: _Optional[int] = ..., write_failures: _Optional[int] = ..., hook_runs: _Optional[int] = ..., hook_failures: _Optional[int] = ..., on_change: _Optional[str] = ..., signal: _Optional[str] = ...) -> None: ...
+
+class ListOutputsResponse(_message.Message):
+    __slots__ = ("outputs",)
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Output]
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ...) -> None: ...
+
 class SetPreferredConnectorRequest(_message.Message):
     __slots__ = ("resource_type", "resource_id", "connector")
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]

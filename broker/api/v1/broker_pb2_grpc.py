@@ -94,6 +94,11 @@ class BrokerServiceStub:
                 request_serializer=broker_dot_v1_dot_broker__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.Status.FromString,
                 _registered_method=True)
+        self.ListOutputs = channel.unary_unary(
+                '/broker.v1.BrokerService/ListOutputs',
+                request_serializer=broker_dot_v1_dot_broker__pb2.ListOutputsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.ListOutputsResponse.FromString,
+                _registered_method=True)
         self.SetPreferredConnector = channel.unary_unary(
                 '/broker.v1.BrokerService/SetPreferredConnector',
                 request_serializer=broker_dot_v1_dot_broker__pb2.SetPreferredConnectorRequest.SerializeToString,
@@ -213,6 +218,14 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOutputs(self, request, context):
+        """The [[outputs]] files the daemon keeps written: path, format, last write,
+        next renewal, last error (viewer: like GetStatus, nothing secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetPreferredConnector(self, request, context):
         """Which connector answers the docker credential helper for a registry host
         when several could (`broker login docker`).
@@ -326,6 +339,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.GetStatusRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.Status.SerializeToString,
+            ),
+            'ListOutputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOutputs,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.ListOutputsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.ListOutputsResponse.SerializeToString,
             ),
             'SetPreferredConnector': grpc.unary_unary_rpc_method_handler(
                     servicer.SetPreferredConnector,
@@ -687,6 +705,33 @@ class BrokerService:
             '/broker.v1.BrokerService/GetStatus',
             broker_dot_v1_dot_broker__pb2.GetStatusRequest.SerializeToString,
             broker_dot_v1_dot_broker__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/ListOutputs',
+            broker_dot_v1_dot_broker__pb2.ListOutputsRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.ListOutputsResponse.FromString,
             options,
             channel_credentials,
             insecure,

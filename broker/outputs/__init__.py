@@ -1,0 +1,1 @@
+"""File outputs: credentials kept written to files (``[[outputs]]`` in the config file)."""
