@@ -205,3 +205,22 @@ def test_auto_configure_from_azure_env_and_the_cli_profile(tmp_path: Path) -> No
     cli = provider.auto_configure(AutoConfigureOptions(), {"HOME": str(tmp_path)})
     assert cli.auth_method == "implicit"
     assert dict(cli.config) == {"tenant_id": TENANT, "subscription_id": SUB}
+
+
+def test_endpoint_attributes_build_the_urls_the_provider_calls() -> None:
+    urls = AzureSettings.from_connector(
+        connector(
+            acr_scheme="http",
+            blob_endpoint="https://127.0.0.1:10000/{account}",
+            arm_endpoint="https://management.usgovcloudapi.net/",
+        ),
+        {},
+    ).endpoints
+    assert urls.acr_url("myacr.azurecr.io") == "http://myacr.azurecr.io"
+    assert urls.blob_url("store1") == "https://127.0.0.1:10000/store1"
+    assert urls.arm_scope == "https://management.usgovcloudapi.net/.default"
+    templated = AzureSettings.from_connector(
+        connector(acr_endpoint="https://10.0.0.5/acr/{name}"), {}
+    ).endpoints
+    assert templated.acr_url("myacr.azurecr.io") == "https://10.0.0.5/acr/myacr"
+    assert templated.blob_url("store1") == "https://store1.blob.core.windows.net"

@@ -25,6 +25,7 @@ from broker.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    UpstreamError,
 )
 from broker.model import Connector, Value
 from broker.providers.azure import AzureProvider
@@ -363,3 +364,25 @@ async def test_implicit_workload_identity_federation_from_the_token_file(
             await provider.mint(conn, "azure-generic", SUB)
     finally:
         await provider.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_authority_is_a_retryable_upstream_error(
+    entra: EntraAuthority,
+) -> None:
+    app = web.Application()
+    entra.routes(app)
+    async with InProcessTransport(app, hosts=["login.chinacloudapi.cn"]) as transport:
+        provider = make_provider(transport)
+        try:
+            with pytest.raises(UpstreamError) as err:
+                await provider.mint(secret_connector(entra), "azure-generic", SUB)
+            assert err.value.retryable
+            assert "login.microsoftonline.com" in err.value.message
+            # The sovereign authority is reached once the connector names it.
+            china = secret_connector(entra, authority_host="https://login.chinacloudapi.cn")
+            cred = await provider.mint(china, "azure-generic", SUB)
+            assert entra.validate(str(cred.config["token"]), "https://management.azure.com")
+            assert [s.host for s in transport.sent] == ["login.chinacloudapi.cn"]
+        finally:
+            await provider.aclose()
