@@ -114,4 +114,3 @@ def key_credential(
         host = ids.parse_registry(canonical, settings.project).host
         return docker_credential(canonical, host, REGISTRY_KEY_USER, text, None, issued)
     return None
-
