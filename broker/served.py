@@ -31,6 +31,7 @@ DOCUMENTED_MARGINS: dict[str, timedelta] = {
     "gcp": timedelta(minutes=4),
     "kubernetes": timedelta(seconds=60),
     "docker": timedelta(minutes=5),
+    "azure": timedelta(minutes=5),
 }
 #: Any other kind of credential.
 DOCUMENTED_OTHER_MARGIN = timedelta(seconds=60)

@@ -93,6 +93,7 @@ def test_the_readme_states_the_rule_and_both_copies_follow_it() -> None:
     assert table == {"aws": timedelta(minutes=15), "gcp": timedelta(minutes=4)} | {
         "kubernetes": timedelta(seconds=60),
         "docker": timedelta(minutes=5),
+        "azure": timedelta(minutes=5),
     }
     assert table == policy.KIND_MARGINS == DOCUMENTED_MARGINS
     assert "| any other type | 60 s |" in text

@@ -65,6 +65,9 @@ KUBERNETES_MARGIN = timedelta(seconds=60)
 #: when a long transfer refreshes its registry token; 5 minutes covers a slow
 #: layer upload (ECR passwords live 12 h, GCR / Artifact Registry ones 1 h).
 DOCKER_MARGIN = timedelta(minutes=5)
+#: azure-core's bearer-token policy (every Azure SDK) fetches a new token once less
+#: than 5 minutes are left, so tokens handed out with less would be refreshed at once.
+AZURE_MARGIN = timedelta(minutes=5)
 #: Any other (plug-in) credential type: enough for clock skew and one request.
 DEFAULT_MARGIN = timedelta(seconds=60)
 
@@ -75,6 +78,7 @@ KIND_MARGINS: dict[str, timedelta] = {
     "gcp": GOOGLE_MARGIN,
     "kubernetes": KUBERNETES_MARGIN,
     "docker": DOCKER_MARGIN,
+    "azure": AZURE_MARGIN,
 }
 
 #: The margin never exceeds this fraction of the credential's declared lifetime, so
