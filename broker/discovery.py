@@ -3,8 +3,10 @@
 Verify, register and list-resources share this engine. Each (connector,
 resource type) is one unit of work, bounded by a per-provider and a global
 limit and a per-unit timeout; failures become per-unit errors, never an
-exception for the whole listing. Successful results are cached per connector
-revision for a short TTL. Leaving :meth:`Discovery.stream` early (the client
+exception for the whole listing. Results are cached per connector revision:
+successes for ``cache_ttl``, failures briefly (``failure_ttl``, as resolvers
+cache negative answers), so a listing does not re-ask a connector that just
+failed; a reused failure says how old it is, and ``refresh`` asks again. Leaving :meth:`Discovery.stream` early (the client
 went away) cancels every unit still queued or running before it returns.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import structlog
@@ -46,6 +48,8 @@ class DiscoveryLimits:
     timeout: float = 5.0
     #: Seconds a successful listing is reused (0 disables the cache).
     cache_ttl: float = 60.0
+    #: Seconds a failed listing is reused, shown with its age (0: failures are not kept).
+    failure_ttl: float = 10.0
     #: Listings kept in the result cache.
     cache_entries: int = 4096
 
@@ -68,6 +72,8 @@ class Found:
 
 
 _CacheKey = tuple[str, int, str, str | None]
+#: Until when a listing is live, when it was made, the listing.
+_Cached = tuple[float, float, TypeResources]
 
 
 class Discovery:
@@ -81,7 +87,7 @@ class Discovery:
         self.limits = limits or DiscoveryLimits()
         self._global = anyio.Semaphore(self.limits.global_concurrency)
         self._per_provider: dict[str, anyio.Semaphore] = {}
-        self._cache: dict[_CacheKey, tuple[float, TypeResources]] = {}
+        self._cache: dict[_CacheKey, _Cached] = {}
 
     def _provider_limit(self, connector_type: str) -> anyio.Semaphore:
         sem = self._per_provider.get(connector_type)
@@ -99,29 +105,42 @@ class Discovery:
         refresh: bool = False,
         cache: bool = True,
     ) -> TypeResources:
-        """Discover one unit; errors are returned, not raised. Only successes are cached:
-        a failed connector is asked again next time, since the user is probably fixing it.
+        """Discover one unit; errors are returned, not raised. Successes are cached for
+        ``cache_ttl``; failures only for ``failure_ttl`` (short: the user is probably fixing
+        the connector, but an endpoint already failing is not asked again by every listing).
         ``cache=False`` neither reads nor writes the cache (connectors not stored yet)."""
-        cache = cache and self.limits.cache_ttl > 0
         hit = self.cached(unit) if cache and not refresh else None
         if hit is not None:
             return hit
         limit = unit_timeout if unit_timeout and unit_timeout > 0 else self.limits.timeout
         result = await self._run(unit, limit)
-        if cache and result.error is None:
+        ttl = self.limits.cache_ttl if result.error is None else self.limits.failure_ttl
+        if cache and ttl > 0:
             key = _key(unit)
             self._cache.pop(key, None)
             if len(self._cache) >= self.limits.cache_entries:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = (self._clock.monotonic() + self.limits.cache_ttl, result)
+            now = self._clock.monotonic()
+            self._cache[key] = (now + ttl, now, result)
         return result
 
     def cached(self, unit: Unit) -> TypeResources | None:
-        """The unit's listing if the cache holds a live one."""
+        """The unit's listing if the cache holds a live one; a failure says how old it is."""
         hit = self._cache.get(_key(unit))
-        if hit is not None and hit[0] > self._clock.monotonic():
-            return hit[1]
-        return None
+        if hit is None:
+            return None
+        until, made, result = hit
+        now = self._clock.monotonic()
+        if until <= now:
+            return None
+        if result.error is not None:
+            age = max(0, math.floor(now - made))
+            return replace(
+                result,
+                error=f"{result.error} (failed {age}s ago, kept for {_secs(until - made)}; "
+                "--refresh asks again)",
+            )
+        return result
 
     async def _run(self, unit: Unit, limit: float) -> TypeResources:
         connector, rt = unit.connector, unit.resource_type
@@ -242,7 +261,7 @@ class Discovery:
                 with suppress(anyio.BrokenResourceError):  # the consumer left already
                     await out.send(Found(unit.connector, result))
 
-        use_cache = cache and not refresh and self.limits.cache_ttl > 0
+        use_cache = cache and not refresh
         try:
             async with anyio.create_task_group() as tg:
                 async with send:

@@ -236,7 +236,7 @@ async def test_every_failure_is_an_entry_of_its_own(
 async def test_cache_ttl_refresh_revision_and_errors(
     upstream: SlowUpstream, registry: ProviderRegistry, clock: FakeClock
 ) -> None:
-    engine = Discovery(registry, clock, DiscoveryLimits(cache_ttl=60))
+    engine = Discovery(registry, clock, DiscoveryLimits(cache_ttl=60, failure_ttl=0))
     conn = make("cached", upstream)
     failing = make("failing", upstream, token="wrong-token")
 
@@ -248,7 +248,7 @@ async def test_cache_ttl_refresh_revision_and_errors(
 
     assert await calls_for(conn, failing) == 4
     assert await calls_for(conn) == 0  # served from the cache
-    assert await calls_for(failing) == 2  # failures are never cached
+    assert await calls_for(failing) == 2  # failure_ttl=0: failures are not kept
     await clock.advance(59)
     assert await calls_for(conn) == 0
     await clock.advance(2)  # TTL passed
@@ -259,6 +259,35 @@ async def test_cache_ttl_refresh_revision_and_errors(
     engine.forget(conn.id)
     assert await calls_for(replace(conn, revision=2)) == 2
     assert await calls_for(replace(conn, revision=2)) == 0
+
+
+async def test_a_failure_is_reused_for_the_failure_ttl_with_its_age(
+    upstream: SlowUpstream, registry: ProviderRegistry, clock: FakeClock
+) -> None:
+    """As resolvers cache negative answers: asked once within the TTL, again after it,
+    and at once with refresh; the reused failure says how old it is."""
+    engine = Discovery(registry, clock, DiscoveryLimits(cache_ttl=60, failure_ttl=10))
+    failing = make("failing", upstream, token="wrong-token")
+    units = engine.plan([failing])
+
+    async def asked(*, refresh: bool = False) -> tuple[int, list[str]]:
+        before = len(upstream.calls)
+        found = await listing(engine, units, refresh=refresh)
+        errors = sorted(f.result.error or "" for f in found)
+        return len(upstream.calls) - before, errors
+
+    calls, fresh = await asked()
+    assert calls == 2 and all(e and "ago" not in e for e in fresh)
+    await clock.advance(3.5)
+    calls, reused = await asked()
+    assert calls == 0
+    assert reused == [f"{e} (failed 3s ago, kept for 10s; --refresh asks again)" for e in fresh]
+    assert await asked(refresh=True) == (2, fresh)  # and that answer is kept from now
+    await clock.advance(9.9)
+    assert (await asked())[0] == 0
+    await clock.advance(0.2)  # the TTL passed
+    assert await asked() == (2, fresh)
+    assert engine.cached(units[0]) is not None
 
 
 async def test_a_resource_id_narrows_the_listing_in_canonical_form(
