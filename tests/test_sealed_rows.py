@@ -436,7 +436,7 @@ async def test_first_start_reseals_schema_1_rows_with_the_new_associated_data(
     finally:
         await upgraded.close()
 
-    assert schema_version(db_path) == migrations.LATEST_VERSION == 2
+    assert schema_version(db_path) == migrations.LATEST_VERSION == 3
     assert not reg.tampered and reg.config["password"] == SECRET
     assert not other.tampered and other.config["password"] == "other-password"
     assert moved.tampered and "password" not in moved.config

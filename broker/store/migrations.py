@@ -23,6 +23,7 @@ import structlog
 
 from broker.errors import BrokerError
 from broker.model import Connector
+from broker.store import persisted
 from broker.store.crypto import SecretBox, SecretKeyMismatch
 from broker.store.seal import connector_secrets_ad, legacy_secrets_ad
 
@@ -134,6 +135,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "seal each connector's secrets to its whole row, not just its id",
         (),
         _reseal_connector_secrets,
+    ),
+    Migration(
+        3,
+        "the persistent credential cache (sealed minted credentials per daemon)",
+        (persisted.TABLE_SQL.format(int="INTEGER", blob="BLOB"), persisted.INDEX_SQL),
     ),
 )
 

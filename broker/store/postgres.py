@@ -26,7 +26,7 @@ under the same associated data, so a store moves between the two unchanged
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -43,7 +43,8 @@ from broker.errors import (
     NotFound,
     Unavailable,
 )
-from broker.model import Connector
+from broker.model import ClientCredential, Connector
+from broker.store import persisted
 from broker.store import postgres_migrations as migrations
 from broker.store import postgres_setup as setup
 from broker.store import postgres_sql as sql
@@ -62,6 +63,7 @@ from broker.store.codec import (
     utc,
 )
 from broker.store.crypto import SecretBox
+from broker.store.persisted import LoadedCredentials, PersistedKey
 from broker.store.postgres_changes import (
     ChangeListener,
     change_from_row,
@@ -297,6 +299,7 @@ class PostgresStore:
                 await conn.execute(sql.UPDATE, *params, stored.id, expected_revision)
             except asyncpg.UniqueViolationError as exc:
                 raise conflict(stored, exc) from None
+            await conn.execute(persisted.POSTGRES_DROP_CONNECTOR, stored.id)
             await record_change(conn, stored, "updated")
         return stored
 
@@ -315,8 +318,31 @@ class PostgresStore:
                     raise
                 deleted = placeholder
             await conn.execute("DELETE FROM connectors WHERE id = $1", row["id"])
+            await conn.execute(persisted.POSTGRES_DROP_CONNECTOR, row["id"])
             await record_change(conn, deleted, "deleted")
         return deleted
+
+    # -- the persistent credential cache (broker.store.persisted), per daemon ------
+
+    async def save_credentials(
+        self, daemon_id: str, items: Sequence[tuple[PersistedKey, ClientCredential]]
+    ) -> None:
+        params = persisted.upsert_params(self._box, daemon_id, items)
+        async with self._tx() as conn:
+            await conn.executemany(persisted.POSTGRES_UPSERT, params)
+
+    async def load_credentials(self, daemon_id: str) -> LoadedCredentials:
+        rows = await self._read(lambda conn: conn.fetch(persisted.POSTGRES_SELECT, daemon_id))
+        loaded, bad = persisted.open_rows(self._box, daemon_id, rows)
+        if bad:
+            await self.drop_credentials(daemon_id, bad)
+        return loaded
+
+    async def drop_credentials(self, daemon_id: str, keys: Sequence[PersistedKey]) -> None:
+        async with self._tx() as conn:
+            await conn.executemany(
+                persisted.POSTGRES_DELETE, persisted.delete_params(daemon_id, keys)
+            )
 
     # -- settings ------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from broker.store import persisted
 from broker.store.crypto import SecretBox
 
 #: pg_advisory_xact_lock key held while migrating ("brokerMG" in ASCII).
@@ -113,6 +114,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
             "CREATE INDEX changes_by_time ON changes (changed_at)",
         ),
+    ),
+    Migration(
+        2,
+        "the persistent credential cache (sealed minted credentials per daemon)",
+        (persisted.TABLE_SQL.format(int="BIGINT", blob="BYTEA"), persisted.INDEX_SQL),
     ),
 )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -33,8 +33,8 @@ from broker.errors import (
     NotFound,
     Unavailable,
 )
-from broker.model import Connector
-from broker.store import migrations
+from broker.model import ClientCredential, Connector
+from broker.store import migrations, persisted
 from broker.store.base import ConnectorFilter, StoreExport
 from broker.store.codec import (
     SchemaTooNew,
@@ -53,6 +53,7 @@ from broker.store.codec import (
     unreadable,
 )
 from broker.store.crypto import SecretBox, SecretKeyMismatch
+from broker.store.persisted import LoadedCredentials, PersistedKey
 
 log = structlog.get_logger(__name__)
 
@@ -343,6 +344,7 @@ class SqliteStore:
                 await db.execute(_UPDATE, (*params, stored.id, expected_revision))
             except sqlite3.IntegrityError:
                 raise await self._conflict(db, stored) from None
+            await db.execute(persisted.SQLITE_DROP_CONNECTOR, (stored.id,))
         return stored
 
     async def delete(self, name_or_id: str) -> Connector:
@@ -360,7 +362,31 @@ class SqliteStore:
                     raise
                 deleted = placeholder
             await db.execute("DELETE FROM connectors WHERE id = ?", (row["id"],))
+            await db.execute(persisted.SQLITE_DROP_CONNECTOR, (row["id"],))
         return deleted
+
+    # -- the persistent credential cache (broker.store.persisted) -------------
+
+    async def save_credentials(
+        self, daemon_id: str, items: Sequence[tuple[PersistedKey, ClientCredential]]
+    ) -> None:
+        """Upsert minted credentials, one transaction (rows of a gone revision skipped)."""
+        params = persisted.upsert_params(self._box, daemon_id, items)
+        async with self._tx() as db:
+            await db.executemany(persisted.SQLITE_UPSERT, [(*p, p[1], p[2]) for p in params])
+
+    async def load_credentials(self, daemon_id: str) -> LoadedCredentials:
+        """The daemon's rows that open; the others are deleted and counted."""
+        async with self._read() as db, db.execute(persisted.SQLITE_SELECT, (daemon_id,)) as cur:
+            rows = list(await cur.fetchall())
+        loaded, bad = persisted.open_rows(self._box, daemon_id, rows)
+        if bad:
+            await self.drop_credentials(daemon_id, bad)
+        return loaded
+
+    async def drop_credentials(self, daemon_id: str, keys: Sequence[PersistedKey]) -> None:
+        async with self._tx() as db:
+            await db.executemany(persisted.SQLITE_DELETE, persisted.delete_params(daemon_id, keys))
 
     # -- settings ------------------------------------------------------------
 
