@@ -19,7 +19,13 @@ Every request must authenticate, in the order the real server tries:
   moto STS or Google tokens via the test token server);
 * ``Authorization: Basic`` checked against ``basic``.
 
-Anything else gets a 401 ``Status`` object. The server runs its own event
+* ``Authorization: Bearer`` of a service account token that the server's
+  ``authority`` (:class:`tests.servers.kube_tokens.TokenAuthority`) signed and
+  still accepts (unexpired by its clock, for the API server's audience);
+
+Anything else gets a 401 ``Status`` object. With an ``authority`` the server
+also answers TokenRequest (``POST /api/v1/namespaces/NS/serviceaccounts/NAME/token``):
+RBAC-checked, signed, capped; see that module. The server runs its own event
 loop in a background thread so synchronous tests (and daemons started as
 subprocesses) can use it as easily as async ones::
 
@@ -46,6 +52,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from tests.servers.kube_tokens import TokenAuthority
 from tests.servers.threaded import ThreadedAiohttpServer
 from tests.servers.tls import CertificateAuthority, IssuedCert, issue_cert, make_ca
 
@@ -115,8 +122,11 @@ class KubeApiServer(ThreadedAiohttpServer):
         ca: CertificateAuthority | None = None,
         tls: bool = True,
         kubelet_node: str = "node-1",
+        authority: TokenAuthority | None = None,
     ) -> None:
         self.tokens = dict(tokens or {})
+        #: Mints (TokenRequest) and verifies service account tokens; None: no TokenRequest.
+        self.authority = authority
         #: Pod objects the pod listings serve (see make_pod); replace or append at will.
         self.pods: list[dict[str, Any]] = []
         self.kubelet_node = kubelet_node
@@ -214,6 +224,9 @@ class KubeApiServer(ThreadedAiohttpServer):
         ):
             app.router.add_get(path, handler)
             app.router.add_get(path + "/", handler)
+        app.router.add_post(
+            "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", self._token_request
+        )
         return app
 
     async def _serve(self) -> None:
@@ -254,6 +267,10 @@ class KubeApiServer(ThreadedAiohttpServer):
         if scheme.lower() == "bearer" and credential:
             if credential in self.tokens:
                 return self.tokens[credential], "token"
+            if self.authority is not None and credential.count(".") == 2:
+                user = self.authority.verify(credential)
+                if user:
+                    return user, "serviceaccount"
             if self.token_validator is not None:
                 user = await self._validate(credential)
                 if user:
@@ -292,10 +309,33 @@ class KubeApiServer(ThreadedAiohttpServer):
         else:
             answer = body()
             response = answer if isinstance(answer, web.Response) else web.json_response(answer)
+        self._record(request, response, user, via)
+        return response
+
+    def _record(
+        self, request: web.Request, response: web.Response, user: str | None, via: str | None
+    ) -> None:
         with self._lock:
             self.requests.append(
                 SeenRequest(request.method, request.path, response.status, user, via)
             )
+
+    async def _token_request(self, request: web.Request) -> web.Response:
+        user, via = await self._authenticate(request)
+        if user is None:
+            response = _status(401, "Unauthorized", "Unauthorized")
+        elif self.fail_with is not None:
+            response = _status(self.fail_with, "InternalError", "injected failure")
+        elif self.authority is None:
+            response = _status(404, "NotFound", "the server could not find the requested resource")
+        else:
+            try:
+                body: Any = await request.json()
+            except ValueError:
+                body = None
+            namespace, name = request.match_info["namespace"], request.match_info["name"]
+            response = self.authority.handle(user, namespace, name, body)
+        self._record(request, response, user, via)
         return response
 
     # -- endpoints ------------------------------------------------------------------

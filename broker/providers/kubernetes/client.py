@@ -1,6 +1,8 @@
-"""Talking to one API server: ``GET /version`` with the connector's credentials, typed errors.
+"""Talking to one API server with the connector's own credentials, typed errors.
 
-Verification is one request, sent through the provider context's transport
+Verification is ``GET /version``; minting (:mod:`.tokens`) a TokenRequest
+POST. Both use aiohttp through :func:`send`: one HTTP stack for the provider.
+Each is one request, sent through the provider context's transport
 (:class:`broker.providers.http.Transport`) like every other provider's, so
 tests can answer it in process. TLS comes from the settings as for every
 HTTP provider (:func:`broker.providers.http.ssl_context`): ``insecure``
@@ -55,7 +57,7 @@ def authorization(settings: ClusterSettings) -> dict[str, str]:
     return {}
 
 
-def _quoted_message(body: bytes, settings: ClusterSettings) -> str:
+def quoted_message(body: bytes, settings: ClusterSettings) -> str:
     """The server's Status message, shortened, with any echoed secret blanked."""
     try:
         doc: Any = json.loads(body or b"")
@@ -69,23 +71,28 @@ def _quoted_message(body: bytes, settings: ClusterSettings) -> str:
 
 
 def status_error(
-    status: int, reason: str | None, body: bytes, settings: ClusterSettings, path: str
+    status: int,
+    reason: str | None,
+    body: bytes,
+    settings: ClusterSettings,
+    path: str,
+    method: str = "GET",
 ) -> BrokerError:
-    """A typed error for an HTTP error answer to ``GET path``."""
+    """A typed error for an HTTP error answer to ``METHOD path``."""
     where = f"cluster '{settings.cluster_name}' at {settings.server}"
     answer = f"HTTP {status} {reason}" if reason else f"HTTP {status}"
-    detail = _quoted_message(body, settings)
+    detail = quoted_message(body, settings)
     if detail.lower() == str(reason or "").lower():
         detail = ""  # "Unauthorized: Unauthorized" says nothing twice
     suffix = f": {detail}" if detail else ""
     if status in (401, 403):
         return CredentialsRejected(
-            f"{where} refused the credentials ({answer} for GET {path}){suffix}"
+            f"{where} refused the credentials ({answer} for {method} {path}){suffix}"
         )
     if status == 404:
         suffix += "; is the server URL that of a Kubernetes API server?"
     return UpstreamError(
-        f"{where} answered {answer} to GET {path}{suffix}",
+        f"{where} answered {answer} to {method} {path}{suffix}",
         retryable=status in _RETRYABLE_STATUSES,
     )
 
@@ -106,16 +113,20 @@ def _hung_up(exc: BaseException) -> bool:
     )
 
 
-async def fetch_version(
+async def send(
     settings: ClusterSettings,
+    method: str,
+    path: str,
     request_timeout: float,
     *,
+    body: Mapping[str, Any] | None = None,
     transport: Transport = NETWORK,
     env: Mapping[str, str] | None = None,
-) -> str:
-    """GET /version with the settings' credentials; return the server's gitVersion."""
+) -> tuple[int, str | None, bytes]:
+    """One request to the API server with the settings' own credentials:
+    ``(status, reason, body)``; transport failures as typed errors."""
     where = f"Kubernetes cluster '{settings.cluster_name}'"
-    url = settings.server + VERSION_PATH
+    url = settings.server + path
     headers = {"Accept": "application/json", **authorization(settings)}
     try:
         async with (
@@ -127,9 +138,11 @@ async def fetch_version(
                 client_key=settings.client_key,
                 transport=transport,
             ) as http,
-            http.get(url, headers=headers, proxy=env_proxy(url, env or {})) as resp,
+            http.request(
+                method, url, headers=headers, json=body, proxy=env_proxy(url, env or {})
+            ) as resp,
         ):
-            status, reason, body = resp.status, resp.reason, await resp.content.read(_MAX_BODY)
+            return resp.status, resp.reason, await resp.content.read(_MAX_BODY)
     except TRANSPORT_ERRORS as exc:
         if _hung_up(exc) and settings.client_certificate:
             raise UpstreamError(
@@ -141,6 +154,20 @@ async def fetch_version(
         raise transport_error(
             exc, service=where, url=settings.server, timeout=request_timeout
         ) from None
+
+
+async def fetch_version(
+    settings: ClusterSettings,
+    request_timeout: float,
+    *,
+    transport: Transport = NETWORK,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """GET /version with the settings' credentials; return the server's gitVersion."""
+    where = f"Kubernetes cluster '{settings.cluster_name}'"
+    status, reason, body = await send(
+        settings, "GET", VERSION_PATH, request_timeout, transport=transport, env=env
+    )
     if status >= 400:
         raise status_error(status, reason, body, settings, VERSION_PATH)
     try:

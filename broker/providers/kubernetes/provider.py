@@ -1,15 +1,20 @@
-"""The ``kubernetes`` connector type: one generic API server, credentials handed out as stored.
+"""The ``kubernetes`` connector type: one generic API server.
 
-A kubernetes connector holds a token, a client certificate or a password for
-one cluster and cannot mint anything shorter-lived, so ``mint`` returns the
-stored credential: long-lived, or expiring with the connector's ``expires_at``
-(or a JWT token's own ``exp``, whichever is first). The resource is single-instance: its ID is
-the cluster name, and asking for any other cluster is refused by name.
+With the ``token`` and ``password`` methods a connector holds a credential it
+cannot shorten, so ``mint`` returns the stored credential: long-lived, or
+expiring with the connector's ``expires_at`` (or a JWT token's own ``exp``,
+whichever is first). With ``service-account-token`` the stored credential is
+only a bootstrap: ``mint`` asks the cluster for a fresh bound token of the
+configured service account (TokenRequest, :mod:`.tokens`) and hands out that
+token alone, expiring when the cluster's answer says. The resource is
+single-instance: its ID is the cluster name, and asking for any other cluster
+is refused by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from broker.errors import InvalidArgument
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector
@@ -17,7 +22,15 @@ from broker.providers.base import Provider
 from broker.providers.kubernetes import kubeconfig
 from broker.providers.kubernetes.client import fetch_version
 from broker.providers.kubernetes.settings import ClusterSettings, cluster_identity, same_server
-from broker.providers.kubernetes.spec import CONNECTOR_TYPE, RESOURCE_TYPE, SPEC
+from broker.providers.kubernetes.spec import (
+    AUTH_SERVICE_ACCOUNT_TOKEN,
+    CONNECTOR_TYPE,
+    DEFAULT_TOKEN_SECONDS,
+    MIN_TOKEN_SECONDS,
+    RESOURCE_TYPE,
+    SPEC,
+)
+from broker.providers.kubernetes.tokens import MintedToken, request_token
 from broker.token_times import stored_window
 
 
@@ -57,11 +70,22 @@ class KubernetesProvider(Provider):
     async def discover(
         self, connector: Connector, resource_type: str, resource_id: str | None
     ) -> list[str]:
-        """Prove the credentials work with GET /version; the one resource is the cluster."""
+        """Prove the credentials work with GET /version; the one resource is the cluster.
+
+        service-account-token: mint a token (proving the bootstrap identity's RBAC and
+        the account), then GET /version with it when it is meant for this API server
+        (no audiences configured)."""
         self._check_type(resource_type)
         if resource_id is not None:
             self.canonical_resource_id(connector, resource_type, resource_id)
         settings = ClusterSettings.from_connector(connector)
+        if settings.auth_method == AUTH_SERVICE_ACCOUNT_TOKEN:
+            minted = await self._mint_token(settings, MIN_TOKEN_SECONDS)
+            if settings.audiences:
+                return [settings.cluster_name]
+            settings = replace(
+                settings, token=minted.token, client_certificate=None, client_key=None
+            )
         await fetch_version(
             settings,
             self.context.request_timeout,
@@ -77,6 +101,21 @@ class KubernetesProvider(Provider):
         self._check_type(resource_type)
         name = self.canonical_resource_id(connector, resource_type, resource_id)
         settings = ClusterSettings.from_connector(connector)
+        if settings.auth_method == AUTH_SERVICE_ACCOUNT_TOKEN:
+            requested_at = self.context.clock.now()
+            seconds = connector.expiration_seconds or DEFAULT_TOKEN_SECONDS
+            minted = await self._mint_token(settings, seconds)
+            return ClientCredential(
+                connector_type=CONNECTOR_TYPE,
+                auth_method=connector.auth_method,
+                resource_type=RESOURCE_TYPE,
+                resource_id=name,
+                config=settings.minted_config(minted.token),
+                secret_names=frozenset({"token"}),
+                expires_at=minted.expires_at,
+                # The request the cluster answered with a fresh token: its whole lifetime.
+                issued_at=min(requested_at, minted.expires_at),
+            )
         config = settings.client_config()
         method = self.spec.auth_method(connector.auth_method)
         secret_names = method.secret_names if method is not None else frozenset()
@@ -91,6 +130,16 @@ class KubernetesProvider(Provider):
             secret_names=frozenset(k for k in config if k in secret_names),
             expires_at=expires_at,
             issued_at=issued_at,
+        )
+
+    async def _mint_token(self, settings: ClusterSettings, seconds: int) -> MintedToken:
+        return await request_token(
+            settings,
+            seconds,
+            self.context.request_timeout,
+            now=self.context.clock.now(),
+            transport=self.context.transport,
+            env=self.context.env,
         )
 
     def auto_configure(

@@ -10,7 +10,10 @@ read the configuration the same way:
   text. User info, queries and fragments are refused.
 * The cluster name (the resource ID) is ``cluster_name`` or, when empty,
   the server's ``host[:port]`` (port left out when it is 443).
-* The token method needs a token, a client certificate and key, or both.
+* The token method needs a token, a client certificate and key, or both; so
+  does the service-account-token method (its bootstrap credential), which also
+  names ``service_account`` as ``NAMESPACE/NAME`` (a DNS-1123 label and a
+  DNS-1123 subdomain, as Kubernetes names them) and optional ``audiences``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -28,13 +31,23 @@ from cryptography.hazmat.primitives import serialization
 from broker.errors import InvalidArgument
 from broker.hosts import is_loopback
 from broker.model import HIDDEN, Connector, Value
-from broker.providers.kubernetes.spec import AUTH_PASSWORD, AUTH_TOKEN
+from broker.providers.kubernetes.spec import AUTH_PASSWORD, AUTH_SERVICE_ACCOUNT_TOKEN, AUTH_TOKEN
 
 #: Kubernetes object names are at most 253 characters; cluster names in kubeconfigs
 #: (ARNs, gke_project_zone_name) stay well below.
 MAX_CLUSTER_NAME = 253
 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+
+#: Namespace names are DNS-1123 labels; service account names DNS-1123 subdomains.
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_NAMESPACE_RE = re.compile(_LABEL)
+_SUBDOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+MAX_NAMESPACE = 63
+MAX_SERVICE_ACCOUNT = 253
+#: Bounds on audiences: a handful of short identifiers, not a document.
+MAX_AUDIENCES = 16
+MAX_AUDIENCE = 512
 
 
 def _text(config: Mapping[str, Value], key: str, *, strip: bool = True) -> str | None:
@@ -146,6 +159,60 @@ def check_client_pair(cert_pem: str, key_pem: str) -> None:
         )
 
 
+def check_service_account(raw: str) -> tuple[str, str]:
+    """(namespace, name) of ``NAMESPACE/NAME``, or InvalidArgument naming 'service_account'."""
+    namespace, sep, name = raw.strip().partition("/")
+    shown = raw.strip()[:80]
+    if not sep or "/" in name:
+        raise InvalidArgument(
+            f"attribute 'service_account' must be NAMESPACE/NAME (e.g. ci/deployer), got '{shown}'",
+            field="service_account",
+        )
+    if len(namespace) > MAX_NAMESPACE or not _NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidArgument(
+            f"attribute 'service_account': namespace '{namespace[:80]}' is not a valid "
+            f"Kubernetes namespace (lower-case letters, digits and '-', at most {MAX_NAMESPACE})",
+            field="service_account",
+        )
+    if len(name) > MAX_SERVICE_ACCOUNT or not _SUBDOMAIN_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"attribute 'service_account': name '{name[:80]}' is not a valid service account "
+            f"name (lower-case letters, digits, '-' and '.', at most {MAX_SERVICE_ACCOUNT})",
+            field="service_account",
+        )
+    return namespace, name
+
+
+def check_audiences(value: Value | None) -> tuple[str, ...]:
+    """The audiences as a tuple (empty: the API server's own), or InvalidArgument naming
+    'audiences'."""
+    if value is None or value == "":
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(a, str) for a in items):
+        raise InvalidArgument("attribute 'audiences' must be a list of text", field="audiences")
+    audiences = tuple(a.strip() for a in items)
+    if len(audiences) > MAX_AUDIENCES:
+        raise InvalidArgument(
+            f"attribute 'audiences' lists {len(audiences)} audiences; at most {MAX_AUDIENCES}",
+            field="audiences",
+        )
+    for audience in audiences:
+        if (
+            not audience
+            or len(audience) > MAX_AUDIENCE
+            or any(c.isspace() or not c.isprintable() for c in audience)
+        ):
+            raise InvalidArgument(
+                f"attribute 'audiences' has an invalid audience '{audience[:80]}': each must be "
+                f"1..{MAX_AUDIENCE} printable characters without spaces",
+                field="audiences",
+            )
+    if len(set(audiences)) != len(audiences):
+        raise InvalidArgument("attribute 'audiences' lists an audience twice", field="audiences")
+    return audiences
+
+
 def cluster_identity(config: Mapping[str, Value]) -> tuple[str, str]:
     """(server URL, cluster name) of a configuration, without the credential checks."""
     server = check_server(str(config.get("server", "")))
@@ -181,6 +248,9 @@ class ClusterSettings:
     client_key: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: service-account-token only: whose tokens are minted, and for which audiences.
+    service_account: tuple[str, str] | None = None
+    audiences: tuple[str, ...] = ()
 
     @classmethod
     def from_connector(cls, connector: Connector) -> ClusterSettings:
@@ -199,12 +269,25 @@ class ClusterSettings:
             username=_text(config, "username"),
             password=_text(config, "password", strip=False),
         )
+        if connector.auth_method == AUTH_SERVICE_ACCOUNT_TOKEN:
+            account = _text(config, "service_account")
+            if account is None:
+                raise InvalidArgument(
+                    "attribute 'service_account' is required for auth method "
+                    f"'{AUTH_SERVICE_ACCOUNT_TOKEN}'",
+                    field="service_account",
+                )
+            settings = replace(
+                settings,
+                service_account=check_service_account(account),
+                audiences=check_audiences(config.get("audiences")),
+            )
         settings.check()
         return settings
 
     def check(self) -> None:
         """Cross-attribute rules; raises InvalidArgument naming the attribute."""
-        if self.auth_method == AUTH_TOKEN:
+        if self.auth_method in (AUTH_TOKEN, AUTH_SERVICE_ACCOUNT_TOKEN):
             if self.client_certificate and not self.client_key:
                 raise InvalidArgument(
                     "attribute 'client_key' is required with client_certificate",
@@ -217,8 +300,8 @@ class ClusterSettings:
                 )
             if not self.token and not self.client_certificate:
                 raise InvalidArgument(
-                    "auth method 'token' needs attribute 'token', or 'client_certificate' "
-                    "and 'client_key', or both",
+                    f"auth method '{self.auth_method}' needs attribute 'token', or "
+                    "'client_certificate' and 'client_key', or both",
                     field="token",
                 )
             if self.client_certificate and self.client_key:
@@ -254,4 +337,17 @@ class ClusterSettings:
             "password": self.password,
         }
         config.update({k: v for k, v in optional.items() if v})
+        return config
+
+    def minted_config(self, token: str) -> dict[str, Value]:
+        """The configuration handed to consumers of a minted token: where the cluster is,
+        how to trust it, and the minted token. The bootstrap credential is never in it."""
+        config: dict[str, Value] = {
+            "server": self.server,
+            "cluster_name": self.cluster_name,
+            "insecure": self.insecure,
+            "token": token,
+        }
+        if self.certificate_authority:
+            config["certificate_authority"] = self.certificate_authority
         return config

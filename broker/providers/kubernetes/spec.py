@@ -1,4 +1,4 @@
-"""What the ``kubernetes`` connector type declares: one cluster, two auth methods."""
+"""What the ``kubernetes`` connector type declares: one cluster, three auth methods."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ CONNECTOR_TYPE = "kubernetes"
 RESOURCE_TYPE = "kubernetes-cluster"
 AUTH_PASSWORD = "password"
 AUTH_TOKEN = "token"
+AUTH_SERVICE_ACCOUNT_TOKEN = "service-account-token"
+
+#: TokenRequest bounds. Kubernetes refuses expirationSeconds under 600 (10 min); the
+#: upper bound keeps minted tokens short-lived (a cluster may cap them lower still,
+#: and the expiry handed out is always the one the TokenRequest status reports).
+MIN_TOKEN_SECONDS = 600
+MAX_TOKEN_SECONDS = 24 * 3600
+#: What the TokenRequest API itself defaults to.
+DEFAULT_TOKEN_SECONDS = 3600
 
 CLUSTER_RESOURCE = ResourceTypeSpec(
     resource_type=RESOURCE_TYPE,
@@ -99,14 +108,69 @@ TOKEN_METHOD = AuthMethodSpec(
     ),
 )
 
+_BOOTSTRAP_TOKEN = AttributeSpec(
+    "token",
+    "Bootstrap bearer token of an identity allowed to create serviceaccounts/token for "
+    "service_account. Never handed out.",
+    secret=True,
+)
+_BOOTSTRAP_CERT = AttributeSpec(
+    "client_certificate",
+    "PEM (or base64 PEM) bootstrap client certificate (instead of or with token); needs "
+    "client_key. Never handed out.",
+    kind=AttrKind.PEM,
+)
+_BOOTSTRAP_KEY = AttributeSpec(
+    "client_key",
+    "PEM (or base64 PEM) private key of client_certificate.",
+    kind=AttrKind.PEM,
+    secret=True,
+)
+
+SERVICE_ACCOUNT_TOKEN_METHOD = AuthMethodSpec(
+    auth_method=AUTH_SERVICE_ACCOUNT_TOKEN,
+    name="Minted service account tokens (TokenRequest)",
+    description=(
+        "The connector keeps a bootstrap credential (token and/or client certificate) whose "
+        "identity may 'create' 'serviceaccounts/token' on service_account, and hands out "
+        "only fresh bound tokens of that service account, minted with the TokenRequest API "
+        "for expiration_seconds (600..86400, default 3600; the cluster may shorten it) and "
+        "renewed before they expire. The bootstrap credential never leaves the daemon."
+    ),
+    attributes=(
+        _SERVER,
+        AttributeSpec(
+            "service_account",
+            "NAMESPACE/NAME of the service account whose tokens are minted, e.g. ci/deployer.",
+            required=True,
+        ),
+        AttributeSpec(
+            "audiences",
+            "Audiences of the minted tokens (JSON list or comma-separated). Empty: the API "
+            "server's own audience, so the token works against this cluster.",
+            kind=AttrKind.LIST,
+        ),
+        _BOOTSTRAP_TOKEN,
+        _BOOTSTRAP_CERT,
+        _BOOTSTRAP_KEY,
+        _CA,
+        _INSECURE,
+        _CLUSTER_NAME,
+    ),
+    min_expiration_seconds=MIN_TOKEN_SECONDS,
+    max_expiration_seconds=MAX_TOKEN_SECONDS,
+    default_expiration_seconds=DEFAULT_TOKEN_SECONDS,
+)
+
 SPEC = ConnectorTypeSpec(
     connector_type=CONNECTOR_TYPE,
     name="Kubernetes cluster",
     description=(
-        "Credentials for one generic Kubernetes API server, verified with GET /version; "
-        "can be auto-configured from a kubeconfig context."
+        "Credentials for one generic Kubernetes API server, verified with GET /version, or "
+        "service account tokens minted with TokenRequest; can be auto-configured from a "
+        "kubeconfig context."
     ),
     resource_types=(CLUSTER_RESOURCE,),
-    auth_methods=(PASSWORD_METHOD, TOKEN_METHOD),
+    auth_methods=(PASSWORD_METHOD, TOKEN_METHOD, SERVICE_ACCOUNT_TOKEN_METHOD),
     supports_auto_configuration=True,
 )
