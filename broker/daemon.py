@@ -193,6 +193,7 @@ async def _serve(
             per_provider_concurrency=settings.discovery_per_provider,
             timeout=settings.discovery_timeout_seconds,
             cache_ttl=settings.discovery_cache_ttl_seconds,
+            failure_ttl=settings.discovery_failure_ttl_seconds,
         ),
     )
     policy = build_policy(os.getuid(), settings.policy_rules, attesting=_attesting(settings))
