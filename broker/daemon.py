@@ -14,12 +14,14 @@ import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 import anyio
 import structlog
 
 from broker import __version__
 from broker.cache.cache import CredentialCache
+from broker.cache.persist import CredentialPersister, PersistedStore, daemon_id
 from broker.clock import Clock, SystemClock
 from broker.config import Settings, reload_outputs, reload_policy
 from broker.descriptors import raise_nofile_limit
@@ -164,6 +166,24 @@ async def run_daemon(
         await _serve(settings, env, clock, store, registry, stack, on_ready)
 
 
+async def _restore_cache(
+    settings: Settings, store: ConnectorStore, service: BrokerService
+) -> CredentialPersister:
+    """Serve what this daemon minted before its restart (persist_cache), before it is ready."""
+    persister = CredentialPersister(cast(PersistedStore, store), daemon_id(settings.data_dir))
+    loaded = await persister.load()
+    restored, stale = await service.restore_credentials(loaded)
+    await persister.drop(stale)
+    log.info(
+        "persisted_credentials_restored",
+        restored=restored,
+        dropped_stale=len(stale),
+        dropped_bad=persister.dropped_bad,
+        daemon_id=persister.daemon_id,
+    )
+    return persister
+
+
 def _shielded(close: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         with anyio.CancelScope(shield=True):
@@ -193,7 +213,6 @@ async def _serve(
             per_provider_concurrency=settings.discovery_per_provider,
             timeout=settings.discovery_timeout_seconds,
             cache_ttl=settings.discovery_cache_ttl_seconds,
-            failure_ttl=settings.discovery_failure_ttl_seconds,
         ),
     )
     policy = build_policy(os.getuid(), settings.policy_rules, attesting=_attesting(settings))
@@ -232,6 +251,7 @@ async def _serve(
                 **(feed.stats() if feed is not None else {}),
                 **outputs.stats(),
             },
+                **(persister.stats() if persister is not None else {}),
             service.upstream,
         )
     # The connector view, loaded once before any listener accepts a call: no first
@@ -241,6 +261,7 @@ async def _serve(
         stack.push_async_callback(_shielded(feed.close))
     await service.catalog.load()
     if attestation is not None:  # a bad kubeconfig stops the start, naming it
+    persister = await _restore_cache(settings, store, service) if settings.persist_cache else None
         await attestation.start()
         stack.push_async_callback(_shielded(attestation.aclose))
         log.info(
@@ -254,6 +275,9 @@ async def _serve(
     async with anyio.create_task_group() as tg:
         await tg.start(cache.run)
         await tg.start(outputs.run)
+        if persister is not None:  # minted credentials written behind, in batches
+            cache.on_minted = persister.minted
+            await tg.start(persister.run)
         if feed is not None:
             await tg.start(feed.run)
             tg.start_soon(report_feed_health, feed, server)

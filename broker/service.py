@@ -9,7 +9,7 @@ issues credentials through the cache, writing one audit event per issue.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -28,6 +28,7 @@ from broker.app.values import (
     ListedResources,
 )
 from broker.audit import AuditLog
+from broker.cache.cache import CacheKey
 from broker.catalog import Catalog, Changed
 from broker.clock import Clock
 from broker.connectors import (
@@ -49,6 +50,7 @@ from broker.errors import (
 from broker.identity.principal import Principal
 from broker.model import (
     AuthMethodSpec,
+    ClientCredential,
     Connector,
     ConnectorTypeSpec,
     ResourceTypeSpec,
@@ -60,6 +62,7 @@ from broker.providers.base import Provider
 from broker.providers.registry import ProviderRegistry
 from broker.served import ServedMargins
 from broker.store.base import ConnectorFilter, ConnectorStore, StoreChange
+from broker.store.persisted import PersistedKey
 from broker.upstream_stats import UpstreamStats
 
 log = structlog.get_logger(__name__)
@@ -110,6 +113,7 @@ class BrokerService:
         # The front ends' entry points, kept on the facade.
         self.get_credentials = self.issuer.get_credentials
         self.watch_credentials = self.issuer.watch_credentials
+        self.rotate_credentials = self.issuer.rotate_credentials
         self.registry_connector = self.registries.registry_connector
         self.registry_usernames = self.registries.registry_usernames
         self.set_preferred_registry_connector = self.registries.set_preferred_registry_connector
@@ -503,6 +507,34 @@ class BrokerService:
                 principal, Action.LIST_RESOURCES, found.connector, found.result
             )
             yield ListedResources(found.connector, result)
+
+    # -- the persistent cache ---------------------------------------------
+    async def restore_credentials(
+        self, persisted: Sequence[tuple[PersistedKey, ClientCredential]]
+    ) -> tuple[int, list[PersistedKey]]:
+        """Credentials minted before a restart back in the cache (after the catalog
+        loaded): how many, and the keys no longer useful (connector gone or changed,
+        inside the margin) for the caller to drop."""
+        by_id = {c.id: c for c in (await self._snapshot()).values()}
+        restored, stale = 0, []
+        for pkey, credential in persisted:
+            connector = by_id.get(pkey.connector_id)
+            if connector is None or connector.revision != pkey.revision:
+                stale.append(pkey)
+                continue
+            key = CacheKey(
+                connector.id,
+                connector.revision,
+                pkey.resource_type,
+                pkey.resource_id,
+                pkey.variant,
+                connector_name=connector.name,
+            )
+            if await self.issuer.restore(connector, key, credential):
+                restored += 1
+            else:
+                stale.append(pkey)
+        return restored, stale
 
     # -- file outputs -----------------------------------------------------
     def list_outputs(self, principal: Principal) -> list[OutputState]:

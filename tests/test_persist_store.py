@@ -126,7 +126,7 @@ async def test_round_trip_per_daemon_with_secrets_sealed(store: Store, backend: 
 async def test_a_tampered_or_moved_row_is_dropped_and_counted(
     store: Store, backend: Backend, tamper: str
 ) -> None:
-    cid, a, b = await two_rows(store)
+    _, a, _ = await two_rows(store)
     if "daemon-z" in tamper:  # a row another daemon wrote, relabelled as ours
         await store.save_credentials("daemon-z", [(a, credential("us-east-1", EXPIRES))])
         backend.sql("DELETE FROM persisted_credentials WHERE daemon_id = 'daemon-a'")

@@ -263,6 +263,54 @@ class CredentialIssuer:
     ) -> None:
         self.audit.write(self._line(connector, credential, principal, via))
 
+    async def rotate_credentials(
+        self,
+        name: str,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        *,
+        principal: Principal,
+    ) -> Issued:
+        """Admin: mint the resource's credential now, fresh or not (watchers get
+        ``renewed``); the old one is served until then, and still after a failure."""
+        connector, key, mint = await self._key_and_mint(
+            name, resource_type, resource_id, principal, Action.ADMIN
+        )
+        fields = {
+            "connector": connector.name,
+            "resource_type": key.resource_type,
+            "resource_id": key.resource_id,
+            **principal.audit_fields(),
+        }
+        try:
+            credential, old = await self._cache.rotate(key, mint)
+        except BrokerError as exc:
+            self.audit.record("credential_rotation_failed", error=exc.message, **fields)
+            raise
+        self.audit.record(
+            "credential_rotated",
+            expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
+            replaced_expires_at=old.expires_at.isoformat() if old and old.expires_at else None,
+            **fields,
+        )
+        self.margins.observe(credential)
+        return Issued(connector, credential)
+
+    async def restore(
+        self, connector: Connector, key: CacheKey, credential: ClientCredential
+    ) -> bool:
+        """Put a credential persisted before a restart back in the cache, if its key is
+        still what this connector revision resolves to and it is outside its margin."""
+        try:
+            check_not_tampered(connector)
+            check_not_expired(connector, self._clock.now(), key.resource_type)
+            resolved, mint = await self._resolve(
+                connector, key.resource_type, key.resource_id, key.variant
+            )
+        except BrokerError:
+            return False
+        return resolved == key and self._cache.restore(resolved, mint, credential)
+
     async def watch_credentials(
         self,
         name: str,

@@ -21,6 +21,12 @@ class CredentialCache(Protocol):
 
     def watch(self, key: CacheKey, mint: Mint) -> AsyncIterator[WatchEvent]: ...
 
+    async def rotate(
+        self, key: CacheKey, mint: Mint
+    ) -> tuple[ClientCredential, ClientCredential | None]: ...
+
+    def restore(self, key: CacheKey, mint: Mint, credential: ClientCredential) -> bool: ...
+
     def invalidate_connector(
         self,
         connector_id: str,

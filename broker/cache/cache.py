@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
@@ -41,6 +41,7 @@ from broker.cache.entry import (
     Mint,
     Tombstones,
     for_caller,
+    rotation_failed,
     superseded_error,
 )
 from broker.cache.scheduler import Deadlines
@@ -96,6 +97,9 @@ class CredentialCache:
         self._tombstones = Tombstones()
         self._tg: anyio.abc.TaskGroup | None = None
         self.counters = CacheCounters()
+        #: Told of every credential a mint put in the cache (the persistent cache's
+        #: writer queues it); never called on the cache-hit path, must not block.
+        self.on_minted: Callable[[CacheKey, ClientCredential], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------
     async def run(
@@ -217,6 +221,53 @@ class CredentialCache:
             if entry is not None:
                 self._reschedule(entry)  # unwatched now: the idle rule applies again
 
+    async def rotate(
+        self, key: CacheKey, mint: Mint
+    ) -> tuple[ClientCredential, ClientCredential | None]:
+        """Mint now, fresh or not: ``(new, replaced)``; watchers get ``renewed``.
+
+        The old credential is served until the new one is in hand; a mint already
+        in flight for the key is joined (concurrent rotates and gets share one
+        mint). A failure leaves the old credential serving and its renewal schedule
+        as it was, and raises the cause's error type saying why and until when the
+        old one is served.
+        """
+        self._refuse_superseded(key)
+        now = self._clock.now()
+        entry = self._touch(key, mint, now)
+        if entry.credential is not None and not entry.servable(now):
+            self._expire(entry)
+        old = entry.credential
+        flight = entry.flight or self._start_flight(entry, slot=None, forced=True)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise rotation_failed(key, flight.error, old) from flight.error
+        assert flight.credential is not None
+        return flight.credential, old
+
+    def restore(self, key: CacheKey, mint: Mint, credential: ClientCredential) -> bool:
+        """Take back a credential minted before a restart (the persistent cache).
+
+        Served at once if outside its margin, renewed at its renew point as if just
+        minted; False (nothing kept) if inside its margin or the key is held already.
+        """
+        if key in self._entries or self._tombstones.superseded(key) is not None:
+            return False
+        now = self._clock.now()
+        limit = policy.invalid_at(credential)
+        if limit is not None and now >= limit:
+            return False
+        entry = Entry(key, mint, now)
+        if isinstance(
+            entry.accept(credential, credential.issued_at or now, now, self._rng), BrokerError
+        ):
+            return False
+        self._entries[key] = entry
+        self._evict_over_bound(keep=key)
+        self._reschedule(entry)
+        self.counters.restored += 1
+        return True
+
     # -- invalidation -------------------------------------------------------
     def invalidate_connector(
         self, connector_id: str, event: Invalidation, *, revision: int | None = None
@@ -318,7 +369,9 @@ class CredentialCache:
             return  # backing off (or holding a permanent error): the loop retries
         self._start_flight(entry, slot=None)
 
-    def _start_flight(self, entry: Entry, slot: anyio.Semaphore | None) -> Flight:
+    def _start_flight(
+        self, entry: Entry, slot: anyio.Semaphore | None, *, forced: bool = False
+    ) -> Flight:
         if self._tg is None:
             raise RuntimeError(
                 "CredentialCache is not running: start it with "
@@ -326,10 +379,12 @@ class CredentialCache:
             )
         flight = entry.flight = Flight()
         self._deadlines.set(entry, None)  # the flight's end reschedules
-        self._tg.start_soon(self._fly, entry, flight, slot)
+        self._tg.start_soon(self._fly, entry, flight, slot, forced)
         return flight
 
-    async def _fly(self, entry: Entry, flight: Flight, slot: anyio.Semaphore | None) -> None:
+    async def _fly(
+        self, entry: Entry, flight: Flight, slot: anyio.Semaphore | None, forced: bool = False
+    ) -> None:
         started = self._clock.now()
         try:
             with anyio.fail_after(self._mint_timeout):
@@ -338,10 +393,10 @@ class CredentialCache:
             flight.finish(error=Unavailable("the broker is shutting down"))
             raise
         except BrokerError as exc:
-            self._failed(entry, flight, exc)
+            self._failed(entry, flight, exc, forced)
         except TimeoutError:
             message = f"minting credentials for {entry.key.describe()} timed out"
-            self._failed(entry, flight, Unavailable(message))
+            self._failed(entry, flight, Unavailable(message), forced)
         except Exception:
             # A bug, not an upstream answer: the details go to the log under a reference,
             # callers and watchers get the reference (as for unary calls).
@@ -351,9 +406,9 @@ class CredentialCache:
                 f"minting credentials for {entry.key.describe()} failed: "
                 f"internal error (reference {ref})"
             )
-            self._failed(entry, flight, Unavailable(message))
+            self._failed(entry, flight, Unavailable(message), forced)
         else:
-            self._minted(entry, flight, credential, started)
+            self._minted(entry, flight, credential, started, forced)
         finally:
             if entry.flight is flight:
                 entry.flight = None
@@ -361,7 +416,12 @@ class CredentialCache:
                 slot.release()
 
     def _minted(
-        self, entry: Entry, flight: Flight, credential: ClientCredential, started: datetime
+        self,
+        entry: Entry,
+        flight: Flight,
+        credential: ClientCredential,
+        started: datetime,
+        forced: bool = False,
     ) -> None:
         if entry.flight is flight:
             entry.flight = None
@@ -375,11 +435,14 @@ class CredentialCache:
         replaced_expiry = entry.anchor[0] if entry.anchor is not None else None
         outcome = entry.accept(credential, started, self._clock.now(), self._rng)
         if isinstance(outcome, BrokerError):
-            self._failed(entry, flight, outcome)
+            self._failed(entry, flight, outcome, forced)
             return
         flight.finish(outcome, entry.invalid_at)
         self.counters.mints += 1
         self.counters.renewals += renewal
+        self.counters.rotations += forced
+        if self.on_minted is not None:
+            self.on_minted(entry.key, outcome)
         if replaced_expiry is not None:
             self._record_lead(replaced_expiry)
         self._hub.publish(entry.key, WatchEvent("renewed", outcome))
@@ -392,15 +455,30 @@ class CredentialCache:
         if counters.renewal_lead_ms_min < 0 or lead < counters.renewal_lead_ms_min:
             counters.renewal_lead_ms_min = lead
 
-    def _failed(self, entry: Entry, flight: Flight, error: BrokerError) -> None:
+    def _failed(
+        self, entry: Entry, flight: Flight, error: BrokerError, forced: bool = False
+    ) -> None:
         if entry.flight is flight:
             entry.flight = None
         if flight.done.is_set():
             return
         self.counters.mint_failures += 1
+        self.counters.rotation_failures += forced
         error = error.with_traceback(None)  # kept per key: do not keep the mint's frames alive
         flight.finish(error=error)
         if entry.dropped:
+            return
+        if forced and entry.error is None and entry.servable(self._clock.now()):
+            # A failed rotation of a good credential: keep serving it on its own
+            # schedule (the caller got the error; nothing to retry in the background).
+            log.warning(
+                "credential_rotation_failed",
+                connector_id=entry.key.connector_id,
+                resource_type=entry.key.resource_type,
+                resource_id=entry.key.resource_id,
+                error=error.message,
+            )
+            self._reschedule(entry)
             return
         delay = entry.fail(error, self._clock.now(), self._rng)
         log.warning(

@@ -19,7 +19,7 @@ from typing import Literal
 import anyio
 
 from broker.cache import policy
-from broker.errors import BrokerError, NotFound, Unavailable
+from broker.errors import BrokerError, FailedPrecondition, NotFound, Unavailable
 from broker.model import ClientCredential
 
 Mint = Callable[[], Awaitable[ClientCredential]]
@@ -68,6 +68,11 @@ class CacheCounters:
     renewal_lead_ms: int = 0
     #: The shortest such lead seen (ms); -1 until a renewal replaced an expiring one.
     renewal_lead_ms_min: int = -1
+    #: Forced mints (``broker credentials rotate``) that got a new credential / that failed.
+    rotations: int = 0
+    rotation_failures: int = 0
+    #: Credentials taken back from the persistent cache at start-up (no mint needed).
+    restored: int = 0
 
 
 class Flight:
@@ -257,6 +262,33 @@ def superseded_error(event: Invalidation) -> BrokerError:
     return Unavailable(
         "the connector was updated while its credentials were being issued; ask again"
     )
+
+
+def rotation_failed(
+    key: CacheKey, error: BrokerError, serving: ClientCredential | None
+) -> BrokerError:
+    """A failed forced rotation: the cause's own type (so its status), why, and what is
+    still served (the old credential stays until a new one is in hand)."""
+    cause = for_caller(error)
+    if serving is None:
+        tail = "no credential is held for it"
+    elif serving.expires_at is None:
+        tail = "the current (long-lived) credential is still served"
+    else:
+        tail = (
+            "the current credential is still served; it expires at "
+            f"{serving.expires_at.isoformat()}"
+        )
+    message = f"rotating {key.describe()} failed: {cause.message}; {tail}"
+    try:
+        out = type(cause)(message, field=cause.field, retryable=cause.retryable)
+    except Exception:  # a subclass with its own constructor
+        out = (
+            Unavailable(message, field=cause.field)
+            if cause.retryable
+            else FailedPrecondition(message)
+        )
+    return out
 
 
 def for_caller(error: BrokerError) -> BrokerError:
