@@ -86,6 +86,37 @@ class Settings:
     discovery_concurrency: int = _doc("Discovery calls in flight at once, in all", 128)
     discovery_per_provider: int = _doc("Discovery calls in flight at once per connector type", 64)
     discovery_cache_ttl_seconds: float = _doc("How long a resource listing is reused", 60.0)
+    discovery_failure_ttl_seconds: float = _doc(
+        "How long a failed resource listing is reused (shown with its age; --refresh asks "
+        "again; 0: failures are asked again every time)",
+        10.0,
+    )
+    grpc_max_pending_calls: int = _doc(
+        "New gRPC calls held until the daemon takes them (gRPC's own defaults, 1,000 then "
+        "random refusals up to 3,000, cancelled hundreds of watch streams opened at once on "
+        "one connection with a bare CANCELLED)",
+        100_000,
+    )
+    grpc_keepalive_seconds: float = _doc(
+        "Ping each gRPC connection after this long without traffic (a dead watcher's streams "
+        "are then ended); clients may ping as often as every grpc_min_ping_interval_seconds",
+        60.0,
+    )
+    grpc_min_ping_interval_seconds: float = _doc(
+        "Shortest interval between keepalive pings a gRPC client may use; more often ends "
+        "its connection (GOAWAY too_many_pings), so keep clients' keepalive_time above it",
+        10.0,
+    )
+    watch_max_streams: int = _doc(
+        "Watch streams open at once, in all; more are refused with RESOURCE_EXHAUSTED naming "
+        "this setting",
+        50_000,
+    )
+    watch_stall_timeout_seconds: float = _doc(
+        "A watch stream whose client leaves an event unread this long (its HTTP/2 window "
+        "full) is ended with RESOURCE_EXHAUSTED; until then it keeps only the newest event",
+        60.0,
+    )
     helper_max_connections: int = _doc(
         "Open connections to the helper socket at most; more are refused at once with 503 "
         "(lowered at start-up to fit the open-file limit: see fd_reserve)",
@@ -219,7 +250,13 @@ def _validate(settings: Settings) -> Settings:
             f"setting 'log_format' must be auto, json or console, got '{settings.log_format}'",
             field="log_format",
         )
-    for key in ("http_header_timeout_seconds", "http_body_timeout_seconds"):
+    for key in (
+        "http_header_timeout_seconds",
+        "http_body_timeout_seconds",
+        "grpc_keepalive_seconds",
+        "grpc_min_ping_interval_seconds",
+        "watch_stall_timeout_seconds",
+    ):
         if getattr(settings, key) <= 0:
             raise InvalidArgument(f"setting '{key}' must be more than 0 seconds", field=key)
     for key in ("tcp", "metrics"):

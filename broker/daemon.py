@@ -213,6 +213,7 @@ async def _serve(
             per_provider_concurrency=settings.discovery_per_provider,
             timeout=settings.discovery_timeout_seconds,
             cache_ttl=settings.discovery_cache_ttl_seconds,
+            failure_ttl=settings.discovery_failure_ttl_seconds,
         ),
     )
     policy = build_policy(os.getuid(), settings.policy_rules, attesting=_attesting(settings))
@@ -250,8 +251,8 @@ async def _serve(
                 **(store.stats() if isinstance(store, PostgresStore) else {}),
                 **(feed.stats() if feed is not None else {}),
                 **outputs.stats(),
-            },
                 **(persister.stats() if persister is not None else {}),
+            },
             service.upstream,
         )
     # The connector view, loaded once before any listener accepts a call: no first
@@ -260,8 +261,8 @@ async def _serve(
         await feed.start()
         stack.push_async_callback(_shielded(feed.close))
     await service.catalog.load()
-    if attestation is not None:  # a bad kubeconfig stops the start, naming it
     persister = await _restore_cache(settings, store, service) if settings.persist_cache else None
+    if attestation is not None:  # a bad kubeconfig stops the start, naming it
         await attestation.start()
         stack.push_async_callback(_shielded(attestation.aclose))
         log.info(
@@ -274,10 +275,10 @@ async def _serve(
         stack.push_async_callback(_shielded(metrics.stop))
     async with anyio.create_task_group() as tg:
         await tg.start(cache.run)
-        await tg.start(outputs.run)
         if persister is not None:  # minted credentials written behind, in batches
             cache.on_minted = persister.minted
             await tg.start(persister.run)
+        await tg.start(outputs.run)
         if feed is not None:
             await tg.start(feed.run)
             tg.start_soon(report_feed_health, feed, server)

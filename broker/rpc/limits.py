@@ -51,6 +51,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from broker.api.v1 import broker_pb2 as pb
+from broker.config import Settings
 from broker.errors import InvalidArgument
 from broker.rpc.status import DAEMON_ERROR
 
@@ -340,3 +341,39 @@ def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
     server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's channel options for many long-lived streams per connection.
+
+    * pending calls: gRPC core holds new calls until the handler loop takes them,
+      and past ``grpc.server.max_pending_requests`` (default 1,000) it refuses them
+      at random up to the hard limit (3,000), as a bare ``CANCELLED`` the daemon never
+      sees. 2,000 watch streams opened at once on one channel lost 128-196 that way.
+      Soft and hard limit are both ``grpc_max_pending_calls``: none refused below it.
+    * keepalive: the daemon pings idle connections (``grpc_keepalive_seconds``) so a
+      vanished watcher's streams end, and lets clients ping every
+      ``grpc_min_ping_interval_seconds`` even with no call open, instead of ending
+      the connection with GOAWAY ``too_many_pings`` (gRPC's default: 5 minutes).
+    * no limit on concurrent HTTP/2 streams per connection (gRPC's default): the
+      deliberate bound is ``watch_max_streams``, refused with RESOURCE_EXHAUSTED.
+    """
+    pending = settings.grpc_max_pending_calls
+    return [
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
+        ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(settings.grpc_min_ping_interval_seconds * 1000),
+        ),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            int(settings.grpc_min_ping_interval_seconds * 1000),
+        ),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]

@@ -25,6 +25,7 @@ from broker.rpc.reflection import enable_server_reflection
 from broker.rpc.servicer import BrokerServicer
 from broker.service import BrokerService
 from broker.sockets import listen_unix
+from broker.streams.flow import WatchLimits, WatchStreams
 
 if TYPE_CHECKING:
     from broker.identity.attestors.attestation import Attestation
@@ -36,8 +37,9 @@ SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
 MAX_REQUEST_BYTES = limits.MAX_REQUEST_BYTES
 #: Answers: a ListConnectors page stays under limits.PAGE_BYTES, far below this.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-#: New calls gRPC core may hold until the server's handler loop takes them.
-MAX_PENDING_CALLS = 100_000
+#: New calls gRPC core may hold until the server's handler loop takes them (the default of
+#: the ``grpc_max_pending_calls`` setting; limits.server_options).
+MAX_PENDING_CALLS = Settings().grpc_max_pending_calls
 
 
 class GrpcServer:
@@ -51,23 +53,24 @@ class GrpcServer:
         attestation: Attestation | None = None,
     ) -> None:
         self._settings = settings
+        # Pending calls, keepalive, stream limits: see limits.server_options (settings).
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                *limits.server_options(settings),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-                # Calls gRPC core holds before the handler loop takes them: its defaults
-                # (1,000, at most 3,000) left every watch stream past ~2,800 waiting forever
-                # when thousands of watchers connect at once (bench/bench_scale.py).
-                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ]
         )
         self.acceptor = PeerAcceptor(attestation)
         # Raw request bytes in, decoded and size-checked there: bad input is INVALID_ARGUMENT.
         limits.add_servicer(
             BrokerServicer(
-                service, Callers(self.acceptor), sdk, str(settings.local_socket_path.resolve())
+                service,
+                Callers(self.acceptor),
+                sdk,
+                str(settings.local_socket_path.resolve()),
+                WatchStreams(
+                    WatchLimits(settings.watch_max_streams, settings.watch_stall_timeout_seconds)
+                ),
             ),
             self._server,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from broker.rpc import convert, limits
 from broker.rpc.callers import Callers
 from broker.rpc.status import DAEMON_ERROR, status_for
 from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
+from broker.streams.flow import StreamRefused, WatchStreams
 
 log = structlog.get_logger(__name__)
 
@@ -82,11 +83,14 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         callers: Callers,
         sdk: SdkGrants | None = None,
         helper_socket: str = "",
+        watches: WatchStreams | None = None,
     ) -> None:
         self._service = service
         self._callers = callers
         self._sdk = sdk
         self._helper_socket = helper_socket
+        #: Open watch streams at most, and how long one may leave an event unread.
+        self.watches = watches or WatchStreams()
 
     def _connector(self, c: Connector, *, show_secrets: bool = False) -> pb.Connector:
         try:
@@ -281,12 +285,41 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
 
     @_guard
     async def WatchCredentials(self, request: pb.WatchCredentialsRequest, context: Ctx) -> None:
+        watches, peer = self.watches, context.peer()
+        try:
+            watches.admit(peer)
+        except StreamRefused as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message, DAEMON_ERROR)
+        try:
+            await self._watch(request, context, watches, peer)
+        except StreamRefused as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message, DAEMON_ERROR)
+        finally:
+            watches.release()
+
+    async def _watch(
+        self, request: pb.WatchCredentialsRequest, context: Ctx, watches: WatchStreams, peer: str
+    ) -> None:
         events = self._service.watch_credentials(
             request.connector,
             _text(request.resource_type),
             _text(request.resource_id),
             principal=self._callers.principal(context),
         )
+        try:
+            await self._relay(events, context, watches, peer)
+        finally:  # unsubscribed at once, however the stream ends (a dropped one too)
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _relay(
+        self,
+        events: AsyncIterator[IssuedEvent],
+        context: Ctx,
+        watches: WatchStreams,
+        peer: str,
+    ) -> None:
         while True:
             try:
                 event = await anext(events)
@@ -305,7 +338,9 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
                     )
                 )
                 return
-            await context.write(message)
+            # At most this one message in flight: while the client does not read, newer
+            # events replace the one waiting in the subscription's slot (latest value only).
+            await watches.send(context.write, message, peer)
 
     @_guard
     async def GetStatus(self, request: pb.GetStatusRequest, context: Ctx) -> pb.Status:
