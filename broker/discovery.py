@@ -6,8 +6,9 @@ limit and a per-unit timeout; failures become per-unit errors, never an
 exception for the whole listing. Results are cached per connector revision:
 successes for ``cache_ttl``, failures briefly (``failure_ttl``, as resolvers
 cache negative answers), so a listing does not re-ask a connector that just
-failed; a reused failure says how old it is, and ``refresh`` asks again. Leaving :meth:`Discovery.stream` early (the client
-went away) cancels every unit still queued or running before it returns.
+failed; a reused failure says how old it is, and ``refresh`` asks again.
+Leaving :meth:`Discovery.stream` early (the client went away) cancels every
+unit still queued or running before it returns.
 """
 
 from __future__ import annotations
