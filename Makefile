@@ -5,18 +5,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # Debian packages the test servers and real clients need: command -> package. PostgreSQL's
-# server (tests/pg.py) is checked apart: Debian keeps initdb off PATH.
+# server (tests/pg.py) is checked apart: Debian keeps initdb off PATH. promtool comes with
+# the whole prometheus package (96 MB installed): no PyPI or npm package ships it, and
+# Debian 12 has no promtool-only package. node and npm run tests/node (npm ci below).
 APT_NEEDS := docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo \
-	systemd-analyze:systemd promtool:prometheus
+	systemd-analyze:systemd promtool:prometheus node:nodejs npm:npm
 
 .PHONY: run install test test-deps lint proto bench clean container-test constraints
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# compat: a plain .pth path entry; the import-hook finder costs each helper start ~20 ms.
+	# Editable through hatchling: one static .pth line (the repository), no import-hook finder
+	# (which costs each helper start ~20 ms). An old setuptools install left metadata here
+	# that, first on sys.path, would hide the real entry points.
 	# constraints.txt: the exact versions CI and the image were tested with (`make constraints`).
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
+	rm -rf credential_broker.egg-info
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# Bytecode for broker/ now: in a shell with PYTHONDONTWRITEBYTECODE it is never written,
 	# and every helper / CLI start would compile its modules again (~10 ms, bench/bench_helpers.py).
 	$(PY) -m compileall -q broker >/dev/null

@@ -113,3 +113,18 @@ def test_a_fresh_clone_make_run_and_the_walkthrough(tmp_path: Path, moto: MotoSe
         text = log.read_text()
         assert "Traceback" not in text, text
         assert "pip install" not in text  # the shared venv counted as installed
+
+
+def test_every_builtin_connector_type_is_registered_as_an_entry_point() -> None:
+    """pyproject registers the built-in types the way a plugin registers its own; the
+    registry's BUILTIN table (for an uninstalled source tree) names the same ones."""
+    import tomllib
+    from importlib.metadata import entry_points
+
+    from broker.providers.registry import BUILTIN, ENTRY_POINT_GROUP
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"][ENTRY_POINT_GROUP] == BUILTIN
+    installed = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    assert {k: installed.get(k) for k in BUILTIN} == BUILTIN
+    assert project["license"] == "Apache-2.0"  # an SPDX string: no setuptools warning

@@ -153,8 +153,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
             "--wheel-dir",
             str(context / "wheels"),
             str(ROOT),
-            "setuptools>=68",
-            "wheel",
+            "hatchling>=1.27",  # the build backend, for the offline `pip install /src`
         ],
         check=True,
         capture_output=True,
