@@ -119,7 +119,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "output_late_writes": (
         "broker_output_late_writes",
-        "Output rewrites that came after the previous credential entered its margin",
+        "Output rewrites that came after the previous credential entered its margin although "
+        "the new credential had arrived before it",
     ),
     "change_feed_full_reloads": (
         "broker_change_feed_full_reloads",

@@ -114,6 +114,8 @@ class OutputRunner:
         self._written: str | None = None
         self._hooked: str | None = None
         self._previous: ClientCredential | None = None
+        #: When the newest credential reached this output (from the cache's hub).
+        self._arrived: datetime | None = None
         self._rng = random.Random()  # noqa: S311 - retry jitter, not a secret
         self.principal = unix_principal(
             os.getuid(), os.getgid(), os.getpid(), via=f"output {spec.where}"
@@ -164,6 +166,7 @@ class OutputRunner:
 
     def _offer(self, issued: Issued) -> None:
         self._latest = issued
+        self._arrived = self._clock.now()
         self._fresh.set()
 
     # -- writing --------------------------------------------------------------------
@@ -252,10 +255,13 @@ class OutputRunner:
         self._counters.writes += 1
         previous = self._previous
         limit = policy.invalid_at(previous) if previous is not None else None
-        if limit is not None:
-            lead = (limit - now).total_seconds()
+        lead = None if limit is None else (limit - now).total_seconds()
+        if lead is not None:
             state.last_lead_seconds = lead
-            if lead < 0:
+            arrived_in_time = (
+                self._arrived is not None and limit is not None and (self._arrived < limit)
+            )
+            if lead < 0 and arrived_in_time:  # late through this output's own doing
                 self._counters.late_writes += 1
         log.info(
             "output_written",
@@ -264,6 +270,7 @@ class OutputRunner:
             format=self.spec.format,
             connector=self.spec.connector,
             expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
+            before_margin_ms=None if lead is None else round(lead * 1000, 1),
         )
 
     def _track(self, credential: ClientCredential) -> None:

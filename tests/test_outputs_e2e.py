@@ -1,0 +1,292 @@
+"""File outputs end to end: the real daemon (a subprocess with a config file), the
+``bench-fake`` connector type minting 1.5-second tokens from its fake upstream, so
+renewals come every ~0.25 s; the reader is another process, the hooks real programs.
+
+What a user sees: a reader never sees a partial file; the file is 0600 from its
+first byte; on_change runs once per new credential and never for an identical one;
+every rewrite lands before the old credential's margin; failures show in ``broker
+outputs list``, ``broker status`` and the metrics, and recover; SIGHUP reloads.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.fakeprovider import free_port, plugin_env, scrape
+from bench.fakeprovider.upstream import FakeUpstream
+from tests.daemon import Daemon, running_daemon
+
+FAST = "r-fast"
+LIFETIME = 1.5
+TEMPLATE = "token={{ config.token }}\nresource={{ resource_id }}\nexpires={{ expires_at }}\n"
+ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+HOOK = (
+    "import os; data = open(os.environ['BROKER_OUTPUT_PATH']).read(); "
+    "open(os.environ['HOOK_LOG'], 'a').write(data + '\\0')"
+)
+
+
+def _lifetime(resource: str) -> float | None:
+    return LIFETIME if resource == FAST else None
+
+
+def _wait(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def _config(tmp: Path, outputs: list[dict[str, Any]]) -> str:
+    lines = []
+    for o in outputs:
+        lines.append("[[outputs]]")
+        for key, value in o.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Daemon, FakeUpstream, Path, int]]:
+    out = tmp_path / "out"
+    out.mkdir()
+    hook_log = tmp_path / "hooks.log"
+    outputs: list[dict[str, Any]] = [
+        {
+            "connector": "fake",
+            "resource_id": FAST,
+            "format": "json",
+            "path": str(out / "fast.json"),
+            "on_change": [sys.executable, "-I", "-c", HOOK],
+        },
+        {
+            "connector": "fake",
+            "resource_id": FAST,
+            "format": "template",
+            "template": TEMPLATE,
+            "path": str(out / "fast.conf"),
+            "mode": "0640",
+        },
+        {
+            "connector": "fake",
+            "resource_id": FAST,
+            "format": "json",
+            "path": str(tmp_path / "later" / "x.json"),
+        },
+        {
+            "connector": "fake",
+            "resource_id": "r-slow",
+            "format": "template",
+            "template": ESCAPE,
+            "path": str(out / "escape"),
+        },
+        {
+            "connector": "fake",
+            "resource_id": "r-slow",
+            "format": "env",
+            "path": str(out / "slow.env"),
+            "on_change": ["false"],
+        },
+        {
+            "connector": "reg",
+            "format": "docker-config",
+            "path": str(out / "docker.json"),
+            "on_change": [sys.executable, "-I", "-c", HOOK],
+        },
+        {"connector": "reg", "format": "json", "path": str(out / "reg.json")},
+    ]
+    config = tmp_path / "broker.toml"
+    config.write_text(_config(tmp_path, outputs))
+    port = free_port()
+    env = {**plugin_env(), "HOOK_LOG": str(hook_log)}
+    with (
+        FakeUpstream(lifetime=_lifetime) as upstream,
+        running_daemon(
+            tmp_path / "data", "--config", str(config), "--metrics", f"127.0.0.1:{port}", env=env
+        ) as daemon,
+    ):
+        daemon.cli(
+            "connector", "register", "fake", "--type", "bench-fake",
+            f"url={upstream.url}", f"token={upstream.token}",
+            "--resource-type", "bench-resource", "--no-verify",
+        )  # fmt: skip
+        daemon.cli(
+            "connector", "register", "reg", "--type", "docker",
+            "username=u", "password=p4ss", "registry=127.0.0.1:5999", "--no-verify",
+        )  # fmt: skip
+        yield daemon, upstream, tmp_path, port
+
+
+#: The reader runs in its own process: a busy loop here would starve the fake upstream's
+#: thread of the GIL and make renewals late.
+READER = """
+import json, os, stat, sys, time
+path, want_reads, want_tokens, limit = sys.argv[1], *map(float, sys.argv[2:5])
+prefix = "." + os.path.basename(path) + "."
+reads, tokens, bad, modes = 0, [], [], set()
+deadline = time.monotonic() + limit
+while (reads < want_reads or len(tokens) < want_tokens) and time.monotonic() < deadline:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        bad.append("missing")
+        continue
+    reads += 1
+    try:
+        token = json.loads(data)["config"]["token"]
+    except (ValueError, KeyError):
+        bad.append(data[:80].decode(errors="replace"))
+        continue
+    if not tokens or tokens[-1] != token:
+        tokens.append(token)
+    if reads % 20 == 0:
+        for entry in os.scandir(os.path.dirname(path)):
+            if entry.name.startswith(prefix):  # this file's temp files
+                try:
+                    modes.add(stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode))
+                except FileNotFoundError:
+                    pass
+print(json.dumps({"reads": reads, "tokens": tokens, "bad": bad, "temp_modes": sorted(modes)}))
+"""
+
+
+def _read_during_renewals(path: Path, reads: int, renewals: int) -> dict[str, Any]:
+    """Reads ``path`` at least ``reads`` times while it changes ``renewals`` times."""
+    args = [str(path), str(reads), str(renewals + 1), "60"]
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", READER, *args], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _outputs(daemon: Daemon) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = daemon.cli_json("outputs", "list")
+    return listed
+
+
+def _hook_entries(path: Path) -> list[str]:
+    return [e for e in path.read_text().split("\0") if e] if path.exists() else []
+
+
+def test_outputs_follow_renewals_atomically_and_hooks_run_once_per_change(
+    setup: tuple[Daemon, FakeUpstream, Path, int],
+) -> None:
+    daemon, upstream, tmp, port = setup
+    fast = tmp / "out" / "fast.json"
+    _wait(fast.exists, what="the first write")
+    assert stat.S_IMODE(fast.stat().st_mode) == 0o600
+    reader = _read_during_renewals(fast, 10_000, 20)
+    assert reader["reads"] >= 10_000 and len(reader["tokens"]) >= 21
+    assert reader["bad"] == []  # never empty, never half a file
+    assert set(reader["temp_modes"]) <= {0o600}
+    assert upstream.mints[FAST] >= 21
+
+    # on_change: once per new credential, each time seeing the new file.
+    hook_log = tmp / "hooks.log"
+    entries = [json.loads(e) for e in _hook_entries(hook_log) if '"token"' in e]
+    hooked = [e["config"]["token"] for e in entries if e["resource_id"] == FAST]
+    assert len(hooked) == len(set(hooked))  # never twice for one credential
+    missed = set(reader["tokens"][:-1]) - set(hooked)
+    assert not missed  # every credential the reader saw got its hook
+    listed = _outputs(daemon)
+    assert listed[0]["hook_runs"] >= len(hooked) >= 20
+    assert listed[0]["writes"] >= 21 and listed[0]["last_error"] is None
+    assert listed[0]["next_renewal"] is not None and listed[0]["last_write"] is not None
+
+    # The template output: the custom format, and its own mode.
+    conf = (tmp / "out" / "fast.conf").read_text().splitlines()
+    assert conf[0].startswith("token=tok-r-fast-") and conf[1] == f"resource={FAST}"
+    assert stat.S_IMODE((tmp / "out" / "fast.conf").stat().st_mode) == 0o640
+
+    # Failures: an unwritable path, a sandbox escape, a failing on_change.
+    errors = {o["index"]: o["last_error"] for o in listed}
+    assert "cannot write" in errors[2] and "No such file or directory" in errors[2]
+    assert "template refused" in errors[3] and "unsafe" in errors[3]
+    assert "on_change 'false' exited with 1" in errors[4]
+    assert not (tmp / "out" / "escape").exists()
+    status = daemon.cli_json("status")
+    assert status["health"] == "DEGRADED"
+    assert any("output outputs[2]" in reason for reason in status["degraded"])
+    table = daemon.cli("outputs", "list", env={"COLUMNS": "300"}).stdout
+    assert "fast.json" in table and "template" in table and "No such file" in table
+    metrics = scrape(port)
+    assert metrics["broker_output_write_failures_total"] >= 2
+    assert metrics["broker_output_hook_failures_total"] >= 1
+    late = [line for line in daemon.log().splitlines() if '"before_margin_ms": -' in line]
+    # Each rewrite before the old credential's margin (when it arrived before it).
+    assert metrics["broker_output_late_writes_total"] == 0, "\n".join(late)
+    assert metrics["broker_outputs_failing"] == 3
+    log = daemon.log()
+    assert "tok-r-fast" not in log and "p4ss" not in log  # no secret in any log line
+
+    # Recovery: the directory appears; the next renewal's retry writes there.
+    (tmp / "later").mkdir()
+    _wait(lambda: (tmp / "later" / "x.json").exists(), 15, "the recovered output")
+    _wait(lambda: _outputs(daemon)[2]["last_error"] is None, 15, "the error cleared")
+
+
+def test_identical_credential_is_not_rewritten_and_sighup_reloads(
+    setup: tuple[Daemon, FakeUpstream, Path, int],
+) -> None:
+    daemon, _upstream, tmp, _port = setup
+    docker = tmp / "out" / "docker.json"
+    reg = tmp / "out" / "reg.json"
+    _wait(lambda: docker.exists() and reg.exists(), what="the registry outputs")
+    hook_log = tmp / "hooks.log"
+
+    def docker_hooks() -> list[str]:
+        return [e for e in _hook_entries(hook_log) if '"auths"' in e]
+
+    _wait(lambda: len(docker_hooks()) == 1, what="the first docker hook")
+    auths = json.loads(docker.read_text())["auths"]
+    assert list(auths) == ["127.0.0.1:5999"]
+    before = docker.stat().st_ino
+    # A connector update that changes nothing the docker config holds: the new revision
+    # is minted again (reg.json shows it) but the docker config is identical.
+    daemon.cli("connector", "update", "reg", "insecure=true", "--no-verify")
+    _wait(lambda: json.loads(reg.read_text())["config"].get("insecure") == "true", what="update")
+    time.sleep(0.5)  # the same event reached the docker output at the same time
+    listed = {o["index"]: o for o in _outputs(daemon)}
+    assert listed[5]["writes"] == 1 and listed[5]["hook_runs"] == 1
+    assert listed[6]["writes"] == 2
+    assert docker.stat().st_ino == before and len(docker_hooks()) == 1
+
+    # SIGHUP: outputs 3 and 4 dropped, output 2 moved; the others go on untouched.
+    config = tmp / "broker.toml"
+    text = config.read_text()
+    blocks = text.split("[[outputs]]\n")[1:]
+    kept = [blocks[0], blocks[1], blocks[2].replace("later/x.json", "out/moved.json"), *blocks[5:]]
+    config.write_text("".join("[[outputs]]\n" + b for b in kept))
+    writes_before = listed[0]["writes"]
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: len(_outputs(daemon)) == 5, what="the reload")
+    _wait(lambda: (tmp / "out" / "moved.json").exists(), what="the moved output")
+    after = _outputs(daemon)
+    assert [o["path"].rsplit("/", 1)[1] for o in after] == [
+        "fast.json", "fast.conf", "moved.json", "docker.json", "reg.json",
+    ]  # fmt: skip
+    assert after[0]["writes"] >= writes_before  # not restarted: its counters go on
+    assert daemon.cli_json("status")["health"] == "SERVING"
+    # A bad reload keeps the outputs running and says why.
+    config.write_text("[[outputs]]\nconnector = 'fake'\nformat = 'xml'\npath = '/tmp/x'\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: "outputs_reload_failed" in daemon.log(), what="the refused reload")
+    assert "outputs[0].format" in daemon.log()
+    assert len(_outputs(daemon)) == 5
