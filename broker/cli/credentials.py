@@ -11,6 +11,7 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.cli import fast, render
 from broker.cli.client import connect
 from broker.cli.options import Output, OutputOpt, ResourceIdOpt, ResourceTypeOpt, SocketOpt
+from broker.cli.shapes import print_json
 
 app = typer.Typer(no_args_is_help=True, help="Get or watch client credentials.")
 
@@ -34,6 +35,34 @@ def get(
 ) -> None:
     """Print the client credential for one resource (secrets included: that is its job)."""
     fast.show_credential(name, resource_type, resource_id, socket, output, hide_secrets=False)
+
+
+@app.command()
+def rotate(
+    name: str,
+    resource_type: ResourceTypeOpt = None,
+    resource_id: ResourceIdOpt = None,
+    socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Mint the resource's credential now (admin). Watchers, outputs and `broker exec`
+    children get the new one; the old one is served until then (and after a failure)."""
+    request = pb.RotateCredentialsRequest(
+        connector=name,
+        resource_type=resource_type or "",
+        resource_id=resource_id or "",
+        hide_secrets=True,  # `credentials get` shows the values
+    )
+    cred = fast.call(socket, lambda stub, _health: stub.RotateCredentials(request))
+    data = render.credential_json(cred)
+    if output is Output.table:
+        expiry = data["expires_at"] or "never (long-lived)"
+        render.console.print(
+            f"rotated {data['resource_type']} '{data['resource_id']}' of connector "
+            f"'{name}': expires at {expiry}"
+        )
+    else:
+        print_json(data)
 
 
 @app.command()

@@ -84,8 +84,11 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         sdk: SdkGrants | None = None,
         helper_socket: str = "",
         watches: WatchStreams | None = None,
+        config: pb.DaemonConfig | None = None,
     ) -> None:
         self._service = service
+        #: The effective settings as `broker config show` prints them (GetConfig).
+        self._config = config or pb.DaemonConfig()
         self._callers = callers
         self._sdk = sdk
         self._helper_socket = helper_socket
@@ -284,6 +287,23 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         )
 
     @_guard
+    async def RotateCredentials(
+        self, request: pb.RotateCredentialsRequest, context: Ctx
+    ) -> pb.Credential:
+        issued = await self._service.rotate_credentials(
+            request.connector,
+            _text(request.resource_type),
+            _text(request.resource_id),
+            principal=self._callers.principal(context),
+        )
+        return convert.credential(
+            issued.connector.name,
+            issued.connector.revision,
+            issued.credential,
+            hide_secrets=request.hide_secrets,
+        )
+
+    @_guard
     async def WatchCredentials(self, request: pb.WatchCredentialsRequest, context: Ctx) -> None:
         watches, peer = self.watches, context.peer()
         try:
@@ -425,6 +445,11 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             selectors=sorted(principal.selectors),
             roles=self._service.gate.roles(principal),
         )
+
+    @_guard
+    async def GetConfig(self, request: pb.GetConfigRequest, context: Ctx) -> pb.DaemonConfig:
+        self._service.gate.require(self._callers.principal(context), Action.ADMIN, Target())
+        return self._config
 
     @_guard
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: Ctx) -> pb.Policy:

@@ -382,6 +382,18 @@ class GetCredentialsRequest(_message.Message):
     hide_secrets: bool
     def __init__(self, connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., hide_secrets: _Optional[bool] = ...) -> None: ...
 
+class RotateCredentialsRequest(_message.Message):
+    __slots__ = ("connector", "resource_type", "resource_id", "hide_secrets")
+    CONNECTOR_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    HIDE_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    connector: str
+    resource_type: str
+    resource_id: str
+    hide_secrets: bool
+    def __init__(self, connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., hide_secrets: _Optional[bool] = ...) -> None: ...
+
 class Credential(_message.Message):
     __slots__ = ("connector", "connector_type", "auth_method", "resource_type", "resource_id", "config", "secret_attributes", "expires_at", "session_policy", "issued_at", "connector_revision")
     class ConfigEntry(_message.Message):
@@ -613,6 +625,25 @@ class Identity(_message.Message):
     selectors: _containers.RepeatedScalarFieldContainer[str]
     roles: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, principal: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DaemonConfig(_message.Message):
+    __slots__ = ("settings", "config_file")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
+    settings: _containers.ScalarMap[str, str]
+    config_file: str
+    def __init__(self, settings: _Optional[_Mapping[str, str]] = ..., config_file: _Optional[str] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ()

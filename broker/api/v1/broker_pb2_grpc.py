@@ -89,6 +89,11 @@ class BrokerServiceStub:
                 request_serializer=broker_dot_v1_dot_broker__pb2.WatchCredentialsRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.CredentialEvent.FromString,
                 _registered_method=True)
+        self.RotateCredentials = channel.unary_unary(
+                '/broker.v1.BrokerService/RotateCredentials',
+                request_serializer=broker_dot_v1_dot_broker__pb2.RotateCredentialsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.Credential.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/broker.v1.BrokerService/GetStatus',
                 request_serializer=broker_dot_v1_dot_broker__pb2.GetStatusRequest.SerializeToString,
@@ -133,6 +138,11 @@ class BrokerServiceStub:
                 '/broker.v1.BrokerService/CheckPolicy',
                 request_serializer=broker_dot_v1_dot_broker__pb2.CheckPolicyRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_broker__pb2.PolicyDecision.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/broker.v1.BrokerService/GetConfig',
+                request_serializer=broker_dot_v1_dot_broker__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_broker__pb2.DaemonConfig.FromString,
                 _registered_method=True)
 
 
@@ -211,6 +221,15 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateCredentials(self, request, context):
+        """Mint one resource's credential now, fresh or not (admin). Watchers get it as a
+        renewal; the old one is served until the new one is in hand, and still after a
+        failure, whose error says why and when the old one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Daemon health, uptime, cache and subscriber counts.
         """
@@ -277,6 +296,14 @@ class BrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConfig(self, request, context):
+        """The daemon's effective settings, secrets hidden (admin only): what
+        `broker config show` prints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +362,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     request_deserializer=broker_dot_v1_dot_broker__pb2.WatchCredentialsRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.CredentialEvent.SerializeToString,
             ),
+            'RotateCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCredentials,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.RotateCredentialsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.Credential.SerializeToString,
+            ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.GetStatusRequest.FromString,
@@ -379,6 +411,11 @@ def add_BrokerServiceServicer_to_server(servicer, server):
                     servicer.CheckPolicy,
                     request_deserializer=broker_dot_v1_dot_broker__pb2.CheckPolicyRequest.FromString,
                     response_serializer=broker_dot_v1_dot_broker__pb2.PolicyDecision.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=broker_dot_v1_dot_broker__pb2.GetConfigRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_broker__pb2.DaemonConfig.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -689,6 +726,33 @@ class BrokerService:
             _registered_method=True)
 
     @staticmethod
+    def RotateCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/RotateCredentials',
+            broker_dot_v1_dot_broker__pb2.RotateCredentialsRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStatus(request,
             target,
             options=(),
@@ -921,6 +985,33 @@ class BrokerService:
             '/broker.v1.BrokerService/CheckPolicy',
             broker_dot_v1_dot_broker__pb2.CheckPolicyRequest.SerializeToString,
             broker_dot_v1_dot_broker__pb2.PolicyDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.BrokerService/GetConfig',
+            broker_dot_v1_dot_broker__pb2.GetConfigRequest.SerializeToString,
+            broker_dot_v1_dot_broker__pb2.DaemonConfig.FromString,
             options,
             channel_credentials,
             insecure,
