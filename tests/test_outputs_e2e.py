@@ -1,6 +1,6 @@
 """File outputs end to end: the real daemon (a subprocess with a config file), the
-``bench-fake`` connector type minting 1.5-second tokens from its fake upstream, so
-renewals come every ~0.25 s; the reader is another process, the hooks real programs.
+``bench-fake`` connector type minting 2.4-second tokens from its fake upstream, so
+renewals come every ~0.4 s; the reader is another process, the hooks real programs.
 
 What a user sees: a reader never sees a partial file; the file is 0600 from its
 first byte; on_change runs once per new credential and never for an identical one;
@@ -27,7 +27,7 @@ from bench.fakeprovider.upstream import FakeUpstream
 from tests.daemon import Daemon, running_daemon
 
 FAST = "r-fast"
-LIFETIME = 1.5
+LIFETIME = 2.4
 TEMPLATE = "token={{ config.token }}\nresource={{ resource_id }}\nexpires={{ expires_at }}\n"
 ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
 HOOK = (
