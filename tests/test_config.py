@@ -236,7 +236,7 @@ def test_config_show_json_is_the_effective_config_with_secrets_hidden(tmp_path: 
 
 
 def test_config_show_table_carries_the_meaning() -> None:
-    result = broker("config", "show")
+    result = broker("config", "show", "--local")
     assert result.returncode == 0, result.stderr
     assert "Prometheus metrics" in result.stdout
 

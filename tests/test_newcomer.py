@@ -128,3 +128,21 @@ def test_every_builtin_connector_type_is_registered_as_an_entry_point() -> None:
     installed = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     assert {k: installed.get(k) for k in BUILTIN} == BUILTIN
     assert project["license"] == "Apache-2.0"  # an SPDX string: no setuptools warning
+
+
+def test_config_show_is_the_running_daemons_view(tmp_path: Path) -> None:
+    """The daemon's environment and flags, not the CLI's; --local is this shell's view."""
+    from tests.daemon import running_daemon
+
+    config = tmp_path / "broker.toml"
+    config.write_text("cache_max_entries = 12\ncache_idle_seconds = 30\n")
+    env = {"BROKER_CACHE_IDLE_SECONDS": "45"}
+    with running_daemon(tmp_path / "data", "--config", str(config), env=env) as daemon:
+        shown = daemon.cli_json("config", "show")
+        table = daemon.cli("config", "show").stdout
+        local = daemon.cli_json("config", "show", "--local")
+    assert shown["cache_max_entries"] == 12  # the daemon's file
+    assert shown["cache_idle_seconds"] == 45.0  # its environment beats its file
+    assert shown["log_level"] == "debug"  # its flag (tests/daemon.py) beats both
+    assert f"(file {config})" in " ".join(table.split())
+    assert local["cache_max_entries"] == 10000 and local["log_level"] == "info"

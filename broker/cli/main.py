@@ -9,8 +9,9 @@ from typing import Annotated
 import grpc
 import typer
 
+import broker.cli.config_show as config_show_cli
 from broker import __version__
-from broker.cli import connector, credentials, env, login, outputs, policy, render
+from broker.cli import connector, credentials, env, login, outputs, policy
 from broker.cli import store as store_cli
 from broker.cli.client import rpc_error
 from broker.cli.options import Output, OutputOpt, SocketOpt
@@ -133,22 +134,7 @@ def status(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
     fast.status(socket, output)
 
 
-@config_app.command("show")
-def config_show(
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """The effective configuration (file < env < defaults), secrets hidden."""
-    from broker.config import describe, load_settings, setting_fields
-
-    data = describe(load_settings(config))
-    if output is Output.json:
-        render.print_json(data)
-        return
-    docs = {f.name: f.metadata["doc"] for f in setting_fields()}
-    render.print_table(
-        None, ["SETTING", "VALUE", "MEANING"], [(k, v, docs[k]) for k, v in data.items()]
-    )
+config_app.command("show")(config_show_cli.show)
 
 
 @app.command()

@@ -7,6 +7,7 @@ for every call); gRPC itself listens only on a private socket and on TCP.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from broker.api.v1 import broker_pb2
-from broker.config import Settings
+from broker.config import Settings, describe
 from broker.errors import FailedPrecondition, InvalidArgument
 from broker.grants import SdkGrants
 from broker.rpc import limits
@@ -40,6 +41,14 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: New calls gRPC core may hold until the server's handler loop takes them (the default of
 #: the ``grpc_max_pending_calls`` setting; limits.server_options).
 MAX_PENDING_CALLS = Settings().grpc_max_pending_calls
+
+
+def daemon_config(settings: Settings) -> broker_pb2.DaemonConfig:
+    """What GetConfig answers: every setting as `broker config show` prints it."""
+    return broker_pb2.DaemonConfig(
+        settings={k: json.dumps(v) for k, v in describe(settings).items()},
+        config_file=str(settings.config_file or ""),
+    )
 
 
 class GrpcServer:
@@ -71,6 +80,7 @@ class GrpcServer:
                 WatchStreams(
                     WatchLimits(settings.watch_max_streams, settings.watch_stall_timeout_seconds)
                 ),
+                daemon_config(settings),
             ),
             self._server,
         )
