@@ -208,3 +208,27 @@ def test_watch_sees_the_minted_token_renewed_before_it_expires(
     assert seen < _stamp(first["credential"]["expires_at"]).timestamp()
     assert second["credential"]["config"]["token"] != first["credential"]["config"]["token"]
     assert authority.verify(second["credential"]["config"]["token"]) == SA_USER
+
+
+def test_auto_configure_bootstraps_from_the_kubeconfig_context(
+    daemon: Daemon, api: KubeApiServer, authority: TokenAuthority, tmp_path: Path
+) -> None:
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", token=BOOTSTRAP)
+    registered = daemon.cli_json(
+        "connector",
+        "register",
+        "sa-auto",
+        "--type",
+        "kubernetes",
+        "--auto-configure",
+        "--auth-method",
+        "service-account-token",
+        "service_account=ci/deployer",
+        env={"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)},
+    )
+    assert registered["connector"]["auth_method"] == "service-account-token"
+    assert registered["connector"]["config"]["token"] == "[HIDDEN]"
+    assert registered["resources"][0]["error"] is None
+    cred = daemon.cli_json("credentials", "get", "sa-auto")
+    assert cred["config"]["token"] != BOOTSTRAP
+    assert authority.verify(cred["config"]["token"]) == SA_USER

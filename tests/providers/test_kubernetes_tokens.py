@@ -7,18 +7,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
 import jwt
 import pytest
+import yaml
 
 from broker.attributes import parse_value
 from broker.cache.cache import CacheKey, CredentialCache
 from broker.clock import FakeClock
 from broker.connectors import check_expiration
-from broker.errors import BrokerError, CredentialsRejected, InvalidArgument, NotFound
-from broker.model import ClientCredential, Connector, Value
+from broker.errors import (
+    BrokerError,
+    CredentialsRejected,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from broker.model import AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.base import ProviderContext
 from broker.providers.kubernetes import RESOURCE_TYPE, SPEC, KubernetesProvider
 from broker.providers.kubernetes.client import fetch_version
@@ -304,6 +312,26 @@ def test_good_configurations_and_the_declared_bounds() -> None:
         with pytest.raises(InvalidArgument) as info:
             check_expiration(method, bad)
         assert info.value.field == "expiration_seconds" and "600..86400" in str(info.value)
+
+
+def test_auto_configure_takes_the_bootstrap_from_a_kubeconfig_context(tmp_path: Path) -> None:
+    api = KubeApiServer(tls=False)  # never started: only its kubeconfig writer is used
+    path = api.write_kubeconfig(tmp_path / "kubeconfig", token=BOOTSTRAP)
+    provider = KubernetesProvider(ProviderContext())
+    found = provider.auto_configure(
+        AutoConfigureOptions(auth_method=METHOD), {"KUBECONFIG": str(path)}
+    )
+    assert found.auth_method == METHOD and found.config["token"] == BOOTSTRAP
+    plain = provider.auto_configure(AutoConfigureOptions(), {"KUBECONFIG": str(path)})
+    assert plain.auth_method == "token"
+    basic = tmp_path / "basic"
+    document = yaml.safe_load(path.read_text())
+    document["users"][0]["user"] = {"username": "carol", "password": "pw"}
+    basic.write_text(yaml.safe_dump(document))
+    with pytest.raises(FailedPrecondition, match="client certificate and key"):
+        provider.auto_configure(
+            AutoConfigureOptions(auth_method=METHOD), {"KUBECONFIG": str(basic)}
+        )
 
 
 # -- renewal by the cache, with the clock moved instead of waited for -------------------------

@@ -8,6 +8,9 @@ that file. Only static credentials can be stored: a user entry that runs an
 ``exec`` plugin or an ``auth-provider`` mints its credentials on the fly,
 and impersonation (``as``) has no attribute to hold it, so both are refused
 with the context named. YAML errors never quote the file (it holds secrets).
+Asked for auth method ``service-account-token``, the context's token or client
+certificate becomes the bootstrap credential; ``service_account`` (and
+``audiences``) come from the caller's attributes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ import yaml
 from broker.attributes import normalize_pem
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, Value
-from broker.providers.kubernetes.spec import AUTH_PASSWORD, AUTH_TOKEN, RESOURCE_TYPE
+from broker.providers.kubernetes.spec import (
+    AUTH_PASSWORD,
+    AUTH_SERVICE_ACCOUNT_TOKEN,
+    AUTH_TOKEN,
+    RESOURCE_TYPE,
+)
 
 #: User keys that delegate to something the broker cannot store.
 _DYNAMIC_USER_KEYS = ("exec", "auth-provider")
@@ -199,7 +207,8 @@ def _user_config(name: str, entry: _Named, context: str, requested: str | None) 
     has_token = bool(token or cert)
     has_basic = isinstance(username, str) and bool(username) and password is not None
     method = requested or (AUTH_TOKEN if has_token else AUTH_PASSWORD if has_basic else None)
-    if method == AUTH_TOKEN and has_token:
+    # service-account-token: the context's token or certificate becomes the bootstrap.
+    if method in (AUTH_TOKEN, AUTH_SERVICE_ACCOUNT_TOKEN) and has_token:
         config: dict[str, Value] = {}
         if token:
             config["token"] = token
@@ -209,14 +218,15 @@ def _user_config(name: str, entry: _Named, context: str, requested: str | None) 
         return config
     if method == AUTH_PASSWORD and has_basic:
         return {"username": str(username), "password": str(password)}
-    if method not in (None, AUTH_TOKEN, AUTH_PASSWORD):
+    if method not in (None, AUTH_TOKEN, AUTH_PASSWORD, AUTH_SERVICE_ACCOUNT_TOKEN):
         raise InvalidArgument(
             f"auth method '{method}' is not offered by connector type 'kubernetes' "
-            f"(one of: {AUTH_PASSWORD}, {AUTH_TOKEN})",
+            f"(one of: {AUTH_PASSWORD}, {AUTH_TOKEN}, {AUTH_SERVICE_ACCOUNT_TOKEN})",
             field="auth_method",
         )
     wanted = {
         AUTH_TOKEN: "a token or a client certificate and key",
+        AUTH_SERVICE_ACCOUNT_TOKEN: "a token or a client certificate and key (to mint with)",
         AUTH_PASSWORD: "a username and password",
         None: "a token, a client certificate and key, or a username and password",
     }[method]
@@ -262,7 +272,10 @@ def auto_configure(options: AutoConfigureOptions, env: Mapping[str, str]) -> Aut
         )
     config = _cluster_config(str(cluster_name), cluster, context)
     credentials = _user_config(str(user_name), user, context, options.auth_method)
-    method = AUTH_PASSWORD if "username" in credentials else AUTH_TOKEN
+    if options.auth_method == AUTH_SERVICE_ACCOUNT_TOKEN:
+        method = AUTH_SERVICE_ACCOUNT_TOKEN  # service_account comes from the caller
+    else:
+        method = AUTH_PASSWORD if "username" in credentials else AUTH_TOKEN
     config.update(credentials)
     return AutoConfigured(
         auth_method=method,
