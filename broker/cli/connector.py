@@ -14,6 +14,7 @@ from broker.cli import fast, render
 from broker.cli.attrs import inline_keys, secret_names, warn_inline_secrets
 from broker.cli.client import connect
 from broker.cli.options import (
+    FullOpt,
     Output,
     OutputOpt,
     ResourceIdOpt,
@@ -103,8 +104,9 @@ def list_types(
                 auth_method=auth_method or "",
             )
         )
-    if output is Output.json:
-        render.print_json(
+    if output is not Output.table:
+        render.print_data(
+            output,
             [
                 {
                     "connector_type": t.connector_type,
@@ -114,7 +116,7 @@ def list_types(
                     "supports_auto_configuration": t.supports_auto_configuration,
                 }
                 for t in reply.connector_types
-            ]
+            ],
         )
         return
     render.print_table(
@@ -151,8 +153,8 @@ def describe_type(
             )
         )
     data = _type_json(t)
-    if output is Output.json:
-        render.print_json(data)
+    if output is not Output.table:
+        render.print_data(output, data)
         return
     render.console.print(f"[bold]{t.name}[/bold] ({t.connector_type}): {t.description}")
     if not auth_method:
@@ -231,12 +233,13 @@ def _print_change(
     reply: pb.RegisterConnectorResponse | pb.UpdateConnectorResponse, done: str, output: Output
 ) -> None:
     """register and update answer alike: the connector and what it reaches."""
-    if output is Output.json:
-        render.print_json(
+    if output is not Output.table:
+        render.print_data(
+            output,
             {
                 "connector": render.connector_json(reply.connector),
                 "resources": [render.resource_json(r) for r in reply.resources],
-            }
+            },
         )
         return
     render.console.print(done)
@@ -254,7 +257,12 @@ def register(
             "(for secrets: the command line is visible to other users)"
         ),
     ] = None,
-    connector_type: Annotated[str, typer.Option("--type", "-t", help="Connector type")] = "",
+    connector_type: Annotated[
+        str,
+        typer.Option(
+            "--type", "-t", help="Connector type: aws, gcp, kubernetes, docker, azure ..."
+        ),
+    ] = ...,  # type: ignore[assignment]  # required (typer: no default)
     auth_method: Annotated[str | None, typer.Option("--auth-method", "-a")] = None,
     resource_type: ResourceTypeOpt = None,
     resource_id: ResourceIdOpt = None,
@@ -276,8 +284,6 @@ def register(
     output: OutputOpt = Output.table,
 ) -> None:
     """Register a connector; prints the resources it reaches."""
-    if not connector_type:
-        raise typer.BadParameter("--type is required", param_hint="--type")
     config = parse_pairs(attributes, "attribute", files=True)
     expiry = parse_time(expires_at, "expires_at")
     if auto_configure:
@@ -341,21 +347,28 @@ def describe(
     ] = False,
     resource_type: ResourceTypeOpt = None,
     resource_id: ResourceIdOpt = None,
+    full: FullOpt = False,
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Describe a connector (secrets [HIDDEN] unless --show-secrets)."""
     if client:
         fast.show_credential(
-            name, resource_type, resource_id, socket, output, hide_secrets=not show_secrets
+            name,
+            resource_type,
+            resource_id,
+            socket,
+            output,
+            hide_secrets=not show_secrets,
+            full=full,
         )
         return
     with connect(socket) as stub:
         c = stub.GetConnector(pb.GetConnectorRequest(name=name, show_secrets=show_secrets))
-    if output is Output.json:
-        render.print_json(render.connector_json(c))
+    if output is not Output.table:
+        render.print_data(output, render.connector_json(c))
     else:
-        render.print_connector(c)
+        render.print_connector(c, full)
 
 
 @app.command()
@@ -433,8 +446,8 @@ def delete(name: str, socket: SocketOpt = None, output: OutputOpt = Output.table
     """Delete a connector; watchers of its credentials get a `deleted` event."""
     with connect(socket) as stub:
         c = stub.DeleteConnector(pb.DeleteConnectorRequest(name=name))
-    if output is Output.json:
-        render.print_json(render.connector_json(c))
+    if output is not Output.table:
+        render.print_data(output, render.connector_json(c))
     else:
         render.console.print(f"Deleted connector '{c.name}'.")
 
@@ -454,8 +467,8 @@ def verify(
                 name=name, resource_type=resource_type or "", resource_id=resource_id or ""
             )
         )
-    if output is Output.json:
-        render.print_json([render.resource_json(r) for r in reply.resources])
+    if output is not Output.table:
+        render.print_data(output, [render.resource_json(r) for r in reply.resources])
     else:
         render.print_resources(reply.resources)
     if not reply.ok:
@@ -529,7 +542,7 @@ def list_resources(
     if exclude_errors:
         results = [r for r in results if not r.HasField("error")]
     results.sort(key=lambda r: (r.connector, r.resource_type))
-    if output is Output.json:
-        render.print_json([render.resource_json(r) for r in results])
+    if output is not Output.table:
+        render.print_data(output, [render.resource_json(r) for r in results])
     else:
         render.print_resources(results)

@@ -10,7 +10,14 @@ import typer
 from broker.api.v1 import broker_pb2 as pb
 from broker.cli import fast, render
 from broker.cli.client import connect
-from broker.cli.options import Output, OutputOpt, ResourceIdOpt, ResourceTypeOpt, SocketOpt
+from broker.cli.options import (
+    FullOpt,
+    Output,
+    OutputOpt,
+    ResourceIdOpt,
+    ResourceTypeOpt,
+    SocketOpt,
+)
 from broker.cli.shapes import print_json
 
 app = typer.Typer(no_args_is_help=True, help="Get or watch client credentials.")
@@ -30,11 +37,14 @@ def get(
     name: str,
     resource_type: ResourceTypeOpt = None,
     resource_id: ResourceIdOpt = None,
+    full: FullOpt = False,
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Print the client credential for one resource (secrets included: that is its job)."""
-    fast.show_credential(name, resource_type, resource_id, socket, output, hide_secrets=False)
+    fast.show_credential(
+        name, resource_type, resource_id, socket, output, hide_secrets=False, full=full
+    )
 
 
 @app.command()

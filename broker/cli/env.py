@@ -93,8 +93,8 @@ def endpoint_json(endpoint: pb.SdkEndpoint, *, env: bool) -> dict[str, Any]:
 
 
 def _print(endpoint: pb.SdkEndpoint, output: Output) -> None:
-    if output is Output.json:
-        render.print_json(endpoint_json(endpoint, env=True))
+    if output is not Output.table:
+        render.print_data(output, endpoint_json(endpoint, env=True))
         return
     for key, value in sorted(endpoint.env.items()):
         print(f"export {key}={shlex.quote(value)}")
@@ -177,8 +177,8 @@ def env_list(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None
     with connect(socket) as stub:
         reply: pb.ListSdkEndpointsResponse = stub.ListSdkEndpoints(pb.ListSdkEndpointsRequest())
     endpoints = sorted(reply.endpoints, key=lambda e: (e.expires_at.ToSeconds(), e.id))
-    if output is Output.json:
-        render.print_json([endpoint_json(e, env=False) for e in endpoints])
+    if output is not Output.table:
+        render.print_data(output, [endpoint_json(e, env=False) for e in endpoints])
         return
     table = Table(show_lines=False)
     for column in ("ID", "KIND", "CONNECTOR"):

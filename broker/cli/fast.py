@@ -9,9 +9,10 @@ and run with only protobuf and the generated messages loaded: gRPC spoken by
 :mod:`broker.cli.wire`, JSON printed by :mod:`broker.cli.shapes` and tables drawn
 by :mod:`broker.cli.table` (as rich draws them).
 
-Anything else goes to the typer app in :mod:`broker.cli.main`, unchanged: every
+``broker __complete WORD...`` (shell completion, :mod:`broker.cli.completion`) is
+answered here too. Anything else goes to the typer app in :mod:`broker.cli.main`, unchanged: every
 other command, ``--help``, an unknown or repeated option, a missing or odd value,
-an output other than ``table`` / ``json``. So help and usage errors stay click's,
+an output other than ``table`` / ``json`` / ``yaml``. So help and usage errors stay click's,
 word for word, and an option added to one of these commands in typer works at
 once (through typer) until it is added here. argparse was not used: its help and
 error texts are not click's, and declining is both cheaper and exact.
@@ -34,7 +35,7 @@ from broker.cli.shapes import (
     credential_json,
     credential_tables,
     parse_pairs,
-    print_json,
+    print_data,
     properties_table,
 )
 from broker.errors import BrokerError
@@ -75,6 +76,8 @@ COMMANDS: dict[tuple[str, ...], tuple[tuple[str, ...], dict[str, str], frozenset
     ("credentials", "get"): (("name",), {**_RESOURCE, **_COMMON}, frozenset()),
     ("status",): ((), dict(_COMMON), frozenset()),
 }
+#: command words -> its options that take no value (flag -> parameter name).
+FLAGS: dict[tuple[str, ...], dict[str, str]] = {("credentials", "get"): {"--full": "full"}}
 
 
 def parse(argv: Sequence[str]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
@@ -87,12 +90,17 @@ def parse(argv: Sequence[str]) -> tuple[tuple[str, ...], dict[str, Any]] | None:
     if words is None:
         return None
     positional, options, multiple = COMMANDS[words]
+    flags = FLAGS.get(words, {})
     params: dict[str, Any] = {name: None for name in options.values()}
+    params.update(dict.fromkeys(flags.values(), False))
     args: list[str] = []
     rest = iter(argv[len(words) :])
     for item in rest:
         if not item.startswith("-") or item == "-":
             args.append(item)
+            continue
+        if item in flags and not params[flags[item]]:
+            params[flags[item]] = True
             continue
         given: str | None
         if item.startswith("--"):
@@ -184,8 +192,8 @@ def list_connectors(
         )
 
     connectors = call(socket, work)
-    if output is Output.json:
-        print_json([connector_json(c) for c in connectors])
+    if output is not Output.table:
+        print_data(output, [connector_json(c) for c in connectors])
     else:
         _print_tables(connectors_table(connectors))
 
@@ -209,8 +217,10 @@ def show_credential(
     output: Output,
     *,
     hide_secrets: bool,
+    full: bool = False,
 ) -> None:
-    """Fetch and print one client credential (`credentials get`, `connector describe --client`)."""
+    """Fetch and print one client credential (`credentials get`, `connector describe --client`);
+    a table shows a PEM as fingerprint + subject unless ``full``."""
     from broker.api.v1 import broker_pb2 as pb
 
     request = pb.GetCredentialsRequest(
@@ -220,14 +230,14 @@ def show_credential(
         hide_secrets=hide_secrets,
     )
     cred = call(socket, lambda stub, _health: stub.GetCredentials(request))
-    if output is Output.json:
-        print_json(credential_json(cred))
+    if output is not Output.table:
+        print_data(output, credential_json(cred))
     elif credential_json(cred)["session_policy"] is not None:
         from broker.cli import render  # rich, for the policy's highlighted JSON
 
-        render.print_credential(cred)
+        render.print_credential(cred, full)
     else:
-        _print_tables(*credential_tables(cred))
+        _print_tables(*credential_tables(cred, full))
 
 
 #: Seconds `broker status` waits for the health service's answer.
@@ -257,8 +267,8 @@ def status(socket: Path | None, output: Output) -> None:
         "store": st.store,
         "degraded": list(st.degraded),
     }
-    if output is Output.json:
-        print_json(data)
+    if output is not Output.table:
+        print_data(output, data)
     else:
         _print_tables(properties_table("Daemon", data))
 
@@ -285,6 +295,16 @@ def main(full: Callable[[], None] | None = None) -> None:
 
     Errors as the typer app prints them: one line on stderr, exit 1.
     """
+    if sys.argv[1:2] == ["__complete"]:  # the shell completion scripts' question
+        from broker.cli import completion
+
+        completion.run(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["exec"]:  # its own parser: the child's argv is not ours to read
+        from broker.cli import exec_run
+
+        if exec_run.main(sys.argv[2:]):
+            return
     parsed = parse(sys.argv[1:])
     if parsed is None:
         if full is None:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import grpc
 import typer
+from typer._click.exceptions import (
+    ClickException,
+    NoArgsIsHelpError,
+    UsageError,
+)  # typer vendors click
+from typer.exceptions import Abort
 
 import broker.cli.config_show as config_show_cli
 from broker import __version__
-from broker.cli import connector, credentials, env, login, outputs, policy
+from broker.cli import completion, connector, credentials, env, login, outputs, policy, render
 from broker.cli import store as store_cli
 from broker.cli.client import rpc_error
+from broker.cli.exec_cmd import EXEC_CONTEXT, exec_command
 from broker.cli.options import Output, OutputOpt, SocketOpt
 from broker.errors import BrokerError, NotFound
 
@@ -21,7 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="credential-broker: short-lived, least-privilege credentials for one resource at a time.",
+    rich_markup_mode=None,
 )
 app.add_typer(connector.app, name="connector")
 app.add_typer(credentials.app, name="credentials")
@@ -32,8 +39,31 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(store_cli.app, name="store")
 app.add_typer(outputs.app, name="outputs")
 app.command("whoami")(policy.whoami)
+app.command("exec", context_settings=EXEC_CONTEXT)(exec_command)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
 app.add_typer(config_app, name="config")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """credential-broker: short-lived, least-privilege credentials for one resource at a time.
+
+    Every command but `serve` takes --output table|json|yaml; errors are one line on
+    stderr ("error: ..."), exit 1 (2 for a usage error, 130 on Ctrl-C).
+    """
 
 
 @app.command()
@@ -50,8 +80,16 @@ def serve(
     ] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="HOST:PORT")] = None,
     log_level: Annotated[str | None, typer.Option("--log-level")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="auto (JSON unless a TTY), json or console"),
+    ] = None,
 ) -> None:
-    """Run the daemon in the foreground until SIGTERM / SIGINT."""
+    """Run the daemon in the foreground until SIGTERM / SIGINT.
+
+    Its output is its log, on stderr (--log-format json for JSON lines), so it alone
+    takes no --output.
+    """
     import anyio
 
     from broker.config import load_settings
@@ -69,6 +107,7 @@ def serve(
             "insecure": insecure,
             "metrics": metrics,
             "log_level": log_level,
+            "log_format": log_format,
         },
     )
     anyio.run(run_daemon, settings)
@@ -95,6 +134,7 @@ def health(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when DEGRADED too (a readiness probe)")
     ] = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Exit 0 if the daemon answers SERVING on gRPC health (for HEALTHCHECK and probes).
 
@@ -104,16 +144,25 @@ def health(
     try:
         state = _health(socket, timeout)
     except grpc.RpcError as exc:
-        print(f"unhealthy: {rpc_error(exc).message}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        _unhealthy(rpc_error(exc).message, output)
     except BrokerError as exc:
-        print(f"unhealthy: {exc.message}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        _unhealthy(exc.message, output)
     if state == "SERVING" and _feed_behind(socket, timeout):
         state = "DEGRADED"
-    print(state)
+    if output is Output.table:
+        print(state)
+    else:
+        render.print_data(output, {"health": state, "error": None})
     if state != "SERVING" and (strict or state != "DEGRADED"):
         raise typer.Exit(1)
+
+
+def _unhealthy(message: str, output: Output) -> NoReturn:
+    """No answer: the reason on stderr (and as JSON / YAML on stdout), exit 1."""
+    print(f"unhealthy: {message}", file=sys.stderr)
+    if output is not Output.table:
+        render.print_data(output, {"health": "UNREACHABLE", "error": message})
+    raise typer.Exit(1)
 
 
 def _feed_behind(socket: Path | None, timeout: float) -> bool:
@@ -138,15 +187,62 @@ config_app.command("show")(config_show_cli.show)
 
 
 @app.command()
-def version() -> None:
-    """Print the version."""
-    print(__version__)
+def version(output: OutputOpt = Output.table) -> None:
+    """Print the version (of this CLI; `broker status` shows the daemon's)."""
+    if output is Output.table:
+        print(__version__)
+    else:
+        render.print_data(output, {"version": __version__})
+
+
+def command() -> Any:
+    """The click command tree typer builds, with broker.cli.helptext's placeholders,
+    option help and examples."""
+    from broker.cli.helptext import polish
+
+    return polish(typer.main.get_command(app))
+
+
+def _usage_error(exc: UsageError) -> NoReturn:
+    """A usage error as one line, naming the command's --help (click draws several)."""
+    if isinstance(exc, NoArgsIsHelpError):  # `broker connector`: its help, as --help shows
+        print(exc.format_message(), file=sys.stderr)
+        sys.exit(2)
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    message = " ".join(exc.format_message().split())
+    print(f"error: {message}{where}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+@app.command("completion")
+def completion_script(
+    shell: Annotated[completion.Shell, typer.Argument(help="bash, zsh or fish")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Print the shell completion script for SHELL.
+
+    Commands and options complete from a table built in, connector names from the
+    running daemon (found as every command finds it; --socket on the line is used).
+    """
+    completion.print_script(shell, output)
 
 
 def main() -> None:
     """Entry point: one clear line on stderr and a non-zero exit for every error."""
     try:
-        app()
+        code = command().main(prog_name="broker", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except UsageError as exc:
+        _usage_error(exc)
+    except ClickException as exc:
+        print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Abort:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(1)
     except BrokerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(1)

@@ -24,7 +24,16 @@ SocketOpt = Annotated[
         show_default=False,
     ),
 ]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+OutputOpt = Annotated[
+    Output,
+    typer.Option("--output", "-o", help="A table for people, or JSON / YAML (the same data)"),
+]
+FullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--full", help="Show PEM values (CA bundles) whole, not as sha256 fingerprint and subject"
+    ),
+]
 ResourceTypeOpt = Annotated[str | None, typer.Option("--resource-type", "-r")]
 ResourceIdOpt = Annotated[str | None, typer.Option("--resource-id", "-i")]
 

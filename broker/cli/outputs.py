@@ -43,8 +43,8 @@ def outputs_list(socket: SocketOpt = None, output: OutputOpt = Output.table) -> 
     """Each output's path, format, last write, next renewal and last error."""
     with connect(socket) as stub:
         reply: pb.ListOutputsResponse = stub.ListOutputs(pb.ListOutputsRequest())
-    if output is Output.json:
-        render.print_json([output_json(o) for o in reply.outputs])
+    if output is not Output.table:
+        render.print_data(output, [output_json(o) for o in reply.outputs])
         return
     rows = []
     for o in reply.outputs:

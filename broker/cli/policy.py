@@ -23,10 +23,10 @@ def show(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
 
     with connect(socket) as stub:
         policy = stub.GetPolicy(pb.GetPolicyRequest())
-    if output is Output.json:
+    if output is not Output.table:
         data = MessageToDict(policy, preserving_proto_field_name=True)
         data.setdefault("rules", [])
-        render.print_json(data)
+        render.print_data(output, data)
         return
     rows = []
     for index, rule in enumerate(policy.rules):
@@ -94,14 +94,15 @@ def check(
         request.uid = uid
     with connect(socket) as stub:
         decision = stub.CheckPolicy(request)
-    if output is Output.json:
-        render.print_json(
+    if output is not Output.table:
+        render.print_data(
+            output,
             {
                 "allowed": decision.allowed,
                 "principal": decision.principal,
                 "reason": decision.reason,
                 "rule": decision.rule,
-            }
+            },
         )
     else:
         verdict = "ALLOWED" if decision.allowed else "DENIED"
@@ -122,8 +123,8 @@ def whoami(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
         "selectors": list(identity.selectors),
         "roles": list(identity.roles),
     }
-    if output is Output.json:
-        render.print_json(data)
+    if output is not Output.table:
+        render.print_data(output, data)
         return
     render.print_table(
         "Caller",

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from broker.api.v1 import broker_pb2 as pb
+from broker.cli.shapes import cell as cell
 from broker.cli.shapes import connector_json as connector_json
 from broker.cli.shapes import connectors_table, credential_tables
 from broker.cli.shapes import credential_json as credential_json
 from broker.cli.shapes import human_remaining as human_remaining
+from broker.cli.shapes import print_data as print_data
 from broker.cli.shapes import print_json as print_json
 from broker.cli.shapes import remaining as remaining
 from broker.cli.shapes import resource_json as resource_json
@@ -27,28 +28,32 @@ console = Console()
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    table = Table(title=title, show_lines=False)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*["-" if v is None or v == "" else str(v) for v in row])
-    console.print(table)
+    """Drawn by broker.cli.table (rich's look, but identifiers are never broken; cells
+    are plain text, not rich markup); lists joined with commas."""
+    from broker.cli import table
+
+    table.print_table(title, columns, [[cell(v) for v in row] for row in rows])
 
 
 def print_connectors(connectors: Sequence[pb.Connector]) -> None:
     print_table(*connectors_table(connectors))
 
 
-def print_connector(c: pb.Connector) -> None:
+def print_connector(c: pb.Connector, full: bool = False) -> None:
+    """Properties, then configuration; a PEM as fingerprint + subject unless ``full``."""
     data = connector_json(c)
     rows = [
         (k, human_remaining(data["expires_in_seconds"]) if k == "expires_in_seconds" else v)
         for k, v in data.items()
         if k not in ("config", "labels")
     ]
-    rows.append(("labels", ", ".join(f"{k}={v}" for k, v in data["labels"].items())))
+    rows.append(("labels", cell(data["labels"])))
     print_table(f"Connector '{c.name}'", ["PROPERTY", "VALUE"], rows)
-    print_table("Configuration", ["ATTRIBUTE", "VALUE"], list(data["config"].items()))
+    print_table(
+        "Configuration",
+        ["ATTRIBUTE", "VALUE"],
+        [(k, cell(v, full)) for k, v in data["config"].items()],
+    )
 
 
 def print_resources(results: Sequence[pb.ResourceResult]) -> None:
@@ -60,7 +65,7 @@ def print_resources(results: Sequence[pb.ResourceResult]) -> None:
                 r.connector,
                 r.connector_type,
                 r.resource_type,
-                f"[red]error: {r.error}[/red]"
+                f"error: {r.error}"
                 if r.HasField("error")
                 else "\n".join(r.resource_ids) or "none found",
             )
@@ -69,8 +74,8 @@ def print_resources(results: Sequence[pb.ResourceResult]) -> None:
     )
 
 
-def print_credential(c: pb.Credential) -> None:
-    for table in credential_tables(c):
+def print_credential(c: pb.Credential, full: bool = False) -> None:
+    for table in credential_tables(c, full):
         print_table(*table)
     policy = credential_json(c)["session_policy"]
     if policy is not None:

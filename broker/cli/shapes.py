@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 
 
 class Output(enum.StrEnum):
+    """``--output``: a table for people, JSON or YAML (the same data) for programs."""
+
     table = "table"
     json = "json"
+    yaml = "yaml"
 
 
 #: Values read with KEY=@path are bounded like any attribute.
@@ -189,7 +192,7 @@ def connectors_table(connectors: Sequence[pb.Connector]) -> Table:
                 c.connector_type,
                 c.auth_method,
                 ", ".join(c.resource_types),
-                c.resource_id if c.HasField("resource_id") else "<multiple>",
+                served_id(c),
                 human_remaining(remaining(c, "expires_at")),
                 ", ".join(f"{k}={v}" for k, v in sorted(c.labels.items())),
             )
@@ -198,14 +201,75 @@ def connectors_table(connectors: Sequence[pb.Connector]) -> Table:
     )
 
 
-def credential_tables(c: pb.Credential) -> list[Table]:
-    """Its properties and its configuration (the session policy is printed after them)."""
+def served_id(c: pb.Connector) -> str:
+    """The RESOURCE ID column: the connector's resource ID; for a docker connector without
+    one, the one registry it serves (its ``registry``, Docker Hub when unset), as the
+    daemon's DockerProvider.registry reads it; else ``<multiple>``."""
+    if c.HasField("resource_id"):
+        return c.resource_id
+    if c.connector_type == "docker":
+        return c.config.get("registry") or "docker.io"
+    return "<multiple>"
+
+
+def credential_tables(c: pb.Credential, full: bool = False) -> list[Table]:
+    """Its properties and its configuration (the session policy is printed after them);
+    PEM values as fingerprint and subject unless ``full``."""
     data = credential_json(c)
     rows = [(k, v) for k, v in data.items() if k not in ("config", "session_policy")]
+    config = [(k, cell(v, full)) for k, v in data["config"].items()]
     return [
         (f"Credential for {c.resource_type} '{c.resource_id}'", ["PROPERTY", "VALUE"], rows),
-        ("Configuration", ["ATTRIBUTE", "VALUE"], list(data["config"].items())),
+        ("Configuration", ["ATTRIBUTE", "VALUE"], config),
     ]
+
+
+_PEM = "-----BEGIN "
+
+
+def cell(value: Any, full: bool = False) -> Any:
+    """A value as a table shows it: lists joined with commas, dicts as ``k=v`` pairs, and
+    a PEM (a CA bundle: dozens of lines) as its fingerprint and subject unless ``full``."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, str) and not full and _PEM in value:
+        return pem_summary(value)
+    return value
+
+
+def pem_summary(text: str) -> str:
+    """``sha256 AB:CD:.. subject CN=..`` per certificate, as ``openssl x509 -fingerprint
+    -sha256`` prints it (grouped 8 bytes a word, so a table wraps it between groups).
+    cryptography is imported only here: a table without PEMs never pays for it."""
+    import base64
+    import hashlib
+    import re
+
+    out = []
+    for label, body in re.findall(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", text, re.S):
+        try:
+            der = base64.b64decode("".join(body.split()), validate=True)
+        except ValueError:
+            out.append(f"{label} (not base64)")
+            continue
+        digest = hashlib.sha256(der).hexdigest().upper()
+        pairs = [digest[i : i + 2] for i in range(0, len(digest), 2)]
+        groups = " ".join(":".join(pairs[i : i + 8]) for i in range(0, len(pairs), 8))
+        subject = _subject(der) if label == "CERTIFICATE" else None
+        kind = "" if label == "CERTIFICATE" else f"{label} "
+        out.append(f"{kind}sha256 {groups}" + (f" subject {subject}" if subject else ""))
+    return "\n".join(out) or text
+
+
+def _subject(der: bytes) -> str | None:
+    try:
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return None
 
 
 def properties_table(title: str, data: dict[str, Any]) -> Table:
@@ -213,9 +277,19 @@ def properties_table(title: str, data: dict[str, Any]) -> Table:
     return (
         title,
         ["PROPERTY", "VALUE"],
-        [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in data.items()],
+        [(k, cell(v)) for k, v in data.items()],
     )
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def print_data(output: Output, data: Any) -> None:
+    """``data`` as JSON or YAML (PyYAML, imported only for ``--output yaml``)."""
+    if output is Output.yaml:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    else:
+        print_json(data)

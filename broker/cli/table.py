@@ -4,10 +4,14 @@ rich costs more to import than all the rest of ``broker connector list``, so the
 fast path (:mod:`broker.cli.fast`) draws its tables here: the same heavy-head box,
 one space of padding, the title centred above, and the same way of fitting the
 console's width (the widest columns give way first, then all alike; cells wrap at
-spaces and fold words that do not fit). ``tests/test_cli_table.py`` compares the
-output with rich's for many tables and widths. Header and title are bold and
-italic on a terminal, as rich's are; cell text is printed as given (rich would
-read ``[...]`` in a value as markup).
+spaces). ``tests/test_cli_table.py`` compares the output with rich's for many tables
+and widths. Header and title are bold and italic on a terminal, as rich's are; cell
+text is printed as given (rich would read ``[...]`` in a value as markup).
+
+Unlike rich, a word (a connector name, a registry host, an ARN) is never folded: no
+column gets narrower than its longest word, and a table that cannot fit that way is
+printed as records instead, one ``HEADING: value`` line per cell, so an identifier
+copied from the output is always whole, at 80 columns and when piped.
 """
 
 from __future__ import annotations
@@ -155,6 +159,41 @@ def console_width() -> int:
     return 80
 
 
+def longest_word(text: str) -> int:
+    """Cells of the longest whitespace-free run in ``text``: what must stay on one line."""
+    return max((cell_len(word) for word in text.split()), default=0)
+
+
+def _keep_words(widths: list[int], least: list[int]) -> list[int] | None:
+    """``widths`` with each column at least ``least`` wide, the difference taken from the
+    columns with room to spare (most first); None when the sum cannot allow it."""
+    if sum(least) > sum(widths):
+        return None
+    out = [max(w, m) for w, m in zip(widths, least, strict=True)]
+    excess = sum(out) - sum(widths)
+    while excess > 0:
+        spare = max(range(len(out)), key=lambda i: out[i] - least[i])
+        out[spare] -= 1
+        excess -= 1
+    return out
+
+
+def records(title: str | None, columns: Sequence[str], cells: list[list[str]]) -> str:
+    """Rows as records, ``HEADING: value`` a line, a blank line between rows: the layout
+    for a table too wide for the console without breaking a word."""
+    name_width = max((cell_len(c) for c in columns), default=0) + 1
+    out: list[str] = [title, ""] if title else []
+    for index, row in enumerate(cells):
+        if index:
+            out.append("")
+        for heading, value in zip(columns, row, strict=True):
+            label = f"{heading}:".ljust(name_width)
+            first, *more = value.split("\n")
+            out.append(f"{label} {first}".rstrip())
+            out.extend(" " * (name_width + 1) + line for line in more)
+    return "\n".join(out) + "\n"
+
+
 def render(
     title: str | None,
     columns: Sequence[str],
@@ -162,10 +201,17 @@ def render(
     width: int | None = None,
     styled: bool = False,
 ) -> str:
-    """The table as text: ``None`` and ``""`` cells shown as ``-``, as render.print_table."""
+    """The table as text: ``None`` and ``""`` cells shown as ``-``, as render.print_table;
+    as :func:`records` when it cannot fit without breaking a word."""
     cells = [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
     max_width = (width or console_width()) - (len(columns) + 1)
     pad = 2 * PADDING
+    least = [
+        max(longest_word(text) for text in (header, *(row[i] for row in cells))) + pad
+        for i, header in enumerate(columns)
+    ]
+    if sum(least) > max_width:
+        return records(title, columns, cells)
     natural = [
         max(
             cell_len(line)
@@ -179,6 +225,10 @@ def render(
     widths = natural
     if sum(natural) > max_width:
         widths = [min(n, w) for n, w in zip(natural, fit(natural, max_width), strict=True)]
+        kept = _keep_words(widths, least)
+        if kept is None:
+            return records(title, columns, cells)
+        widths = kept
     inner = [max(0, w - pad) for w in widths]
     table_width = sum(widths) + len(columns) + 1
     bold, italic, reset = ("\x1b[1m", "\x1b[3m", "\x1b[0m") if styled else ("", "", "")

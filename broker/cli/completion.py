@@ -1,0 +1,215 @@
+"""Shell completion: `broker completion bash|zsh|fish` prints a script; the script asks
+``broker __complete WORD...`` (the last word: the one being completed) for candidates.
+
+``__complete`` is answered by the fast path (:mod:`broker.cli.fast`) without typer,
+click, rich or grpcio: commands and options come from :data:`broker.cli.cli_tree.TREE`
+(generated from the typer app by :func:`tree`; ``tests/test_cli_completion.py`` holds
+the two equal), connector names from the running daemon over :mod:`broker.cli.wire`.
+Nothing is printed when the daemon does not answer: a completion never shows an error.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+#: Arguments and options whose values are connector names.
+CONNECTOR_ARGS = frozenset({"name", "connector", "--name"})
+#: The bound on the daemon's answer: a completion must not hang a shell.
+TIMEOUT = 2.0
+
+
+class Shell(enum.StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+BASH = """\
+# broker completion (bash): eval "$(broker completion bash)", e.g. in ~/.bashrc
+_broker_completion() {
+    local IFS=$'\\n'
+    COMPREPLY=($(broker __complete "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null))
+}
+complete -o default -F _broker_completion broker
+"""
+
+ZSH = """\
+#compdef broker
+# broker completion (zsh): broker completion zsh > "${fpath[1]}/_broker",
+# or source <(broker completion zsh) after compinit
+_broker() {
+    local -a items
+    items=(${(f)"$(broker __complete "${(@)words[2,CURRENT]}" 2>/dev/null)"})
+    compadd -a items
+}
+if [ "$funcstack[1]" = "_broker" ]; then
+    _broker "$@"
+else
+    compdef _broker broker
+fi
+"""
+
+FISH = """\
+# broker completion (fish): broker completion fish > ~/.config/fish/completions/broker.fish
+function __broker_complete
+    set -l tokens (commandline -opc)
+    broker __complete $tokens[2..-1] (commandline -ct) 2>/dev/null
+end
+complete -c broker -f -a '(__broker_complete)'
+"""
+
+SCRIPTS = {Shell.bash: BASH, Shell.zsh: ZSH, Shell.fish: FISH}
+
+
+def print_script(shell: Shell, output: Any) -> None:
+    """The script for ``shell``; as ``{"shell", "script"}`` for --output json / yaml."""
+    from broker.cli.shapes import Output, print_data
+
+    script = SCRIPTS[Shell(shell)]
+    if Output(output) is Output.table:
+        sys.stdout.write(script)
+    else:
+        print_data(Output(output), {"shell": str(shell), "script": script})
+
+
+# -- the tree ---------------------------------------------------------------------------
+
+#: One command or group: subcommands, options (flag -> its value's choices, None for a
+#: flag taking no value, () for a free value), argument names in order.
+Node = tuple[tuple[str, ...], dict[str, tuple[str, ...] | None], tuple[str, ...]]
+
+
+def tree(root: Any) -> dict[str, Node]:
+    """``command path -> Node`` for the polished click command (broker.cli.main.command)."""
+    from broker.cli.helptext import choices_of, commands
+
+    out: dict[str, Node] = {}
+    for path, command in commands(root):
+        options: dict[str, tuple[str, ...] | None] = {}
+        arguments: list[str] = []
+        for param in command.params:
+            if param.param_type_name == "argument":
+                arguments.append(param.name)
+                continue
+            if param.hidden:
+                continue
+            value = None if param.is_flag else choices_of(param)
+            for flag in [*param.opts, *param.secondary_opts]:
+                options[flag] = value
+        options["--help"] = None
+        out[" ".join(path)] = (
+            tuple(sorted(getattr(command, "commands", {}))),
+            dict(sorted(options.items())),
+            tuple(arguments),
+        )
+    return out
+
+
+# -- answering --------------------------------------------------------------------------
+
+
+def candidates(words: Sequence[str], names: Any) -> list[str]:
+    """What may follow ``words[:-1]`` and start with ``words[-1]``; ``names()`` gives the
+    connector names (asked only when one is wanted)."""
+    from broker.cli.cli_tree import TREE
+
+    *before, current = words or [""]
+    path: list[str] = []
+    position = 0
+    pending: str | None = None  # an option still waiting for its value
+    for word in before:
+        subcommands, options, _ = TREE[" ".join(path)]
+        if pending is not None:
+            pending = None
+        elif word in subcommands and not position:
+            path.append(word)
+        elif word.startswith("-") and word != "-":
+            if "=" not in word and options.get(word, None) is not None:
+                pending = word
+        else:
+            position += 1
+    subcommands, options, arguments = TREE[" ".join(path)]
+    if pending is not None:
+        wanted = list(options[pending] or ())
+        if pending in CONNECTOR_ARGS:
+            wanted = names()
+    elif current.startswith("-"):
+        wanted = list(options)
+    elif subcommands:
+        wanted = list(subcommands)
+    elif position < len(arguments) and arguments[position] in CONNECTOR_ARGS:
+        wanted = names()
+    else:
+        wanted = []
+    return [w for w in wanted if w.startswith(current)]
+
+
+def _socket(words: Sequence[str]) -> Path | None:
+    """The --socket given on the line being completed, if any."""
+    from pathlib import Path
+
+    for index, word in enumerate(words[:-1]):
+        if word == "--socket" and index + 1 < len(words) - 1:
+            return Path(words[index + 1])
+        if word.startswith("--socket="):
+            return Path(word.partition("=")[2])
+    return None
+
+
+def connector_names(socket: Path | None) -> list[str]:
+    """The daemon's connector names (those the caller may view), [] when it does not
+    answer: over broker.cli.wire, bounded by :data:`TIMEOUT`."""
+    import os
+
+    from broker.api.v1 import broker_pb2 as pb
+    from broker.cli import locate, wire
+
+    os.environ.setdefault(locate.CONNECT_TIMEOUT_ENV, str(TIMEOUT))
+    names: list[str] = []
+    request = pb.ListConnectorsRequest()
+    try:
+        with wire.connection(socket) as conn:
+            stub = wire.Stub(conn, pb.DESCRIPTOR.services_by_name["BrokerService"], pb)
+            while True:
+                reply = stub.ListConnectors(request, timeout=TIMEOUT)
+                names.extend(c.name for c in reply.connectors)
+                if not reply.next_page_token:
+                    return sorted(names)
+                request.page_token = reply.next_page_token
+    except Exception:  # no daemon, no rights, old daemon: nothing to offer
+        return []
+
+
+def run(words: Sequence[str]) -> None:
+    """``broker __complete WORD...``: one candidate a line."""
+    for word in candidates(words, lambda: connector_names(_socket(words))):
+        sys.stdout.write(word + "\n")
+
+
+def generate() -> str:
+    """broker/cli/cli_tree.py's text, from the typer app as it is now."""
+    import pprint
+
+    from broker.cli.main import command
+
+    body = pprint.pformat(tree(command()), width=95, sort_dicts=True)
+    return (
+        '"""The command tree shell completion walks, without importing typer: generated by\n'
+        "``python -m broker.cli.completion`` from the typer app (tests/test_cli_completion.py\n"
+        'fails when they differ)."""\n\n'
+        "from __future__ import annotations\n\n"
+        "from broker.cli.completion import Node\n\n"
+        f"TREE: dict[str, Node] = {body}\n"
+    )
+
+
+if __name__ == "__main__":  # python -m broker.cli.completion: regenerate the tree
+    from pathlib import Path
+
+    Path(__file__).with_name("cli_tree.py").write_text(generate())
