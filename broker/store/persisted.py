@@ -63,9 +63,11 @@ POSTGRES_UPSERT = (
     "ON CONFLICT (daemon_id, connector_id, revision, resource_type, resource_id, variant) "
     "DO UPDATE SET expires_at = excluded.expires_at, sealed = excluded.sealed"
 )
+#: CAST: a row whose blob was overwritten with text reads back as bytes (and fails to
+#: open) instead of failing the whole read on text that is not UTF-8.
 SQLITE_SELECT = (
     "SELECT daemon_id, connector_id, revision, resource_type, resource_id, variant, expires_at, "
-    "sealed FROM persisted_credentials WHERE daemon_id = ?"
+    "CAST(sealed AS BLOB) AS sealed FROM persisted_credentials WHERE daemon_id = ?"
 )
 POSTGRES_SELECT = (
     "SELECT daemon_id, connector_id, revision, resource_type, resource_id, variant, expires_at, "
