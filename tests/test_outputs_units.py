@@ -196,9 +196,16 @@ def test_template_renders_the_credential_fields_only() -> None:
     text = "{{ connector }}|{{ config.aws_access_key_id }}|{{ config.region | b64encode }}\n"
     out = formats.render("template", "prod", _aws(), template=text).decode()
     assert out == f"prod|ASIAEXAMPLE1|{base64.b64encode(b'eu-west-1').decode()}\n"
-    for missing in ("{{ range(3) | list }}", "{{ lipsum() }}", "{{ settings }}"):
-        with pytest.raises(formats.RenderError):
+    for missing in (
+        "{{ range(3) | list }}",
+        "{{ lipsum() }}",
+        "{{ settings }}",
+        "{{ config.aws_secret_access_key | int + [] }}",
+        "{{ config.aws_secret_access_key.encode('idna').decode('ascii') | float / 0 }}",
+    ):
+        with pytest.raises(formats.RenderError) as err:
             formats.render("template", "prod", _aws(), template=missing)
+        assert "secret/Value" not in err.value.message
 
 
 @pytest.mark.parametrize(

@@ -251,8 +251,10 @@ def render_template(connector: str, credential: ClientCredential, text: str) -> 
         return template.render(template_context(connector, credential))
     except SecurityError as exc:
         raise RenderError(f"template refused: {exc}") from None
-    except TemplateError as exc:
+    except TemplateError as exc:  # names and types only, never a value
         raise RenderError(f"template failed: {exc}") from None
+    except Exception as exc:  # e.g. int('...') on a secret: its message could hold the value
+        raise RenderError(f"template failed: {type(exc).__name__}") from None
 
 
 Renderer = Callable[[str, ClientCredential], str]

@@ -161,6 +161,8 @@ class OutputRunner:
                             break
             except BrokerError as exc:
                 self._failed(exc.message, count=False)
+            except Exception as exc:  # never the daemon's end: this output waits and retries
+                self._failed(f"watch failed unexpectedly ({type(exc).__name__})", count=False)
             attempt += 1
             await self._clock.sleep(self._delay(attempt, REWATCH_BASE_SECONDS))
 
@@ -177,7 +179,7 @@ class OutputRunner:
             self._fresh = anyio.Event()
             issued = self._latest
             assert issued is not None
-            if await self._apply(issued):
+            if await self._apply_guarded(issued):
                 attempt = 0
                 continue
             attempt += 1
@@ -202,6 +204,13 @@ class OutputRunner:
     def _delay(self, attempt: int, base: float) -> float:
         ceiling = min(RETRY_CAP_SECONDS, base * 2.0 ** min(attempt - 1, 16))
         return ceiling * self._rng.uniform(0.8, 1.2)
+
+    async def _apply_guarded(self, issued: Issued) -> bool:
+        try:
+            return await self._apply(issued)
+        except Exception as exc:  # a bug must not end the daemon or other outputs
+            self._failed(f"unexpected {type(exc).__name__}", write=True)
+            return False
 
     async def _apply(self, issued: Issued) -> bool:
         """Write the file if its bytes change, then the hooks if they have not run for
