@@ -14,6 +14,7 @@ import anyio
 import jwt
 import pytest
 import yaml
+from aiohttp import web
 
 from broker.attributes import parse_value
 from broker.cache.cache import CacheKey, CredentialCache
@@ -25,6 +26,7 @@ from broker.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    UpstreamError,
 )
 from broker.model import AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers.base import ProviderContext
@@ -266,6 +268,33 @@ async def test_unknown_account_wrong_bootstrap_and_failing_server(
     with pytest.raises(BrokerError) as failing:
         await provider.mint(connector(), KT, HOST)
     assert failing.value.retryable is True and "POST" in str(failing.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        ({"token": "half-an-answer-token"}, False),
+        ({"token": "half-an-answer-token", "expirationTimestamp": "tomorrow"}, False),
+        ({"expirationTimestamp": "2030-01-01T01:00:00Z"}, False),
+        ({"token": "half-an-answer-token", "expirationTimestamp": "2029-12-31T23:59:00Z"}, True),
+    ],
+    ids=["no-expiry", "bad-expiry", "no-token", "expired-already"],
+)
+async def test_a_token_request_answer_without_token_or_live_expiry_is_an_upstream_error(
+    clock: FakeClock, status: dict[str, str], retryable: bool
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "TokenRequest", "status": status}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/namespaces/ci/serviceaccounts/deployer/token", answer)
+    async with InProcessTransport(app, hosts=[HOST]) as transport:
+        provider = KubernetesProvider(ProviderContext(clock=clock, transport=transport))
+        with pytest.raises(UpstreamError) as info:
+            await provider.mint(connector(), KT, HOST)
+    assert info.value.retryable is retryable
+    assert "half-an-answer-token" not in str(info.value)
 
 
 @pytest.mark.parametrize(
