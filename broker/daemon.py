@@ -13,6 +13,7 @@ import contextlib
 import gc
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
@@ -170,6 +171,7 @@ async def _restore_cache(
     settings: Settings, store: ConnectorStore, service: BrokerService
 ) -> CredentialPersister:
     """Serve what this daemon minted before its restart (persist_cache), before it is ready."""
+    began = time.monotonic()
     persister = CredentialPersister(cast(PersistedStore, store), daemon_id(settings.data_dir))
     loaded = await persister.load()
     restored, stale = await service.restore_credentials(loaded)
@@ -180,6 +182,7 @@ async def _restore_cache(
         dropped_stale=len(stale),
         dropped_bad=persister.dropped_bad,
         daemon_id=persister.daemon_id,
+        seconds=round(time.monotonic() - began, 3),
     )
     return persister
 
