@@ -1,0 +1,375 @@
+"""`broker exec`: real children (the aws CLI, boto3, docker-credential-broker, Python
+scripts) run through the real CLI against the real daemon and moto.
+
+What the issue asks, each checked from the outside: the child reaches AWS through the
+container endpoint; botocore refreshes through it across a renewal; after the child
+exits the grant is gone and the endpoint refuses its token; --env-only
+--restart-on-change restarts the child with new variables before the old ones enter
+their margin; exit codes, stdin and signals pass through; temp files are removed when
+the child is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import BROKER, Daemon, running_daemon
+from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test, shared_moto
+
+#: Sessions short enough for a renewal within seconds: the margin is 3/4 of the
+#: lifetime (30 s), renewal at about 1/3 of the servable 10 s before it.
+SHORT = timedelta(seconds=40)
+
+DUMP_ENV = """
+import json, os, sys
+keep = ("AWS_", "GOOGLE_", "CLOUDSDK_", "DOCKER_CONFIG", "KUBECONFIG", "PATH")
+with open(sys.argv[1], "w") as f:
+    json.dump({k: v for k, v in os.environ.items() if k.startswith(keep)}, f)
+"""
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    yield from moto_for_test(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    home = tmp_path_factory.mktemp("exec-home")
+    env = {
+        "HOME": str(home),
+        "AWS_CONFIG_FILE": str(home / "none-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "none-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    with running_daemon(home / "data", env=env) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def aws(daemon: Daemon) -> str:
+    """One aws connector for the tests that need no renewal (moto's auth is off)."""
+    _register_aws(daemon, shared_moto(), "exec-aws")
+    return "exec-aws"
+
+
+def _env(daemon: Daemon, **extra: str) -> dict[str, str]:
+    """As Daemon.cli runs the CLI, plus keys a careless parent might leave set."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{daemon.env.get('PATH', '')}"
+    return {**daemon.env, "PATH": path, "BROKER_SOCKET": str(daemon.socket), **extra}
+
+
+def _register_aws(
+    daemon: Daemon, moto: MotoServer, name: str, method: str = "session-token"
+) -> None:
+    key, secret = moto.create_user(f"{name}-user")
+    daemon.cli(
+        "connector", "register", name, "--type", "aws", "--auth-method", method,
+        f"region={REGION}", f"endpoint_url={moto.url}", f"aws_access_key_id={key}",
+        f"aws_secret_access_key={secret}", "--resource-type", "aws-generic",
+    )  # fmt: skip
+
+
+def _exec(
+    daemon: Daemon, *args: str, input: str | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BROKER, "exec", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        env=_env(daemon, **env),
+        timeout=timeout,
+    )
+
+
+def _endpoint_status(env: dict[str, str]) -> int:
+    request = urllib.request.Request(
+        env["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        headers={"Authorization": env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_aws_cli_through_the_container_endpoint_then_the_grant_is_gone(
+    daemon: Daemon, moto: MotoServer, aws: str, tmp_path: Path
+) -> None:
+    seen = tmp_path / "env.json"
+    script = f"{sys.executable} -c '{DUMP_ENV}' {seen} && exec aws sts get-caller-identity"
+    # Stale keys and a profile in the parent's environment must not win over the endpoint.
+    result = _exec(
+        daemon, "exec-aws", "--", "sh", "-c", script,
+        AWS_ACCESS_KEY_ID="AKIASTALESTALESTALE0", AWS_SECRET_ACCESS_KEY="stale",
+        AWS_PROFILE="nonexistent",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    identity = json.loads(result.stdout)
+    # moto (auth off) answers every caller with one identity: the call went through.
+    assert identity["Account"] == ACCOUNT and identity["Arn"].startswith("arn:aws:"), identity
+    env = json.loads(seen.read_text())
+    assert env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"].startswith("http://127.0.0.1:")
+    assert env["AWS_ENDPOINT_URL"] == moto.url and env["AWS_REGION"] == REGION
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} & set(env)
+    # The child has exited: its grant is revoked, the endpoint refuses the token.
+    assert _endpoint_status(env) in (401, 403)
+    assert [g for g in daemon.cli_json("env", "list") if g["connector"] == "exec-aws"] == []
+    audit = daemon.log()
+    assert "sdk_endpoint_granted" in audit and "sdk_endpoint_revoked" in audit
+
+
+def test_grant_is_usable_while_the_child_runs(daemon: Daemon, moto: MotoServer, aws: str) -> None:
+    probe = (
+        "import json, os, urllib.request\n"
+        "r = urllib.request.Request(os.environ['AWS_CONTAINER_CREDENTIALS_FULL_URI'],"
+        " headers={'Authorization': os.environ['AWS_CONTAINER_AUTHORIZATION_TOKEN']})\n"
+        "print(json.loads(urllib.request.urlopen(r, timeout=10).read())['AccessKeyId'])\n"
+    )
+    result = _exec(daemon, aws, "--", sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(("ASIA", "AKIA"))
+
+
+RENEWALS = """
+import json, sys, time
+import boto3
+
+session = boto3.Session()
+creds = session.get_credentials()
+sts = session.client("sts")
+seen = []
+deadline = time.time() + float(sys.argv[1])
+while time.time() < deadline:
+    sts.get_caller_identity()  # refreshes through RefreshableCredentials when due
+    frozen = creds.get_frozen_credentials()
+    if not seen or seen[-1] != frozen.token:
+        seen.append(frozen.token)
+    if len(seen) >= 2:
+        break
+    time.sleep(0.3)
+print(json.dumps({"tokens": seen, "method": creds.method}))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_botocore_refreshes_through_the_endpoint_across_a_renewal(
+    daemon: Daemon, moto: MotoServer
+) -> None:
+    moto.sts_lifetime = SHORT
+    _register_aws(daemon, moto, "exec-renewing", method="secret-key")
+    daemon.cli("connector", "update", "exec-renewing", "--expiration-seconds", "900")
+    result = _exec(daemon, "exec-renewing", "--", sys.executable, "-c", RENEWALS, "40")
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["method"] == "container-role"
+    assert len(got["tokens"]) == 2 and got["tokens"][0] != got["tokens"][1], got
+
+
+RESTARTED = """
+import json, os, signal, sys, time
+start = time.time()
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"start": start, "token": os.environ["AWS_SESSION_TOKEN"],
+                        "key": os.environ["AWS_ACCESS_KEY_ID"],
+                        "expires": os.environ["AWS_CREDENTIAL_EXPIRATION"],
+                        "pid": os.getpid()}) + "\\n")
+def stop(signum, frame):
+    with open(sys.argv[1], "a") as f:
+        f.write(json.dumps({"stopped_by": signum, "pid": os.getpid()}) + "\\n")
+    sys.exit(0)
+signal.signal(signal.SIGUSR1, stop)
+lines = open(sys.argv[1]).read().splitlines()
+if sum('"start"' in line for line in lines) >= 2:
+    sys.exit(5)  # the second child: done
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.timeout(90)
+def test_env_only_restart_on_change_before_the_margin(
+    daemon: Daemon, moto: MotoServer, tmp_path: Path
+) -> None:
+    moto.sts_lifetime = SHORT
+    _register_aws(daemon, moto, "exec-static")
+    log = tmp_path / "children.jsonl"
+    result = _exec(
+        daemon, "exec-static", "--env-only", "--restart-on-change", "--stop-signal", "USR1",
+        "--stop-grace", "5", "--", sys.executable, "-c", RESTARTED, str(log),
+        timeout=80,
+    )  # fmt: skip
+    assert result.returncode == 5, result.stderr  # the second child's own exit code
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    first, stopped, second = events
+    assert stopped == {"stopped_by": signal.SIGUSR1, "pid": first["pid"]}
+    assert second["token"] != first["token"]
+    # Restarted before the first credential entered its margin (3/4 of its life).
+    margin_start = _stamp(first["expires"]) - SHORT * 3 / 4
+    restarted = datetime.fromtimestamp(second["start"], UTC)
+    assert restarted < margin_start, (restarted, margin_start)
+    assert _stamp(second["expires"]) > _stamp(first["expires"])
+
+
+def test_env_only_variables(daemon: Daemon, moto: MotoServer, aws: str, tmp_path: Path) -> None:
+    seen = tmp_path / "env.json"
+    result = _exec(
+        daemon, aws, "--env-only", "--", sys.executable, "-c", DUMP_ENV, str(seen),
+        AWS_PROFILE="stale", AWS_CONTAINER_CREDENTIALS_FULL_URI="http://127.0.0.1:1/stale",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    env = json.loads(seen.read_text())
+    assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
+    assert env["AWS_SESSION_TOKEN"] and env["AWS_REGION"] == REGION
+    assert _stamp(env["AWS_CREDENTIAL_EXPIRATION"]) > datetime.now(UTC)
+    assert "AWS_PROFILE" not in env and "AWS_CONTAINER_CREDENTIALS_FULL_URI" not in env
+
+
+# -- pass-through ------------------------------------------------------------------------
+
+
+def test_exit_code_stdin_stdout_stderr_pass_through(
+    daemon: Daemon, moto: MotoServer, aws: str
+) -> None:
+    child = (
+        "import sys; data = sys.stdin.read(); sys.stdout.write(data.upper());"
+        " sys.stderr.write('to stderr'); sys.exit(7)"
+    )
+    result = _exec(daemon, aws, "--", sys.executable, "-c", child, input="hello\nworld\n")
+    assert (result.returncode, result.stdout, result.stderr) == (7, "HELLO\nWORLD\n", "to stderr")
+    # Death by a signal: 128 + N, as a shell reports it.
+    killed = _exec(daemon, aws, "--", sys.executable, "-c", "import os; os.kill(os.getpid(), 15)")
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr
+    missing = _exec(daemon, aws, "--", "no-such-command-anywhere")
+    assert missing.returncode == 127 and "no-such-command-anywhere" in missing.stderr
+    assert [g for g in daemon.cli_json("env", "list") if g["connector"] == aws] == []
+
+
+SIGNALLED = """
+import os, signal, sys, time
+def got(signum, frame):
+    print(f"child got {signum}", flush=True)
+    sys.exit(40 + signum)
+signal.signal(signal.SIGTERM, got)
+signal.signal(signal.SIGINT, got)
+signal.signal(signal.SIGHUP, got)
+print("ready", os.getpid(), flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_signals_are_forwarded_and_the_grants_revoked(
+    daemon: Daemon, moto: MotoServer, aws: str
+) -> None:
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    procs = [
+        subprocess.Popen(
+            [*BROKER, "exec", aws, "--", sys.executable, "-c", SIGNALLED],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(daemon),
+        )
+        for _ in sigs
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("ready")
+        assert [g["connector"] for g in daemon.cli_json("env", "list")].count(aws) == len(sigs)
+        for proc, sig in zip(procs, sigs, strict=True):
+            proc.send_signal(sig)
+        for proc, sig in zip(procs, sigs, strict=True):
+            out, err = proc.communicate(timeout=20)
+            assert out == f"child got {int(sig)}\n", err
+            assert proc.returncode == 40 + sig
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [g for g in daemon.cli_json("env", "list") if g["connector"] == aws] == []
+
+
+# -- docker: a temp DOCKER_CONFIG with credHelpers; removed even when the child is killed --
+
+
+def test_docker_helper_config_and_temp_files_gone_after_sigkill(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.cli(
+        "connector", "register", "exec-reg", "--type", "docker", "username=olga",
+        "password=registry-Secret-1", "registry=127.0.0.1:5999", "insecure=true",
+        "--no-verify",
+    )  # fmt: skip
+    seen = tmp_path / "env.json"
+    child = (
+        f"{sys.executable} -c '{DUMP_ENV}' {seen}"
+        ' && cat "$DOCKER_CONFIG/config.json"'
+        " && echo 127.0.0.1:5999 | docker-credential-broker get"
+        " && kill -9 $$"
+    )
+    result = _exec(daemon, "exec-reg", "--", "sh", "-c", child)
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+    config, end = json.JSONDecoder().raw_decode(result.stdout)
+    assert config == {"credHelpers": {"127.0.0.1:5999": "broker"}}
+    answer = json.loads(result.stdout[end:])
+    assert answer["Username"] == "olga" and answer["Secret"] == "registry-Secret-1"
+    env = json.loads(seen.read_text())
+    temp = Path(env["DOCKER_CONFIG"]).parent
+    assert env["PATH"].startswith(str(temp / "bin"))
+    assert not temp.exists(), f"{temp} left behind"
+    # --env-only: the static credential in the temp config's auths, also removed.
+    result = _exec(
+        daemon, "exec-reg", "--env-only", "--", "sh", "-c",
+        'cat "$DOCKER_CONFIG/config.json"; echo "$DOCKER_CONFIG" >&2; kill -9 $$',
+    )  # fmt: skip
+    assert result.returncode == 137
+    auths = json.loads(result.stdout)["auths"]["127.0.0.1:5999"]["auth"]
+    assert auths and not Path(result.stderr.strip()).exists()
+
+
+# -- refusals --------------------------------------------------------------------------
+
+
+def test_clear_errors_and_no_child(daemon: Daemon, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    child = ["--", "touch", str(marker)]
+    cases: list[tuple[list[str], str]] = [
+        (["no-such-connector", *child], "no connector 'no-such-connector'"),
+        (["x", "--restart-on-change", *child], "--restart-on-change needs --env-only"),
+        (["x", "--bogus", *child], "no such option --bogus"),
+        (["x", "--env-only", "--restart-on-change", "--stop-signal", "NOPE", *child],
+         "--stop-signal 'NOPE'"),
+        (["x"], "CMD is missing"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = _exec(daemon, *args)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_help_is_typers(daemon: Daemon) -> None:
+    result = _exec(daemon, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--env-only" in result.stdout and "--restart-on-change" in result.stdout
