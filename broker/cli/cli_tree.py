@@ -14,6 +14,7 @@ TREE: dict[str, Node] = {
             "connector",
             "credentials",
             "env",
+            "exec",
             "health",
             "login",
             "logout",
@@ -316,6 +317,23 @@ TREE: dict[str, Node] = {
         (),
     ),
     "env revoke": ((), {"--help": None, "--socket": ()}, ("grant_id",)),
+    "exec": (
+        (),
+        {
+            "--env-only": None,
+            "--help": None,
+            "--resource-id": (),
+            "--resource-type": (),
+            "--restart-on-change": None,
+            "--socket": (),
+            "--stop-grace": (),
+            "--stop-signal": (),
+            "--ttl": (),
+            "-i": (),
+            "-r": (),
+        },
+        ("name", "command"),
+    ),
     "health": (
         (),
         {

@@ -15,11 +15,25 @@ import typer
 from broker.cli.options import ResourceIdOpt, SocketOpt
 
 EXEC_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+EXAMPLES = (
+    "broker exec my-aws -- aws sts get-caller-identity",
+    "broker exec my-gcp -- gcloud storage ls",
+    "broker exec my-cluster -- kubectl get pods",
+    "broker exec my-aws --env-only --restart-on-change --stop-signal HUP -- ./legacy-job",
+)
+#: ``app.command("exec", **EXEC_SETTINGS)``: click leaves the child's options alone.
+EXEC_SETTINGS: dict[str, object] = {
+    "context_settings": EXEC_CONTEXT,
+    "epilog": "\b\nExamples:\n" + "\n".join(f"  {e}" for e in EXAMPLES),
+}
 
 
 def exec_command(
     name: Annotated[str, typer.Argument(help="The connector")],
-    command: Annotated[list[str], typer.Argument(help="-- CMD [ARGS]...", show_default=False)],
+    command: Annotated[
+        list[str],
+        typer.Argument(help="The command and its arguments", metavar="-- CMD [ARGS]"),
+    ],
     resource_type: Annotated[
         str | None,
         typer.Option("--resource-type", "-r", help="[default: the connector type's usual one]"),
@@ -50,7 +64,9 @@ def exec_command(
     ] = None,
     stop_grace: Annotated[
         float | None,
-        typer.Option("--stop-grace", help="Seconds before SIGKILL after it [default: 10]"),
+        typer.Option(
+            "--stop-grace", metavar="SECONDS", help="Seconds before SIGKILL after it [default: 10]"
+        ),
     ] = None,
     ttl: Annotated[
         str | None,

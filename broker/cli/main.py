@@ -20,7 +20,7 @@ from broker import __version__
 from broker.cli import completion, connector, credentials, env, login, outputs, policy, render
 from broker.cli import store as store_cli
 from broker.cli.client import rpc_error
-from broker.cli.exec_cmd import EXEC_CONTEXT, exec_command
+from broker.cli.exec_cmd import EXEC_SETTINGS, exec_command
 from broker.cli.options import Output, OutputOpt, SocketOpt
 from broker.errors import BrokerError, NotFound
 
@@ -39,7 +39,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(store_cli.app, name="store")
 app.add_typer(outputs.app, name="outputs")
 app.command("whoami")(policy.whoami)
-app.command("exec", context_settings=EXEC_CONTEXT)(exec_command)
+app.command("exec", **EXEC_SETTINGS)(exec_command)  # type: ignore[arg-type]
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the daemon configuration.")
 app.add_typer(config_app, name="config")
 
