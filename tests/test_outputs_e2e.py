@@ -1,6 +1,6 @@
 """File outputs end to end: the real daemon (a subprocess with a config file), the
-``bench-fake`` connector type minting 2.4-second tokens from its fake upstream, so
-renewals come every ~0.4 s; the reader is another process, the hooks real programs.
+``bench-fake`` connector type minting 3-second tokens from its fake upstream, so
+renewals come every ~0.5 s; the reader is another process, the hooks real programs.
 
 What a user sees: a reader never sees a partial file; the file is 0600 from its
 first byte; on_change runs once per new credential and never for an identical one;
@@ -17,17 +17,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bench.fakeprovider import free_port, plugin_env, scrape
 from bench.fakeprovider.upstream import FakeUpstream
+from broker.api.v1 import broker_pb2 as pb
+from broker.cli.outputs import output_json
 from tests.daemon import Daemon, running_daemon
 
 FAST = "r-fast"
-LIFETIME = 2.4
+LIFETIME = 3.0
 TEMPLATE = "token={{ config.token }}\nresource={{ resource_id }}\nexpires={{ expires_at }}\n"
 ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
 HOOK = (
@@ -59,75 +60,67 @@ def _config(tmp: Path, outputs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Daemon, FakeUpstream, Path, int]]:
-    out = tmp_path / "out"
-    out.mkdir()
-    hook_log = tmp_path / "hooks.log"
-    outputs: list[dict[str, Any]] = [
-        {
-            "connector": "fake",
-            "resource_id": FAST,
-            "format": "json",
-            "path": str(out / "fast.json"),
-            "on_change": [sys.executable, "-I", "-c", HOOK],
-        },
-        {
-            "connector": "fake",
-            "resource_id": FAST,
-            "format": "template",
-            "template": TEMPLATE,
-            "path": str(out / "fast.conf"),
-            "mode": "0640",
-        },
-        {
-            "connector": "fake",
-            "resource_id": FAST,
-            "format": "json",
-            "path": str(tmp_path / "later" / "x.json"),
-        },
-        {
-            "connector": "fake",
-            "resource_id": "r-slow",
-            "format": "template",
-            "template": ESCAPE,
-            "path": str(out / "escape"),
-        },
-        {
-            "connector": "fake",
-            "resource_id": "r-slow",
-            "format": "env",
-            "path": str(out / "slow.env"),
-            "on_change": ["false"],
-        },
-        {
-            "connector": "reg",
-            "format": "docker-config",
-            "path": str(out / "docker.json"),
-            "on_change": [sys.executable, "-I", "-c", HOOK],
-        },
-        {"connector": "reg", "format": "json", "path": str(out / "reg.json")},
+def _out(connector: str, fmt: str, path: Path, **more: Any) -> dict[str, Any]:
+    return {"connector": connector, "format": fmt, "path": str(path), **more}
+
+
+def _fast_outputs(tmp: Path) -> list[dict[str, Any]]:
+    out, hook = tmp / "out", [sys.executable, "-I", "-c", HOOK]
+    return [
+        _out("fake", "json", out / "fast.json", resource_id=FAST, on_change=hook),
+        _out("fake", "template", out / "fast.conf", resource_id=FAST, template=TEMPLATE,
+             mode="0640"),
+        _out("fake", "json", tmp / "later" / "x.json", resource_id=FAST),
+        _out("fake", "template", out / "escape", resource_id="r-slow", template=ESCAPE),
+        _out("fake", "env", out / "slow.env", resource_id="r-slow", on_change=["false"]),
+    ]  # fmt: skip
+
+
+def _registry_outputs(tmp: Path) -> list[dict[str, Any]]:
+    out, hook = tmp / "out", [sys.executable, "-I", "-c", HOOK]
+    return [
+        _out("reg", "docker-config", out / "docker.json", on_change=hook),
+        _out("reg", "json", out / "reg.json"),
+        _out("fake", "json", tmp / "later" / "slow.json", resource_id="r-slow"),
+        _out("fake", "env", out / "slow.env", resource_id="r-slow"),
     ]
-    config = tmp_path / "broker.toml"
-    config.write_text(_config(tmp_path, outputs))
+
+
+@contextmanager
+def _daemon(tmp: Path, outputs: list[dict[str, Any]]) -> Iterator[tuple[Daemon, FakeUpstream, int]]:
+    """A daemon whose config gains ``outputs`` by SIGHUP once its connectors exist (no
+    wait for a retry of a watch on a connector not yet registered)."""
+    (tmp / "out").mkdir()
+    config = tmp / "broker.toml"
+    config.write_text("log_level = 'debug'\n")
     port = free_port()
-    env = {**plugin_env(), "HOOK_LOG": str(hook_log)}
+    env = {**plugin_env(), "HOOK_LOG": str(tmp / "hooks.log")}
     with (
         FakeUpstream(lifetime=_lifetime) as upstream,
         running_daemon(
-            tmp_path / "data", "--config", str(config), "--metrics", f"127.0.0.1:{port}", env=env
+            tmp / "data", "--config", str(config), "--metrics", f"127.0.0.1:{port}", env=env
         ) as daemon,
+        daemon.stub() as stub,
     ):
-        daemon.cli(
-            "connector", "register", "fake", "--type", "bench-fake",
-            f"url={upstream.url}", f"token={upstream.token}",
-            "--resource-type", "bench-resource", "--no-verify",
-        )  # fmt: skip
-        daemon.cli(
-            "connector", "register", "reg", "--type", "docker",
-            "username=u", "password=p4ss", "registry=127.0.0.1:5999", "--no-verify",
-        )  # fmt: skip
-        yield daemon, upstream, tmp_path, port
+        wanted = {o["connector"] for o in outputs}
+        if "fake" in wanted:
+            stub.RegisterConnector(
+                pb.RegisterConnectorRequest(
+                    name="fake", connector_type="bench-fake", resource_type="bench-resource",
+                    config={"url": upstream.url, "token": upstream.token}, no_verify=True,
+                )
+            )  # fmt: skip
+        if "reg" in wanted:
+            stub.RegisterConnector(
+                pb.RegisterConnectorRequest(
+                    name="reg", connector_type="docker", no_verify=True,
+                    config={"username": "u", "password": "p4ss", "registry": "127.0.0.1:5999"},
+                )
+            )  # fmt: skip
+        config.write_text(_config(tmp, outputs))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        yield daemon, upstream, port
 
 
 #: The reader runs in its own process: a busy loop here would starve the fake upstream's
@@ -153,6 +146,7 @@ while (reads < want_reads or len(tokens) < want_tokens) and time.monotonic() < d
         continue
     if not tokens or tokens[-1] != token:
         tokens.append(token)
+    time.sleep(0.0003)  # spread over the renewals, leaving the daemon a core
     if reads % 20 == 0:
         for entry in os.scandir(os.path.dirname(path)):
             if entry.name.startswith(prefix):  # this file's temp files
@@ -176,8 +170,10 @@ def _read_during_renewals(path: Path, reads: int, renewals: int) -> dict[str, An
 
 
 def _outputs(daemon: Daemon) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = daemon.cli_json("outputs", "list")
-    return listed
+    """What ``broker outputs list --output json`` prints, straight from the RPC."""
+    with daemon.stub() as stub:
+        reply = stub.ListOutputs(pb.ListOutputsRequest(), timeout=10)
+    return [output_json(o) for o in reply.outputs]
 
 
 def _hook_entries(path: Path) -> list[str]:
@@ -185,9 +181,13 @@ def _hook_entries(path: Path) -> list[str]:
 
 
 def test_outputs_follow_renewals_atomically_and_hooks_run_once_per_change(
-    setup: tuple[Daemon, FakeUpstream, Path, int],
+    tmp_path: Path,
 ) -> None:
-    daemon, upstream, tmp, port = setup
+    with _daemon(tmp_path, _fast_outputs(tmp_path)) as (daemon, upstream, port):
+        _follow_renewals(daemon, upstream, tmp_path, port)
+
+
+def _follow_renewals(daemon: Daemon, upstream: FakeUpstream, tmp: Path, port: int) -> None:
     fast = tmp / "out" / "fast.json"
     _wait(fast.exists, what="the first write")
     assert stat.S_IMODE(fast.stat().st_mode) == 0o600
@@ -241,10 +241,12 @@ def test_outputs_follow_renewals_atomically_and_hooks_run_once_per_change(
     _wait(lambda: _outputs(daemon)[2]["last_error"] is None, 15, "the error cleared")
 
 
-def test_identical_credential_is_not_rewritten_and_sighup_reloads(
-    setup: tuple[Daemon, FakeUpstream, Path, int],
-) -> None:
-    daemon, _upstream, tmp, _port = setup
+def test_identical_credential_is_not_rewritten_and_sighup_reloads(tmp_path: Path) -> None:
+    with _daemon(tmp_path, _registry_outputs(tmp_path)) as (daemon, _upstream, _port):
+        _identical_and_reload(daemon, tmp_path)
+
+
+def _identical_and_reload(daemon: Daemon, tmp: Path) -> None:
     docker = tmp / "out" / "docker.json"
     reg = tmp / "out" / "reg.json"
     _wait(lambda: docker.exists() and reg.exists(), what="the registry outputs")
@@ -253,40 +255,49 @@ def test_identical_credential_is_not_rewritten_and_sighup_reloads(
     def docker_hooks() -> list[str]:
         return [e for e in _hook_entries(hook_log) if '"auths"' in e]
 
+    def issued_to(output: str) -> int:
+        return sum(
+            1
+            for line in daemon.log().splitlines()
+            if '"credential_issued"' in line and f"via output {output}" in line
+        )
+
     _wait(lambda: len(docker_hooks()) == 1, what="the first docker hook")
     auths = json.loads(docker.read_text())["auths"]
     assert list(auths) == ["127.0.0.1:5999"]
     before = docker.stat().st_ino
+    assert issued_to("outputs[0]") == 1  # each output's credential is audited, as the daemon
     # A connector update that changes nothing the docker config holds: the new revision
     # is minted again (reg.json shows it) but the docker config is identical.
     daemon.cli("connector", "update", "reg", "insecure=true", "--no-verify")
     _wait(lambda: json.loads(reg.read_text())["config"].get("insecure") == "true", what="update")
-    time.sleep(0.5)  # the same event reached the docker output at the same time
-    listed = {o["index"]: o for o in _outputs(daemon)}
-    assert listed[5]["writes"] == 1 and listed[5]["hook_runs"] == 1
-    assert listed[6]["writes"] == 2
+    _wait(lambda: issued_to("outputs[0]") == 2, what="the docker output's new credential")
+    time.sleep(0.2)  # it got it (audited just before): an identical one is a comparison away
+    listed = _outputs(daemon)
+    assert listed[0]["writes"] == 1 and listed[0]["hook_runs"] == 1
+    assert listed[1]["writes"] == 2
     assert docker.stat().st_ino == before and len(docker_hooks()) == 1
 
-    # SIGHUP: outputs 3 and 4 dropped, output 2 moved; the others go on untouched.
+    # SIGHUP: output 3 dropped, output 2 moved out of its missing directory; 0 and 1 go on.
+    assert "No such file" in (listed[2]["last_error"] or "")
+    assert daemon.cli_json("status")["health"] == "DEGRADED"
     config = tmp / "broker.toml"
-    text = config.read_text()
-    blocks = text.split("[[outputs]]\n")[1:]
-    kept = [blocks[0], blocks[1], blocks[2].replace("later/x.json", "out/moved.json"), *blocks[5:]]
-    config.write_text("".join("[[outputs]]\n" + b for b in kept))
-    writes_before = listed[0]["writes"]
+    blocks = config.read_text().split("[[outputs]]\n")
+    blocks[3] = blocks[3].replace("later/slow.json", "out/slow.json")
+    config.write_text("[[outputs]]\n".join(blocks[:4]))
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    _wait(lambda: len(_outputs(daemon)) == 5, what="the reload")
-    _wait(lambda: (tmp / "out" / "moved.json").exists(), what="the moved output")
+    _wait(lambda: len(_outputs(daemon)) == 3, what="the reload")
+    _wait(lambda: (tmp / "out" / "slow.json").exists(), what="the moved output")
     after = _outputs(daemon)
-    assert [o["path"].rsplit("/", 1)[1] for o in after] == [
-        "fast.json", "fast.conf", "moved.json", "docker.json", "reg.json",
-    ]  # fmt: skip
-    assert after[0]["writes"] >= writes_before  # not restarted: its counters go on
+    assert [o["path"].rsplit("/", 1)[1] for o in after] == ["docker.json", "reg.json", "slow.json"]
+    assert [o["writes"] for o in after[:2]] == [1, 2]  # untouched: not restarted, not rewritten
+    assert len(docker_hooks()) == 1
+    _wait(lambda: _outputs(daemon)[2]["last_error"] is None, what="the moved output current")
     assert daemon.cli_json("status")["health"] == "SERVING"
     # A bad reload keeps the outputs running and says why.
     config.write_text("[[outputs]]\nconnector = 'fake'\nformat = 'xml'\npath = '/tmp/x'\n")
     daemon.proc.send_signal(signal.SIGHUP)
     _wait(lambda: "outputs_reload_failed" in daemon.log(), what="the refused reload")
     assert "outputs[0].format" in daemon.log()
-    assert len(_outputs(daemon)) == 5
+    assert len(_outputs(daemon)) == 3

@@ -280,6 +280,11 @@ class OutputRunner:
             connector=self.spec.connector,
             expires_at=credential.expires_at.isoformat() if credential.expires_at else None,
             before_margin_ms=None if lead is None else round(lead * 1000, 1),
+            after_arrival_ms=(
+                None
+                if self._arrived is None
+                else round((now - self._arrived).total_seconds() * 1000, 1)
+            ),
         )
 
     def _track(self, credential: ClientCredential) -> None:
