@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.api.v1 import broker_pb2 as pb
 from tests.daemon import running_daemon
 from tests.servers.kube_api import KubeApiServer
 from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test
@@ -80,19 +81,27 @@ def test_aws_cli_skopeo_and_kubectl_read_their_outputs(
         KubeApiServer(tokens={KUBE_TOKEN: "output-user"}) as kube,
         running_daemon(tmp_path / "data", "--config", str(config), env=env) as daemon,
     ):
-        ca = tmp_path / "kube-ca.pem"
-        ca.write_text(kube.ca_pem)
-        register = ["connector", "register"]
-        daemon.cli(*register, "aws-app", "--type", "aws", "--auth-method", "iam-role",
-                   f"region={REGION}", f"endpoint_url={moto.url}", f"aws_access_key_id={key}",
-                   f"aws_secret_access_key={secret}", f"role_arn={role}",
-                   "--resource-type", "aws-generic")  # fmt: skip
-        daemon.cli(*register, "reg", "--type", "docker", "username=olga",
-                   f"password={REGISTRY_PASSWORD}", f"registry={registry.address}",
-                   "--no-verify")  # fmt: skip
-        daemon.cli(*register, "k8s", "--type", "kubernetes", "--auth-method", "token",
-                   f"server={kube.url}", f"certificate_authority=@{ca}",
-                   f"token={KUBE_TOKEN}")  # fmt: skip
+        connectors = [
+            pb.RegisterConnectorRequest(
+                name="aws-app", connector_type="aws", auth_method="iam-role",
+                resource_type="aws-generic",
+                config={"region": REGION, "endpoint_url": moto.url, "aws_access_key_id": key,
+                        "aws_secret_access_key": secret, "role_arn": role},
+            ),
+            pb.RegisterConnectorRequest(
+                name="reg", connector_type="docker", no_verify=True,
+                config={"username": "olga", "password": REGISTRY_PASSWORD,
+                        "registry": registry.address},
+            ),
+            pb.RegisterConnectorRequest(
+                name="k8s", connector_type="kubernetes", auth_method="token",
+                config={"server": kube.url, "certificate_authority": kube.ca_pem,
+                        "token": KUBE_TOKEN},
+            ),
+        ]  # fmt: skip
+        with daemon.stub() as stub:
+            for request in connectors:  # aws and kubernetes verified against their servers
+                stub.RegisterConnector(request, timeout=30)
         config.write_text(
             "log_level = 'debug'\n"
             f"[[outputs]]\nconnector = 'aws-app'\nformat = 'aws-credentials'\n"
