@@ -9,7 +9,9 @@ import base64
 import configparser
 import json
 import os
+import signal
 import stat
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -394,3 +396,52 @@ async def test_runner_failures_are_counted_shown_and_retried(tmp_path: Path) -> 
     assert json.loads(target.read_text())["config"]["aws_access_key_id"] == "KEY1"
     assert manager.states()[1].hook_runs >= 2 and manager.states()[1].writes == 1
     assert all("secret/Value" not in (s.last_error or "") for s in manager.states())
+
+
+SIGNAL_CHILD = """
+import pathlib, signal, sys, time
+got = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGUSR1, lambda *_: got.write_text(got.read_text() + "usr1\\n"))
+got.write_text("")
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.anyio
+async def test_signal_goes_to_the_pid_file_once_per_change_and_hooks_time_out(
+    tmp_path: Path,
+) -> None:
+    got, pid_file = tmp_path / "got", tmp_path / "app.pid"
+    child = await anyio.open_process([sys.executable, "-I", "-c", SIGNAL_CHILD, str(got)])
+    try:
+        with anyio.fail_after(10):
+            while not got.exists():
+                await anyio.sleep(0.02)
+        pid_file.write_text(f"{child.pid}\n")
+        specs = [
+            OutputSpec(0, "prod", "env", tmp_path / "a.env", signal=signal.SIGUSR1,
+                       pid_file=pid_file),
+            OutputSpec(1, "prod", "env", tmp_path / "b.env", on_change=("sleep", "5"),
+                       on_change_timeout_seconds=0.2),
+            OutputSpec(2, "prod", "env", tmp_path / "c.env", signal=signal.SIGUSR1,
+                       pid_file=tmp_path / "gone.pid"),
+        ]  # fmt: skip
+        watch = FakeWatch()
+        manager = OutputManager(specs, watch, FakeClock(NOW), env=dict(os.environ))
+        async with anyio.create_task_group() as tg:
+            await tg.start(manager.run)
+            await watch.publish(_issued("issued", _aws("KEY1")))
+            await watch.publish(_issued("renewed", _aws("KEY1")))  # identical: no signal
+            await _settle(lambda: len(manager.failing()) == 2 and got.read_text() == "usr1\n")
+            await watch.publish(_issued("renewed", _aws("KEY2")))
+            await _settle(lambda: got.read_text() == "usr1\nusr1\n")
+            tg.cancel_scope.cancel()
+        watch.close()
+        states = manager.states()
+        assert "timed out after 0.2s" in (states[1].last_error or "")
+        assert "cannot read pid_file" in (states[2].last_error or "")
+        assert states[0].last_error is None and states[0].writes == 2
+    finally:
+        child.kill()
+        await child.aclose()
