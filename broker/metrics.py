@@ -69,6 +69,10 @@ GAUGES: dict[str, tuple[str, str]] = {
         "The id of the last change this daemon applied",
     ),
     "outputs": ("broker_outputs", "Configured [[outputs]] files"),
+    "persisted_pending": (
+        "broker_persisted_credentials_pending",
+        "Minted credentials waiting to be written to the persistent cache",
+    ),
     "outputs_failing": (
         "broker_outputs_failing",
         "Outputs whose last write or hook failed (retrying); 0 when all are current",
@@ -106,6 +110,27 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "change_feed_applied": (
         "broker_change_feed_applied",
         "Changes made through any daemon that this daemon applied",
+    ),
+    "rotations": ("broker_credential_rotations", "Forced rotations that got a new credential"),
+    "rotation_failures": (
+        "broker_credential_rotation_failures",
+        "Forced rotations whose mint failed (the old credential kept serving)",
+    ),
+    "restored": (
+        "broker_persisted_credentials_restored",
+        "Credentials served again after a restart without a mint (persistent cache)",
+    ),
+    "persisted_saved": (
+        "broker_persisted_credentials_saved",
+        "Minted credentials written to the persistent cache",
+    ),
+    "persisted_save_failures": (
+        "broker_persisted_credentials_save_failures",
+        "Minted credentials the store did not take (each costs a mint after a restart)",
+    ),
+    "persisted_dropped_bad": (
+        "broker_persisted_credentials_dropped",
+        "Persisted rows that did not open (altered, moved, unparseable): deleted, never served",
     ),
     "output_writes": ("broker_output_writes", "Output files written (a changed credential)"),
     "output_write_failures": (
