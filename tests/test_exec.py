@@ -373,3 +373,42 @@ def test_help_is_typers(daemon: Daemon) -> None:
     result = _exec(daemon, "--help")
     assert result.returncode == 0, result.stderr
     assert "--env-only" in result.stdout and "--restart-on-change" in result.stdout
+
+
+# -- kubernetes: the exec plugin by default, a static token with --env-only ---------------
+
+
+KUBE_TOKEN = "exec-kube-Token-1"
+
+
+def test_kubectl_through_the_exec_plugin_and_a_static_kubeconfig(daemon: Daemon) -> None:
+    from broker.api.v1 import broker_pb2 as pb
+    from tests.servers.kube_api import KubeApiServer
+
+    with KubeApiServer(tokens={KUBE_TOKEN: "exec-user"}) as kube:
+        with daemon.stub() as stub:
+            stub.RegisterConnector(
+                pb.RegisterConnectorRequest(
+                    name="exec-k8s", connector_type="kubernetes", auth_method="token",
+                    config={"server": kube.url, "certificate_authority": kube.ca_pem,
+                            "token": KUBE_TOKEN},
+                ),
+                timeout=30,
+            )  # fmt: skip
+        child = 'echo "$KUBECONFIG" >&2; exec kubectl get --raw /version'
+        for extra in ([], ["--env-only"]):
+            before = kube.count(200)
+            result = _exec(daemon, "exec-k8s", *extra, "--", "sh", "-c", child)
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["gitVersion"], result.stdout
+            assert kube.count(200) > before and "exec-user" in kube.users
+            kubeconfig = Path(result.stderr.strip().splitlines()[0])
+            assert not kubeconfig.exists()
+        # Each mode's kubeconfig, as the child saw it: the plugin, or the token itself.
+        show = 'cat "$KUBECONFIG"'
+        plugin = json.loads(_exec(daemon, "exec-k8s", "--", "sh", "-c", show).stdout)
+        user = plugin["users"][0]["user"]
+        assert user["exec"]["command"].endswith("broker-kubectl-credential")
+        assert KUBE_TOKEN not in json.dumps(plugin)
+        static = json.loads(_exec(daemon, "exec-k8s", "--env-only", "--", "sh", "-c", show).stdout)
+        assert static["users"][0]["user"]["token"] == KUBE_TOKEN
