@@ -16,7 +16,8 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.model import ClientCredential
-from broker.store.persisted import PersistedKey
+from broker.store.crypto import SecretBox
+from broker.store.persisted import PersistedKey, associated_data
 from tests.test_store import (
     SECRET,
     SECRETS,
@@ -172,3 +173,22 @@ async def test_a_row_for_a_revision_that_is_gone_is_not_written(store: Store) ->
     new = PersistedKey(cid, updated.revision, "aws-generic", "us-east-1")
     await store.save_credentials(DAEMON, [(new, credential("us-east-1", EXPIRES))])
     assert [k for k, _ in (await store.load_credentials(DAEMON)).credentials] == [new]
+
+
+@pytest.mark.anyio
+async def test_a_row_that_opens_but_does_not_parse_is_dropped(
+    store: Store, backend: Backend
+) -> None:
+    """Sealed with the right key and associated data, but not a credential: still dropped."""
+    cid, a, b = await two_rows(store)
+    box = SecretBox(backend.key)
+    for payload in (b"{not json", b'{"config": []}', b'{"config": {}}'):
+        await store.save_credentials(DAEMON, [(a, credential("us-east-1", EXPIRES))])
+        blob = box.encrypt(payload, associated_data(DAEMON, a))
+        literal = f"X'{blob.hex()}'" if backend.name == "sqlite" else f"'\\x{blob.hex()}'::bytea"
+        backend.sql(
+            f"UPDATE persisted_credentials SET sealed = {literal} "
+            f"WHERE connector_id = '{cid}' AND resource_id = 'us-east-1'"
+        )
+        loaded = await store.load_credentials(DAEMON)
+        assert loaded.dropped == 1 and [k for k, _ in loaded.credentials] == [b]
