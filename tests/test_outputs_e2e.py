@@ -295,6 +295,12 @@ def _identical_and_reload(daemon: Daemon, tmp: Path) -> None:
     assert len(docker_hooks()) == 1
     _wait(lambda: _outputs(daemon)[2]["last_error"] is None, what="the moved output current")
     assert daemon.cli_json("status")["health"] == "SERVING"
+    # A forced rotation reaches the outputs through the cache like any renewal.
+    slow = tmp / "out" / "slow.json"
+    token = json.loads(slow.read_text())["config"]["token"]
+    daemon.cli("credentials", "rotate", "fake", "-r", "bench-resource", "-i", "r-slow")
+    _wait(lambda: json.loads(slow.read_text())["config"]["token"] != token, what="rotation")
+    _wait(lambda: _outputs(daemon)[2]["writes"] == 2, what="the rotated write counted")
     # A bad reload keeps the outputs running and says why.
     config.write_text("[[outputs]]\nconnector = 'fake'\nformat = 'xml'\npath = '/tmp/x'\n")
     daemon.proc.send_signal(signal.SIGHUP)
