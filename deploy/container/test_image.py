@@ -152,6 +152,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
             "--quiet",
             "--wheel-dir",
             str(context / "wheels"),
+            # the versions the image installs (the Dockerfile's -c constraints.txt)
+            "-c",
+            str(ROOT / "constraints.txt"),
             str(ROOT),
             "hatchling>=1.27",  # the build backend, for the offline `pip install /src`
         ],
