@@ -61,6 +61,29 @@ async def test_old_credential_served_while_rotating_and_rotations_coalesce() -> 
         assert results[0] is not first and await cache.get(KEY, up) is results[0]
 
 
+async def test_gets_that_need_a_mint_join_the_rotation() -> None:
+    clock = FakeClock()
+    up = Upstream(clock)
+    async with started(clock) as cache, anyio.create_task_group() as tg:
+        gate = up.close_gate()
+        got: list[object] = []
+
+        async def get() -> None:
+            got.append(await cache.get(KEY, up))
+
+        async def rotate() -> None:
+            got.append((await cache.rotate(KEY, up))[0])
+
+        tg.start_soon(rotate)  # nothing cached yet: the rotation is the first mint
+        await anyio.wait_all_tasks_blocked()
+        for _ in range(5):
+            tg.start_soon(get)
+        await anyio.wait_all_tasks_blocked()
+        gate.set()
+        await anyio.wait_all_tasks_blocked()
+        assert up.calls == 1 and len(got) == 6 and len({id(c) for c in got}) == 1
+
+
 async def test_failed_rotation_keeps_the_old_credential_and_says_why() -> None:
     clock = FakeClock()
     up = Upstream(clock)

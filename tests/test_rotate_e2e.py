@@ -10,8 +10,10 @@ says why and until when; a consumer is refused (PERMISSION_DENIED, 'admin').
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -51,6 +53,11 @@ socket_group = "{users.brokerclients.name}"
 [[policy.rules]]
 selector = "user:{users.alice.name}"
 role = "consumer"
+
+[[outputs]]
+connector = "g"
+format = "gcp-access-token"
+path = "{tmp / "token"}"
 """
     )
     with running_daemon(
@@ -70,12 +77,27 @@ role = "consumer"
             "gcp-generic",
             "--no-verify",
         )
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)  # the output's connector exists now
         yield d
 
 
 def token(d: Daemon) -> tuple[str, str]:
     cred = d.cli_json("credentials", "get", "g")
     return str(cred["config"]["token"]), str(cred["expires_at"])
+
+
+def output(d: Daemon) -> str:
+    path = d.data_dir.parent / "token"
+    return path.read_text() if path.exists() else ""
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def next_event(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -90,6 +112,7 @@ def test_rotate_mints_now_and_the_watcher_sees_renewed(
     daemon: Daemon, google: GoogleServer
 ) -> None:
     old_token, old_expiry = token(daemon)
+    eventually(lambda: output(daemon) == old_token, "the output written")
     with subprocess.Popen(
         [*BROKER, "credentials", "watch", "g", "--output", "json"],
         stdout=subprocess.PIPE,
@@ -114,6 +137,8 @@ def test_rotate_mints_now_and_the_watcher_sees_renewed(
         finally:
             watch.terminate()
     assert google.count("/token") == mints + 1  # one mint
+    # The [[outputs]] file follows the same watch: rewritten with the new token.
+    eventually(lambda: output(daemon) == new_token, "the output rewritten")
     assert token(daemon) == (new_token, rotated["expires_at"])
     assert rotated["expires_at"] >= old_expiry
     assert audit_events(daemon, "credential_rotated", connector="g")
