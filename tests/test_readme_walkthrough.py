@@ -136,3 +136,44 @@ def test_login_docker_needs_the_helper_on_path(home: Path, world: World, daemon:
     )
     assert failed.returncode != 0
     assert "docker-credential-broker" in failed.stderr
+
+
+def test_verify_an_empty_type_is_none_found_unless_the_connector_is_scoped_to_it(
+    home: Path, world: World, daemon: Daemon
+) -> None:
+    """moto's account has no EKS cluster and no bucket: healthy for a multi-type connector
+    (exit 0, "none found"), of no use for one scoped to EKS clusters (exit 1)."""
+    env = user_env(home, world, {"PATH": f"{BIN}:/usr/bin:/bin"})
+    keys = [
+        "region=us-east-1",
+        f"endpoint_url={world.env['AWS_ENDPOINT']}",
+        f"aws_access_key_id={world.env['AWS_KEY_ID']}",
+        f"aws_secret_access_key=@{world.env['AWS_SECRET_FILE']}",
+    ]
+
+    def broker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["broker", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    register = ["connector", "register", "--type", "aws", "--auth-method", "secret-key"]
+    assert broker(*register[:2], "all-aws", *register[2:], *keys).returncode == 0
+    verified = broker("connector", "verify", "all-aws", "--output", "json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    by_type = {r["resource_type"]: r for r in json.loads(verified.stdout)}
+    assert by_type["kubernetes-cluster"] == {
+        "connector": "all-aws",
+        "connector_type": "aws",
+        "resource_type": "kubernetes-cluster",
+        "resource_ids": [],
+        "error": None,
+    }
+    table = broker("connector", "verify", "all-aws")
+    assert table.returncode == 0 and "none found" in table.stdout and "error" not in table.stdout
+
+    scoped = [*register[:2], "eks-only", *register[2:], "-r", "kubernetes-cluster", "--no-verify"]
+    assert broker(*scoped, *keys).returncode == 0
+    failed = broker("connector", "verify", "eks-only", "--output", "json")
+    assert failed.returncode == 1
+    [result] = json.loads(failed.stdout)
+    assert result["error"] == "no resources reachable with these credentials"
