@@ -28,8 +28,8 @@ from tests.daemon import BROKER, Daemon, running_daemon
 from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test, shared_moto
 
 #: Sessions short enough for a renewal within seconds: the margin is 3/4 of the
-#: lifetime (30 s), renewal at about 1/3 of the servable 10 s before it.
-SHORT = timedelta(seconds=40)
+#: lifetime (15 s), renewal at about 1/3 of the servable 5 s before it.
+SHORT = timedelta(seconds=20)
 
 DUMP_ENV = """
 import json, os, sys
@@ -188,17 +188,20 @@ with open(sys.argv[1], "a") as f:
                         "key": os.environ["AWS_ACCESS_KEY_ID"],
                         "expires": os.environ["AWS_CREDENTIAL_EXPIRATION"],
                         "pid": os.getpid()}) + "\\n")
-def stop(signum, frame):
+def stubborn(signum, frame):  # noted, not obeyed: --stop-grace then SIGKILL
     with open(sys.argv[1], "a") as f:
-        f.write(json.dumps({"stopped_by": signum, "pid": os.getpid()}) + "\\n")
-    sys.exit(0)
-signal.signal(signal.SIGUSR1, stop)
+        f.write(json.dumps({"got": signum, "at": time.time(), "pid": os.getpid()}) + "\\n")
+signal.signal(signal.SIGUSR1, stubborn)
 lines = open(sys.argv[1]).read().splitlines()
 if sum('"start"' in line for line in lines) >= 2:
     sys.exit(5)  # the second child: done
 while True:
-    time.sleep(0.1)
+    time.sleep(0.05)
 """
+#: The restart test's sessions: the margin (3/4: 45 s) starts 15 s after minting, the
+#: renewal comes 8.5-11.5 s after it, leaving room for the stop grace.
+RESTART_LIFETIME = timedelta(seconds=60)
+STOP_GRACE = 0.5
 
 
 def _stamp(text: str) -> datetime:
@@ -209,21 +212,23 @@ def _stamp(text: str) -> datetime:
 def test_env_only_restart_on_change_before_the_margin(
     daemon: Daemon, moto: MotoServer, tmp_path: Path
 ) -> None:
-    moto.sts_lifetime = SHORT
+    moto.sts_lifetime = RESTART_LIFETIME
     _register_aws(daemon, moto, "exec-static")
     log = tmp_path / "children.jsonl"
     result = _exec(
         daemon, "exec-static", "--env-only", "--restart-on-change", "--stop-signal", "USR1",
-        "--stop-grace", "5", "--", sys.executable, "-c", RESTARTED, str(log),
+        "--stop-grace", str(STOP_GRACE), "--", sys.executable, "-c", RESTARTED, str(log),
         timeout=80,
     )  # fmt: skip
     assert result.returncode == 5, result.stderr  # the second child's own exit code
     events = [json.loads(line) for line in log.read_text().splitlines()]
     first, stopped, second = events
-    assert stopped == {"stopped_by": signal.SIGUSR1, "pid": first["pid"]}
-    assert second["token"] != first["token"]
+    # The stop signal first; the child ignored it and was SIGKILLed after the grace.
+    assert (stopped["got"], stopped["pid"]) == (signal.SIGUSR1, first["pid"])
+    assert second["start"] - stopped["at"] >= STOP_GRACE
+    assert second["token"] != first["token"] and second["pid"] != first["pid"]
     # Restarted before the first credential entered its margin (3/4 of its life).
-    margin_start = _stamp(first["expires"]) - SHORT * 3 / 4
+    margin_start = _stamp(first["expires"]) - RESTART_LIFETIME * 3 / 4
     restarted = datetime.fromtimestamp(second["start"], UTC)
     assert restarted < margin_start, (restarted, margin_start)
     assert _stamp(second["expires"]) > _stamp(first["expires"])

@@ -5,7 +5,9 @@ daemon sends a renewal at its renew point, which lies before the old credential'
 margin, so a restart on that event gives the child fresh variables while the old
 ones are still served. Each credential that differs from the child's current one is
 handed over with a thread-directed signal the supervisor waits for (it sleeps in
-``sigwaitinfo``, so nothing else could wake it). The newest one wins.
+``sigwaitinfo``, so nothing else could wake it). The newest one wins. A stream that
+breaks (the daemon restarted) is opened again, with backoff; its first event is the
+credential then current, so a change missed meanwhile still restarts the child.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ def _same(a: pb.Credential, b: pb.Credential) -> bool:
     return dict(a.config) == dict(b.config) and a.expires_at == b.expires_at
 
 
+#: Seconds between attempts to open the watch again after it broke (daemon restart).
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+
+
 class Watcher:
     def __init__(self, opts: Options, current: pb.Credential) -> None:
         self._opts = opts
@@ -34,50 +40,86 @@ class Watcher:
         self._stack = ExitStack()
         self._stream: Any = None
         self._thread: threading.Thread | None = None
-        self._closed = False
+        self._closed = threading.Event()
 
-    def start(self, main_thread: int) -> None:
-        """Open the stream here (the caller has blocked the signals it waits for, so
-        grpcio's threads inherit that mask), then read it in a thread."""
+    def _open(self) -> None:
         from broker.api.v1 import broker_pb2 as pb
         from broker.cli.client import connect
 
-        stub = self._stack.enter_context(connect(self._opts.socket))
-        self._stream = stub.WatchCredentials(
-            pb.WatchCredentialsRequest(
-                connector=self._opts.name,
-                resource_type=self._current.resource_type,
-                resource_id=self._current.resource_id,
+        stack = ExitStack()
+        try:
+            stub = stack.enter_context(connect(self._opts.socket))
+            stream = stub.WatchCredentials(
+                pb.WatchCredentialsRequest(
+                    connector=self._opts.name,
+                    resource_type=self._current.resource_type,
+                    resource_id=self._current.resource_id,
+                )
             )
-        )
+        except BaseException:
+            stack.close()
+            raise
+        with self._lock:
+            old, self._stack, self._stream = self._stack, stack, stream
+        old.close()
+
+    def start(self, main_thread: int) -> None:
+        """Open the stream here, so a refusal is an error before the child starts (the
+        caller has blocked the signals it waits for: grpcio's threads inherit that
+        mask), then read it in a thread, opening it again when it breaks."""
+        self._open()
         self._thread = threading.Thread(
-            target=self._read, args=(main_thread,), name="broker-exec-watch", daemon=True
+            target=self._run, args=(main_thread,), name="broker-exec-watch", daemon=True
         )
         self._thread.start()
 
-    def _read(self, main_thread: int) -> None:
+    def _run(self, main_thread: int) -> None:
+        from broker.errors import BrokerError
+
+        delay = RETRY_FIRST
+        while not self._closed.is_set():
+            try:
+                if self._read(main_thread):
+                    return
+                delay = RETRY_FIRST  # it had worked: a fresh start
+                problem = "the watch ended"
+            except BrokerError as exc:
+                problem = exc.message
+            except Exception as exc:  # grpc.RpcError: the daemon went away mid-stream
+                problem = f"the watch broke ({type(exc).__name__})"
+            if self._closed.is_set():
+                return
+            self._say(f"{problem}; watching again in {delay:g} s")
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, RETRY_MAX)
+            try:
+                self._open()
+            except Exception as exc:
+                message = getattr(exc, "message", type(exc).__name__)
+                self._say(f"cannot watch: {message}")
+
+    def _read(self, main_thread: int) -> bool:
+        """Read events until the stream ends; True: stop watching (connector deleted)."""
         from broker.api.v1 import broker_pb2 as pb
         from broker.cli.exec_run import WAKE
 
         kinds = pb.CredentialEvent.Kind
-        try:
-            for event in self._stream:
-                if event.kind in (kinds.ISSUED, kinds.RENEWED, kinds.UPDATED):
-                    if not event.HasField("credential"):
+        for event in self._stream:
+            if event.kind in (kinds.ISSUED, kinds.RENEWED, kinds.UPDATED):
+                if not event.HasField("credential"):
+                    continue
+                with self._lock:
+                    if _same(event.credential, self._current):
                         continue
-                    with self._lock:
-                        if _same(event.credential, self._current):
-                            continue
-                        self._current = self._pending = event.credential
-                    signal.pthread_kill(main_thread, WAKE)
-                elif event.kind == kinds.DELETED:
-                    self._say("the connector was deleted; the child keeps running")
-                    return
-                elif event.kind == kinds.ERROR:
-                    self._say(f"renewal failed: {event.error} (the daemon keeps trying)")
-        except Exception as exc:
-            if not self._closed:
-                self._say(f"the watch ended ({type(exc).__name__}); no more restarts")
+                    self._current = self._pending = event.credential
+                signal.pthread_kill(main_thread, WAKE)
+            elif event.kind == kinds.DELETED:
+                self._say("the connector was deleted; the child keeps running")
+                return True
+            elif event.kind == kinds.ERROR:
+                self._say(f"renewal failed: {event.error} (the daemon keeps trying)")
+        return False
 
     def take(self) -> pb.Credential | None:
         with self._lock:
@@ -89,7 +131,9 @@ class Watcher:
         print(f"broker exec: {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self._closed = True
-        if self._stream is not None:
-            self._stream.cancel()
-        self._stack.close()
+        self._closed.set()
+        with self._lock:
+            stream, stack = self._stream, self._stack
+        if stream is not None:
+            stream.cancel()
+        stack.close()
