@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.servers.moto import MotoServer, moto_for_test
 from tests.walkthrough import blocks, check, local_world, run, user_env
@@ -141,6 +142,8 @@ def test_config_show_is_the_running_daemons_view(tmp_path: Path) -> None:
         shown = daemon.cli_json("config", "show")
         table = daemon.cli("config", "show").stdout
         local = daemon.cli_json("config", "show", "--local")
+        as_yaml = yaml.safe_load(daemon.cli("config", "show", "--output", "yaml").stdout)
+    assert as_yaml == shown
     assert shown["cache_max_entries"] == 12  # the daemon's file
     assert shown["cache_idle_seconds"] == 45.0  # its environment beats its file
     assert shown["log_level"] == "debug"  # its flag (tests/daemon.py) beats both

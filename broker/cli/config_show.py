@@ -60,8 +60,8 @@ def show(
     """
     local = local or config is not None  # a file only this process can read
     data, source = _local(config) if local else _from_daemon(socket)
-    if output is Output.json:
-        render.print_json(data)
+    if output is not Output.table:
+        render.print_data(output, data)
         return
     from broker.config import setting_fields
 
