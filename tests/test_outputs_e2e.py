@@ -10,6 +10,7 @@ outputs list``, ``broker status`` and the metrics, and recover; SIGHUP reloads.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import stat
@@ -32,8 +33,9 @@ LIFETIME = 3.0
 TEMPLATE = "token={{ config.token }}\nresource={{ resource_id }}\nexpires={{ expires_at }}\n"
 ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
 HOOK = (
-    "import os; data = open(os.environ['BROKER_OUTPUT_PATH']).read(); "
-    "open(os.environ['HOOK_LOG'], 'a').write(data + '\\0')"
+    "import os; assert 'BROKER_SECRET_KEY' not in os.environ; "
+    "data = open(os.environ['BROKER_OUTPUT_PATH']).read(); "
+    "import sys; open(sys.argv[1], 'a').write(data + '\\0')"
 )
 
 
@@ -65,7 +67,7 @@ def _out(connector: str, fmt: str, path: Path, **more: Any) -> dict[str, Any]:
 
 
 def _fast_outputs(tmp: Path) -> list[dict[str, Any]]:
-    out, hook = tmp / "out", [sys.executable, "-I", "-c", HOOK]
+    out, hook = tmp / "out", [sys.executable, "-I", "-c", HOOK, str(tmp / "hooks.log")]
     return [
         _out("fake", "json", out / "fast.json", resource_id=FAST, on_change=hook),
         _out("fake", "template", out / "fast.conf", resource_id=FAST, template=TEMPLATE,
@@ -77,7 +79,7 @@ def _fast_outputs(tmp: Path) -> list[dict[str, Any]]:
 
 
 def _registry_outputs(tmp: Path) -> list[dict[str, Any]]:
-    out, hook = tmp / "out", [sys.executable, "-I", "-c", HOOK]
+    out, hook = tmp / "out", [sys.executable, "-I", "-c", HOOK, str(tmp / "hooks.log")]
     return [
         _out("reg", "docker-config", out / "docker.json", on_change=hook),
         _out("reg", "json", out / "reg.json"),
@@ -94,7 +96,8 @@ def _daemon(tmp: Path, outputs: list[dict[str, Any]]) -> Iterator[tuple[Daemon, 
     config = tmp / "broker.toml"
     config.write_text("log_level = 'debug'\n")
     port = free_port()
-    env = {**plugin_env(), "HOOK_LOG": str(tmp / "hooks.log")}
+    # BROKER_SECRET_KEY: an on_change program must not inherit it (nor any secret).
+    env = {**plugin_env(), "BROKER_SECRET_KEY": base64.b64encode(b"k" * 32).decode()}
     with (
         FakeUpstream(lifetime=_lifetime) as upstream,
         running_daemon(

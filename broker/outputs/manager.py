@@ -45,6 +45,15 @@ log = structlog.get_logger(__name__)
 RETRY_BASE_SECONDS = 1.0
 #: Never wait longer between retries: a fixed path is noticed within a minute.
 RETRY_CAP_SECONDS = 60.0
+#: What on_change programs inherit from the daemon's environment: nothing that may hold a
+#: secret (the store key, PGPASSWORD, the daemon's own cloud identity), only the basics.
+HOOK_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "TMPDIR"})
+
+
+def hook_environment(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in HOOK_ENV_NAMES or k.startswith("LC_")}
+
+
 #: After the watch itself fails (connector deleted, access refused), wait this long at least.
 REWATCH_BASE_SECONDS = 1.0
 
@@ -401,7 +410,7 @@ class OutputManager:
         self._specs = tuple(specs)
         self._watch = watch
         self._clock = clock
-        self._env = dict(os.environ if env is None else env)
+        self._env = hook_environment(dict(os.environ if env is None else env))
         self._counters = _Counters()
         self._slots: dict[OutputSpec, _Slot] = {}
         self._tg: anyio.abc.TaskGroup | None = None
