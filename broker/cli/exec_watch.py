@@ -27,6 +27,17 @@ def _same(a: pb.Credential, b: pb.Credential) -> bool:
     return dict(a.config) == dict(b.config) and a.expires_at == b.expires_at
 
 
+def _describe(exc: Exception) -> str:
+    """A BrokerError's message, or a gRPC status as its code and details."""
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        return message
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{getattr(code(), 'name', code())}: {details()}"
+    return type(exc).__name__
+
+
 #: Seconds between attempts to open the watch again after it broke (daemon restart).
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 
@@ -41,6 +52,7 @@ class Watcher:
         self._stream: Any = None
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._events = 0
 
     def _open(self) -> None:
         from broker.api.v1 import broker_pb2 as pb
@@ -74,30 +86,31 @@ class Watcher:
         self._thread.start()
 
     def _run(self, main_thread: int) -> None:
-        from broker.errors import BrokerError
-
-        delay = RETRY_FIRST
+        delay, opened = RETRY_FIRST, True
         while not self._closed.is_set():
-            try:
-                if self._read(main_thread):
-                    return
-                delay = RETRY_FIRST  # it had worked: a fresh start
-                problem = "the watch ended"
-            except BrokerError as exc:
-                problem = exc.message
-            except Exception as exc:  # grpc.RpcError: the daemon went away mid-stream
-                problem = f"the watch broke ({type(exc).__name__})"
+            if not opened:
+                try:
+                    self._open()
+                    opened = True
+                except Exception as exc:
+                    problem = f"cannot watch: {_describe(exc)}"
+            if opened:
+                self._events = 0
+                try:
+                    if self._read(main_thread):
+                        return
+                    problem = "the watch ended"
+                except Exception as exc:  # grpc.RpcError: the daemon went away mid-stream
+                    problem = f"the watch broke: {_describe(exc)}"
+                opened = False
+                if self._events:
+                    delay = RETRY_FIRST  # it had worked: a fresh start
             if self._closed.is_set():
                 return
             self._say(f"{problem}; watching again in {delay:g} s")
             if self._closed.wait(delay):
                 return
             delay = min(delay * 2, RETRY_MAX)
-            try:
-                self._open()
-            except Exception as exc:
-                message = getattr(exc, "message", type(exc).__name__)
-                self._say(f"cannot watch: {message}")
 
     def _read(self, main_thread: int) -> bool:
         """Read events until the stream ends; True: stop watching (connector deleted)."""
@@ -106,6 +119,7 @@ class Watcher:
 
         kinds = pb.CredentialEvent.Kind
         for event in self._stream:
+            self._events += 1
             if event.kind in (kinds.ISSUED, kinds.RENEWED, kinds.UPDATED):
                 if not event.HasField("credential"):
                     continue
