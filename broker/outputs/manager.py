@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal as signals
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -36,6 +34,7 @@ from broker.errors import BrokerError
 from broker.identity.principal import Principal, unix_principal
 from broker.model import ClientCredential
 from broker.outputs.formats import render
+from broker.outputs.hooks import hook_environment, run_on_change, send_signal
 from broker.outputs.settings import OutputSpec
 from broker.outputs.writer import current_digest, digest, fix_ownership, write_atomic
 
@@ -45,15 +44,6 @@ log = structlog.get_logger(__name__)
 RETRY_BASE_SECONDS = 1.0
 #: Never wait longer between retries: a fixed path is noticed within a minute.
 RETRY_CAP_SECONDS = 60.0
-#: What on_change programs inherit from the daemon's environment: nothing that may hold a
-#: secret (the store key, PGPASSWORD, the daemon's own cloud identity), only the basics.
-HOOK_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "TMPDIR"})
-
-
-def hook_environment(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k in HOOK_ENV_NAMES or k.startswith("LC_")}
-
-
 #: After the watch itself fails (connector deleted, access refused), wait this long at least.
 REWATCH_BASE_SECONDS = 1.0
 
@@ -322,7 +312,7 @@ class OutputRunner:
                 self._failed(f"on_change {error}")
                 return False
         if spec.signal is not None and spec.pid_file is not None:
-            error = _send_signal(spec.pid_file, spec.signal)
+            error = send_signal(spec.pid_file, spec.signal)
             if error is not None:
                 self.state.hook_failures += 1
                 self._counters.hook_failures += 1
@@ -331,28 +321,7 @@ class OutputRunner:
         return True
 
     async def _run_on_change(self) -> str | None:
-        """None when it exited 0 in time; else why not (argv[0] and status only)."""
-        spec = self.spec
-        env = {
-            **self._env,
-            "BROKER_OUTPUT_PATH": str(spec.path),
-            "BROKER_OUTPUT_INDEX": str(spec.index),
-            "BROKER_OUTPUT_FORMAT": spec.format,
-        }
-        try:
-            process = await anyio.open_process(
-                list(spec.on_change), stdin=None, stdout=None, stderr=None, env=env
-            )
-        except OSError as exc:
-            return f"'{spec.on_change[0]}' could not start: {exc.strerror or exc}"
-        async with process:
-            with anyio.move_on_after(spec.on_change_timeout_seconds):
-                code = await process.wait()
-                return None if code == 0 else f"'{spec.on_change[0]}' exited with {code}"
-            process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-            return f"'{spec.on_change[0]}' timed out after {spec.on_change_timeout_seconds:g}s"
+        return await run_on_change(self.spec, self._env)
 
     # -- errors ---------------------------------------------------------------------
     def _failed(self, message: str, *, write: bool = False, count: bool = True) -> None:
@@ -375,20 +344,6 @@ class OutputRunner:
             log.info("output_recovered", output=self.spec.where, path=str(self.spec.path))
         self.state.last_error = None
         self.state.last_error_at = None
-
-
-def _send_signal(pid_file: Path, sig: signals.Signals) -> str | None:
-    try:
-        text = pid_file.read_text().strip()
-    except OSError as exc:
-        return f"cannot read pid_file {pid_file}: {exc.strerror}"
-    if not text.isdigit() or int(text) <= 1:
-        return f"pid_file {pid_file} holds no process id"
-    try:
-        os.kill(int(text), sig)
-    except OSError as exc:
-        return f"cannot send {sig.name} to pid {text}: {exc.strerror}"
-    return None
 
 
 @dataclass
