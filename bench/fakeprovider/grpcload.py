@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,11 +117,40 @@ async def _echo(socket: str, response_file: str, delay: float, relay: str = "non
 
     answer = pb.Credential.FromString(Path(response_file).read_bytes())
 
+    # Watch: the answer (its "token" set to tok-r1-N) now, then again each SIGUSR1 (a
+    # renewal: N + 1), latest value only, as the daemon does; the floor of
+    # bench/bench_watch_transport.py.
+    class Renewal:
+        n = 1
+        changed = asyncio.Event()
+
+        @classmethod
+        def renew(cls) -> None:
+            changed, cls.changed = cls.changed, asyncio.Event()
+            cls.n += 1
+            changed.set()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, Renewal.renew)
+
     class Echo(pb_grpc.BrokerServiceServicer):
         async def GetCredentials(self, request: Any, context: Any) -> Any:
             if delay:
                 await asyncio.sleep(delay)
             return answer
+
+        async def WatchCredentials(self, request: Any, context: Any) -> None:
+            sent = 0
+            while True:
+                n = Renewal.n
+                if n == sent:
+                    await Renewal.changed.wait()
+                    continue
+                credential = pb.Credential()
+                credential.CopyFrom(answer)
+                credential.config["token"] = f"tok-r1-{n}"
+                kind = pb.CredentialEvent.ISSUED if not sent else pb.CredentialEvent.RENEWED
+                await context.write(pb.CredentialEvent(kind=kind, credential=credential))
+                sent = n
 
     server = grpc.aio.server(
         options=[
@@ -525,7 +555,7 @@ def main() -> None:
     echo.add_argument("--delay", type=float, default=0.0)
     echo.add_argument(
         "--relay",
-        choices=("none", "asyncio", "thread", "splice", "heldgil", "blocking"),
+        choices=("none", "loop", "asyncio", "thread", "splice", "heldgil", "blocking"),
         default="none",
     )
     sub.add_parser("client")

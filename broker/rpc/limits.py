@@ -315,6 +315,16 @@ def _checked(
     return handle
 
 
+def _bytes_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """Streams may write a message already serialized: a watch event is encoded once
+    and written as is to every stream of its key."""
+
+    def encode(message: Any) -> bytes:
+        return message if type(message) is bytes else serialize(message)
+
+    return encode
+
+
 def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
     """Register ``servicer`` for broker.v1.BrokerService, decoding and checking each request.
 
@@ -335,7 +345,11 @@ def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
         handlers[method.name] = make(
             handle,
             request_deserializer=None,
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=(
+                _bytes_or(response_cls.SerializeToString)
+                if method.server_streaming
+                else response_cls.SerializeToString
+            ),
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)

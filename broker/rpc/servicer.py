@@ -94,6 +94,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         self._helper_socket = helper_socket
         #: Open watch streams at most, and how long one may leave an event unread.
         self.watches = watches or WatchStreams()
+        self._encoded = EncodedEvents()
 
     def _connector(self, c: Connector, *, show_secrets: bool = False) -> pb.Connector:
         try:
@@ -343,7 +344,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         while True:
             try:
                 event = await anext(events)
-                message = _event(event)
+                message = self._encoded.get(event)
             except StopAsyncIteration:
                 return
             except BrokerError:
@@ -506,6 +507,37 @@ def _subject(request: pb.CheckPolicyRequest) -> Principal:
         raise InvalidArgument(str(exc), field="user" if request.user else "uid") from None
     except ValueError:  # a NUL in the name: no such user can exist
         raise InvalidArgument(f"no local user {request.user!r}", field="user") from None
+
+
+class EncodedEvents:
+    """Each watch event serialized once for all the streams it goes to (a renewal reaches
+    every watcher of its key with the same credential object): the latest few, by the
+    credential's identity (held, so the identity stays valid)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._cache: dict[tuple[str, int, str, int, str], tuple[object, bytes]] = {}
+
+    def get(self, event: IssuedEvent) -> bytes:
+        issued = event.issued
+        if issued is None:
+            return _event(event).SerializeToString()
+        credential = issued.credential
+        key = (
+            event.kind,
+            id(credential),
+            issued.connector.name,
+            issued.connector.revision,
+            event.error or "",
+        )
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is credential:
+            return hit[1]
+        data = _event(event).SerializeToString()
+        if len(self._cache) >= self._size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[key] = (credential, data)
+        return data
 
 
 def _event(event: IssuedEvent) -> pb.CredentialEvent:
