@@ -51,7 +51,14 @@ IMAGE = "localhost/credential-broker:test"
 BROKER_UID = 65532
 JOB_UID = 1000
 #: What the build context needs from the repository (the .dockerignore lets in no more).
-CONTEXT = ("pyproject.toml", "README.md", "broker", "Dockerfile", ".dockerignore")
+CONTEXT = (
+    "pyproject.toml",
+    "constraints.txt",
+    "README.md",
+    "broker",
+    "Dockerfile",
+    ".dockerignore",
+)
 
 
 @dataclass
