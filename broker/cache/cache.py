@@ -254,10 +254,8 @@ class CredentialCache:
         if key in self._entries or self._tombstones.superseded(key) is not None:
             return False
         now = self._clock.now()
-        limit = policy.invalid_at(credential)
-        if limit is not None and now >= limit:
-            return False
         entry = Entry(key, mint, now)
+        # accept() refuses a credential inside its margin; issued_at places the renew point.
         if isinstance(
             entry.accept(credential, credential.issued_at or now, now, self._rng), BrokerError
         ):
