@@ -201,6 +201,15 @@ class Provider(abc.ABC):
         """Release sessions and pools when the daemon stops."""
 
     # -- helpers for subclasses -------------------------------------------
+    def check_resource_type(self, resource_type: str) -> None:
+        """Refuse a resource type this connector type does not offer, naming those it does."""
+        if self.spec.resource_type(resource_type) is None:
+            raise InvalidArgument(
+                f"connector type '{self.spec.connector_type}' has no resource type "
+                f"'{resource_type}' (it offers: {', '.join(self.spec.resource_type_names)})",
+                field="resource_type",
+            )
+
     def implicit_allowed(self, connector: Connector) -> None:
         """Refuse implicit auth unless the daemon enabled it."""
         method = self.spec.auth_method(connector.auth_method)

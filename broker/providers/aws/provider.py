@@ -34,7 +34,6 @@ from broker.providers.aws.policy import (
 )
 from broker.providers.aws.session import AwsClients, AwsCredentials, ImplicitChain
 from broker.providers.aws.settings import (
-    check_type,
     default_duration,
     optional,
     region_of,
@@ -108,7 +107,7 @@ class AwsProvider(Provider):
                     )
 
     def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
-        check_type(resource_type)
+        self.check_resource_type(resource_type)
         region = region_of(connector)
         if resource_type == RT_GENERIC:
             return ids.canonical_region(raw, region, connector.name)
@@ -119,7 +118,7 @@ class AwsProvider(Provider):
         return ids.canonical_registry(raw, region, connector.name)
 
     def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
-        check_type(resource_type)
+        self.check_resource_type(resource_type)
         if resource_type == RT_GENERIC:
             return region_of(connector)
         if resource_type == RT_ECR:
@@ -145,7 +144,7 @@ class AwsProvider(Provider):
         self, connector: Connector, resource_type: str, resource_id: str | None
     ) -> list[str]:
         self.implicit_allowed(connector)
-        check_type(resource_type)
+        self.check_resource_type(resource_type)
         rid = (
             self.canonical_resource_id(connector, resource_type, resource_id)
             if resource_id

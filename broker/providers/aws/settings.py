@@ -10,15 +10,6 @@ from broker.providers.aws.session import Endpoint
 from broker.providers.aws.spec import SPEC
 
 
-def check_type(resource_type: str) -> None:
-    if SPEC.resource_type(resource_type) is None:
-        raise InvalidArgument(
-            f"connector type 'aws' has no resource type '{resource_type}' "
-            f"(it offers: {', '.join(SPEC.resource_type_names)})",
-            field="resource_type",
-        )
-
-
 def default_duration(method: str) -> int:
     spec = SPEC.auth_method(method)
     assert spec is not None and spec.default_expiration_seconds is not None

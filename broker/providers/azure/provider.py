@@ -98,7 +98,7 @@ class AzureProvider(Provider):
             )
 
     def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         settings = self.settings(connector)
         sub, urls = settings.subscription, settings.endpoints
         if resource_type == RT_GENERIC:
@@ -110,7 +110,7 @@ class AzureProvider(Provider):
         return ids.parse_registry(raw, urls.acr_suffix, sub)
 
     def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         if resource_type != RT_GENERIC:
             return None
         return self.settings(connector).generic_id or _NO_SCOPE
@@ -153,7 +153,7 @@ class AzureProvider(Provider):
     async def discover(
         self, connector: Connector, resource_type: str, resource_id: str | None
     ) -> list[str]:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         settings = self.settings(connector)
         canonical = (
             self.canonical_resource_id(connector, resource_type, resource_id)
@@ -226,7 +226,7 @@ class AzureProvider(Provider):
     async def mint(
         self, connector: Connector, resource_type: str, resource_id: str
     ) -> ClientCredential:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         self.implicit_allowed(connector)
         settings = self.settings(connector)
         canonical = self.canonical_resource_id(connector, resource_type, resource_id)
@@ -338,15 +338,6 @@ class AzureProvider(Provider):
         self, options: AutoConfigureOptions, env: Mapping[str, str]
     ) -> AutoConfigured:
         return autoconfig.auto_configure(options, env)
-
-
-def _check_type(resource_type: str) -> None:
-    if SPEC.resource_type(resource_type) is None:
-        raise InvalidArgument(
-            f"connector type '{CONNECTOR_TYPE}' has no resource type '{resource_type}' "
-            f"(it offers: {', '.join(SPEC.resource_type_names)})",
-            field="resource_type",
-        )
 
 
 def _cluster_ids(clusters: list[tuple[str, str]]) -> list[str]:

@@ -31,7 +31,7 @@ class DockerProvider(Provider):
             raise InvalidArgument("attribute 'username' must not contain ':'", field="username")
 
     def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         canonical = canonical_registry(raw, field="resource_id")
         served = self.registry(connector)
         if canonical != served:
@@ -42,7 +42,7 @@ class DockerProvider(Provider):
         return canonical
 
     def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         return self.registry(connector)
 
     @staticmethod
@@ -60,7 +60,7 @@ class DockerProvider(Provider):
         if resource_id:
             registry = self.canonical_resource_id(connector, resource_type, resource_id)
         else:
-            _check_type(resource_type)
+            self.check_resource_type(resource_type)
             registry = self.registry(connector)
         await verify_login(
             registry,
@@ -99,15 +99,6 @@ class DockerProvider(Provider):
             secret_names=frozenset({"password"}),
             expires_at=expires_at,
             issued_at=issued_at,
-        )
-
-
-def _check_type(resource_type: str) -> None:
-    if resource_type != RESOURCE_TYPE:
-        raise InvalidArgument(
-            f"connector type 'docker' has no resource type '{resource_type}' "
-            f"(it offers: {RESOURCE_TYPE})",
-            field="resource_type",
         )
 
 

@@ -32,7 +32,6 @@ from broker import variants
 from broker.errors import (
     BrokerError,
     FailedPrecondition,
-    InvalidArgument,
     UpstreamError,
 )
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
@@ -115,7 +114,7 @@ class GcpProvider(Provider):
         self.settings(connector)
 
     def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         project = self.settings(connector).project
         if resource_type == RT_GENERIC:
             return ids.canonical_project(raw, project)
@@ -126,7 +125,7 @@ class GcpProvider(Provider):
         return ids.parse_registry(raw, project).canonical
 
     def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         return self.settings(connector).project if resource_type == RT_GENERIC else None
 
     def registry_resource_id(self, connector: Connector, host: str) -> str | None:
@@ -292,7 +291,7 @@ class GcpProvider(Provider):
     async def mint_variant(
         self, connector: Connector, resource_type: str, resource_id: str, variant: str
     ) -> ClientCredential:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         wanted = variants.parse(variant)
         if resource_type not in _TOKEN_TYPES:
             raise FailedPrecondition(f"resource type '{resource_type}' has no token variants")
@@ -365,7 +364,7 @@ class GcpProvider(Provider):
     async def discover(
         self, connector: Connector, resource_type: str, resource_id: str | None
     ) -> list[str]:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         settings = self.settings(connector)
         project = settings.project
         canonical = (
@@ -397,7 +396,7 @@ class GcpProvider(Provider):
     async def mint(
         self, connector: Connector, resource_type: str, resource_id: str
     ) -> ClientCredential:
-        _check_type(resource_type)
+        self.check_resource_type(resource_type)
         self.implicit_allowed(connector)
         settings = self.settings(connector)
         canonical = self.canonical_resource_id(connector, resource_type, resource_id)
@@ -446,15 +445,6 @@ class GcpProvider(Provider):
         self, options: AutoConfigureOptions, env: Mapping[str, str]
     ) -> AutoConfigured:
         return autoconfig.auto_configure(options, env)
-
-
-def _check_type(resource_type: str) -> None:
-    if SPEC.resource_type(resource_type) is None:
-        raise InvalidArgument(
-            f"connector type 'gcp' has no resource type '{resource_type}' "
-            f"(it offers: {', '.join(SPEC.resource_type_names)})",
-            field="resource_type",
-        )
 
 
 def _target(settings: GcpSettings) -> str | None:

@@ -42,17 +42,9 @@ class KubernetesProvider(Provider):
     def validate(self, connector: Connector) -> None:
         ClusterSettings.from_connector(connector)
 
-    def _check_type(self, resource_type: str) -> None:
-        if resource_type != RESOURCE_TYPE:
-            raise InvalidArgument(
-                f"connector type '{CONNECTOR_TYPE}' serves only resource type "
-                f"'{RESOURCE_TYPE}', not '{resource_type}'",
-                field="resource_type",
-            )
-
     def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
         """The cluster name, from the name itself or from the connector's server URL."""
-        self._check_type(resource_type)
+        self.check_resource_type(resource_type)
         server, name = cluster_identity(connector.config)
         wanted = raw.strip()
         if wanted == name or ("://" in wanted and same_server(wanted, server)):
@@ -64,7 +56,7 @@ class KubernetesProvider(Provider):
         )
 
     def default_resource_id(self, connector: Connector, resource_type: str) -> str | None:
-        self._check_type(resource_type)
+        self.check_resource_type(resource_type)
         return cluster_identity(connector.config)[1]
 
     async def discover(
@@ -75,7 +67,7 @@ class KubernetesProvider(Provider):
         service-account-token: mint a token (proving the bootstrap identity's RBAC and
         the account), then GET /version with it when it is meant for this API server
         (no audiences configured)."""
-        self._check_type(resource_type)
+        self.check_resource_type(resource_type)
         if resource_id is not None:
             self.canonical_resource_id(connector, resource_type, resource_id)
         settings = ClusterSettings.from_connector(connector)
@@ -98,7 +90,7 @@ class KubernetesProvider(Provider):
         self, connector: Connector, resource_type: str, resource_id: str
     ) -> ClientCredential:
         """The stored credential for the cluster, expiring when the connector's does."""
-        self._check_type(resource_type)
+        self.check_resource_type(resource_type)
         name = self.canonical_resource_id(connector, resource_type, resource_id)
         settings = ClusterSettings.from_connector(connector)
         if settings.auth_method == AUTH_SERVICE_ACCOUNT_TOKEN:
