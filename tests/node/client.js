@@ -16,7 +16,11 @@ const definition = loader.loadSync("broker/v1/broker.proto", {
   oneofs: true,
 });
 const broker = grpc.loadPackageDefinition(definition).broker.v1;
-const client = new broker.BrokerService(`unix://${socket}`, grpc.credentials.createInsecure());
+// Options for many watch streams on one connection (README "Many watch streams").
+const client = new broker.BrokerService(`unix://${socket}`, grpc.credentials.createInsecure(), {
+  "grpc.keepalive_time_ms": 30000,
+  "grpc.keepalive_timeout_ms": 20000,
+});
 const request = { connector, resource_type: resourceType };
 
 function summary(cred) {
