@@ -102,40 +102,6 @@ def watch(
                     line = {"event": kind, "credential": cred, "error": event.error or None}
                     sys.stdout.write(json.dumps(line) + "\n")
                     sys.stdout.flush()
-            raise  # exit 130, as every command on Ctrl-C
-
-
-def _print_event(event: pb.CredentialEvent, output: Output) -> None:
-    kind = _KINDS.get(event.kind, "error")
-    cred = render.credential_json(event.credential) if event.HasField("credential") else None
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if output is Output.json:
-        line = {"event": kind, "credential": cred, "error": event.error or None}
-        sys.stdout.write(json.dumps({**line, "received_at": now}) + "\n")
-    elif output is Output.yaml:
-        sys.stdout.write("---\n")
-        render.print_data(
-            output,
-            {"event": kind, "received_at": now, "credential": cred, "error": event.error or None},
-        )
-    else:
-        shown = event.credential if event.HasField("credential") else None
-        sys.stdout.write(watch_line(now, kind, shown, event.error) + "\n")
-    sys.stdout.flush()
-
-
-def watch_line(now: str, kind: str, cred: pb.Credential | None, error: str) -> str:
-    """``TIME EVENT RESOURCE expires AT (in LEFT)``; ``no expiry`` only for a credential
-    that has none (a stored registry password without expires_at)."""
-    if error:
-        return f"{now}  {kind:<8} error: {error}"
-    if cred is None:
-        return f"{now}  {kind:<8} -"
-    resource = f"{cred.resource_type}:{cred.resource_id}"
-    if not cred.HasField("expires_at"):
-        return f"{now}  {kind:<8} {resource} no expiry (long-lived)"
-    left = render.human_remaining(render.remaining(cred, "expires_at"))
-    return f"{now}  {kind:<8} {resource} expires {render.rfc3339(cred, 'expires_at')} (in {left})"
                 else:
                     expiry = cred["expires_at"] if cred else None
                     detail = event.error or f"expires_at={expiry or 'never'}"
