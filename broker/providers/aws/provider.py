@@ -21,6 +21,7 @@ from datetime import datetime
 
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
+from broker.providers import credentials
 from broker.providers.aws import ids, resources, sts
 from broker.providers.aws.autoconfig import auto_configure
 from broker.providers.aws.eks_token import eks_token
@@ -198,21 +199,16 @@ class AwsProvider(Provider):
             session, policy = await self._client_session(connector, resource_type, rid, base)
             now = self.context.clock.now()
             token, expires_at = eks_token(session, rid, where.region, where.endpoint_url, now)
-            return ClientCredential(
-                connector_type="kubernetes",
-                auth_method="token",
-                resource_type=resource_type,
-                resource_id=rid,
-                config={
-                    "server": cluster.endpoint,
-                    "certificate_authority": ca_pem,
-                    "cluster_name": cluster.arn,
-                    "token": token,
-                },
-                secret_names=frozenset({"token"}),
+            return credentials.kubernetes_token(
+                resource_type,
+                rid,
+                server=cluster.endpoint,
+                certificate_authority=ca_pem,
+                cluster_name=cluster.arn,
+                token=token,
                 expires_at=expires_at,
-                session_policy=policy.audit_text,
                 issued_at=_issued_at(expires_at, session, now),
+                session_policy=policy.audit_text,
             )
         if ids.registry_account(rid) != account:
             raise InvalidArgument(
@@ -223,20 +219,15 @@ class AwsProvider(Provider):
         session, policy = await self._client_session(connector, resource_type, rid, base)
         login = await resources.ecr_login(self._clients, where, session)
         expires = _earliest(login.expires_at, session.expires_at)
-        return ClientCredential(
-            connector_type="docker",
-            auth_method="password",
-            resource_type=resource_type,
-            resource_id=rid,
-            config={
-                "username": login.username,
-                "password": login.password,
-                "registry": login.registry or rid,
-            },
-            secret_names=frozenset({"password"}),
+        return credentials.docker_login(
+            resource_type,
+            rid,
+            registry=login.registry or rid,
+            username=login.username,
+            password=login.password,
             expires_at=expires,
-            session_policy=policy.audit_text,
             issued_at=_issued_at(expires, session, self.context.clock.now()),
+            session_policy=policy.audit_text,
         )
 
     # -- the container endpoint's sessions ------------------------------------

@@ -26,6 +26,7 @@ import anyio
 
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
+from broker.providers import credentials
 from broker.providers.azure import arm, autoconfig, blob, entra, ids
 from broker.providers.azure.settings import AKS_SCOPE, STORAGE_SCOPE, AzureSettings
 from broker.providers.azure.spec import (
@@ -278,18 +279,13 @@ class AzureProvider(Provider):
                 group, name = ref.resource_group, ref.name
             server, ca = await arm.cluster_access(mgmt, sub, group, name)
             token = await self.token(connector, AKS_SCOPE)
-            return ClientCredential(
-                connector_type="kubernetes",
-                auth_method="token",
-                resource_type=resource_type,
-                resource_id=canonical,
-                config={
-                    "server": server,
-                    "certificate_authority": ca,
-                    "cluster_name": name,
-                    "token": token.value,
-                },
-                secret_names=frozenset({"token"}),
+            return credentials.kubernetes_token(
+                resource_type,
+                canonical,
+                server=server,
+                certificate_authority=ca,
+                cluster_name=name,
+                token=token.value,
                 expires_at=token.expires_at,
                 issued_at=fresh,
             )
@@ -298,13 +294,12 @@ class AzureProvider(Provider):
             session, urls.acr_url(canonical), canonical, settings.tenant, token.value, timeout
         )
         expires_at = arm.jwt_expiry(refresh) or token.expires_at
-        return ClientCredential(
-            connector_type="docker",
-            auth_method="password",
-            resource_type=RT_REGISTRY,
-            resource_id=canonical,
-            config={"username": ACR_USER, "password": refresh, "registry": canonical},
-            secret_names=frozenset({"password"}),
+        return credentials.docker_login(
+            RT_REGISTRY,
+            canonical,
+            registry=canonical,
+            username=ACR_USER,
+            password=refresh,
             expires_at=expires_at,
             issued_at=issued,
         )

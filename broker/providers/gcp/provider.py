@@ -35,6 +35,7 @@ from broker.errors import (
     UpstreamError,
 )
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
+from broker.providers import credentials
 from broker.providers.base import Provider, ProviderContext
 from broker.providers.gcp import adc, autoconfig, discovery, ids, tokens, wrapping
 from broker.providers.gcp.api import Endpoints, GoogleApi
@@ -415,18 +416,13 @@ class GcpProvider(Provider):
             clusters = await discovery.list_clusters(api, self.endpoints(), settings.project)
             cluster = discovery.find_cluster(clusters, ref, settings.project)
             server, ca, location = discovery.cluster_access(cluster, ref)
-            return ClientCredential(
-                connector_type="kubernetes",
-                auth_method="token",
-                resource_type=resource_type,
-                resource_id=canonical,
-                config={
-                    "server": server,
-                    "certificate_authority": ca,
-                    "cluster_name": f"gke_{settings.project}_{location}_{ref.name}",
-                    "token": token.value,
-                },
-                secret_names=frozenset({"token"}),
+            return credentials.kubernetes_token(
+                resource_type,
+                canonical,
+                server=server,
+                certificate_authority=ca,
+                cluster_name=f"gke_{settings.project}_{location}_{ref.name}",
+                token=token.value,
                 expires_at=token.expires_at,
                 issued_at=issued_at,
             )

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from broker.errors import ConnectorExpired, FailedPrecondition
 from broker.model import ClientCredential, Connector, Value
+from broker.providers import credentials
 from broker.providers.gcp import ids, tokens
 from broker.providers.gcp.keys import SERVICE_ACCOUNT
 from broker.providers.gcp.settings import KEY_ATTRIBUTES, GcpSettings
@@ -73,13 +74,12 @@ def docker_credential(
     expires_at: datetime | None,
     issued: datetime | None,
 ) -> ClientCredential:
-    return ClientCredential(
-        connector_type="docker",
-        auth_method="password",
-        resource_type=RT_REGISTRY,
-        resource_id=canonical,
-        config={"username": username, "password": password, "registry": host},
-        secret_names=frozenset({"password"}),
+    return credentials.docker_login(
+        RT_REGISTRY,
+        canonical,
+        registry=host,
+        username=username,
+        password=password,
         expires_at=expires_at,
         issued_at=issued,
     )
