@@ -11,6 +11,7 @@ the child is SIGKILLed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -417,3 +418,68 @@ def test_kubectl_through_the_exec_plugin_and_a_static_kubeconfig(daemon: Daemon)
         assert KUBE_TOKEN not in json.dumps(plugin)
         static = json.loads(_exec(daemon, "exec-k8s", "--env-only", "--", "sh", "-c", show).stdout)
         assert static["users"][0]["user"]["token"] == KUBE_TOKEN
+
+
+COUNT_SIGINT = """
+import os, signal, sys
+if sys.argv[1] == "own-group":
+    os.setpgid(0, 0)  # out of the terminal's foreground group: only a forwarded copy comes
+# Taken one by one with their si_code, so a second copy is not merged into the first.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+print("ready", flush=True)
+codes = []
+first_wait = 1.5 if sys.argv[1] == "own-group" else 20
+while (info := signal.sigtimedwait({signal.SIGINT}, 1.5 if codes else first_wait)) is not None:
+    codes.append(info.si_code)
+print("codes", codes, flush=True)
+sys.exit(3)
+"""
+SI_KERNEL = 0x80
+
+
+def _ctrl_c_at_a_terminal(daemon: Daemon, aws: str, group: str) -> bytes:
+    """broker exec on a pty (session leader, the pty its controlling terminal), Ctrl-C
+    typed once the child is ready; what the child printed."""
+    import pty
+
+    argv = [*BROKER, "exec", aws, "--", sys.executable, "-c", COUNT_SIGINT, group]
+    env = _env(daemon)
+    pid, master = pty.fork()
+    if pid == 0:
+        try:
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    output = b""
+    try:
+
+        def read_until(marker: bytes) -> None:
+            nonlocal output
+            while marker not in output:
+                chunk = os.read(master, 1024)
+                assert chunk, output
+                output += chunk
+
+        read_until(b"ready")
+        os.write(master, b"\x03")  # the line discipline sends SIGINT to the foreground group
+        read_until(b"]")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, output
+    return output
+
+
+def test_ctrl_c_at_a_terminal_is_the_terminals_not_forwarded_again(
+    daemon: Daemon, aws: str
+) -> None:
+    """The terminal signals the whole foreground process group: the child has it from
+    there, so broker exec (which forwards signals other processes send) sends none."""
+    # The child in the group gets the terminal's (SI_KERNEL) SIGINT ...
+    assert f"codes [{SI_KERNEL}]".encode() in _ctrl_c_at_a_terminal(daemon, aws, "same"), aws
+    # ... and a child outside it gets none from broker exec.
+    assert b"codes []" in _ctrl_c_at_a_terminal(daemon, aws, "own-group")
