@@ -445,3 +445,48 @@ async def test_signal_goes_to_the_pid_file_once_per_change_and_hooks_time_out(
     finally:
         child.kill()
         await child.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_renewal_is_written_before_the_old_margin_and_late_ones_are_counted(
+    tmp_path: Path,
+) -> None:
+    """On an injected clock: a credential arriving before the previous one's margin is
+    written at once (no lateness); one that can only be written after the margin (its
+    directory appears late) is counted as a late write."""
+    clock = FakeClock(NOW)
+    target = tmp_path / "d" / "creds"
+    (tmp_path / "d").mkdir()
+    watch = FakeWatch()
+    manager = OutputManager(
+        [OutputSpec(0, "prod", "aws-credentials", target)], watch, clock, env={}
+    )
+
+    def credential(key: str, issued: datetime) -> ClientCredential:
+        return replace(_aws(key), issued_at=issued, expires_at=issued + timedelta(hours=1))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(manager.run)
+        await watch.publish(_issued("issued", credential("KEY1", clock.now())))
+        await _settle(lambda: manager.states()[0].writes == 1)
+        # AWS margin 15 min: the margin of KEY1 is at +45 min; renew at +35 min.
+        await clock.advance(35 * 60)
+        await watch.publish(_issued("renewed", credential("KEY2", clock.now())))
+        await _settle(lambda: manager.states()[0].writes == 2)
+        state = manager.states()[0]
+        assert state.last_lead_seconds == 10 * 60  # written at once, 10 min before the margin
+        assert manager.stats()["output_late_writes"] == 0
+        assert state.margin_at == clock.now() + timedelta(minutes=45)
+        # KEY3 arrives before KEY2's margin but its directory is gone until after it.
+        (tmp_path / "d").rename(tmp_path / "away")
+        await clock.advance(40 * 60)
+        await watch.publish(_issued("renewed", credential("KEY3", clock.now())))
+        await _settle(lambda: manager.states()[0].write_failures >= 1)
+        await clock.advance(10 * 60)  # past KEY2's margin (+45 min)
+        (tmp_path / "away").rename(tmp_path / "d")
+        await _settle(lambda: manager.states()[0].writes == 3, clock)
+        tg.cancel_scope.cancel()
+    watch.close()
+    assert manager.stats()["output_late_writes"] == 1
+    assert (manager.states()[0].last_lead_seconds or 0) < 0
+    assert "KEY3" in target.read_text()
