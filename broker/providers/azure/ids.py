@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 
 from broker.errors import InvalidArgument
+from broker.providers.values import clip
 
 FIELD = "resource_id"
-_ECHO_LIMIT = 80
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _DOMAIN = re.compile(
@@ -36,13 +36,9 @@ _ACR = re.compile(r"^[A-Za-z0-9]{5,50}$")
 _SUFFIX = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?$")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _ECHO_LIMIT else text[: _ECHO_LIMIT - 3] + "..."
-
-
 def _bad(what: str, raw: str, reason: str, expected: str) -> InvalidArgument:
     return InvalidArgument(
-        f"{FIELD} '{_clip(raw.strip())}' is not {what} ({reason}); expected {expected}",
+        f"{FIELD} '{clip(raw.strip())}' is not {what} ({reason}); expected {expected}",
         field=FIELD,
     )
 
@@ -52,7 +48,7 @@ def check_guid(raw: str, field: str, what: str) -> str:
     value = raw.strip()
     if not _GUID.match(value):
         raise InvalidArgument(
-            f"{field} '{_clip(value)}' is not {what}: expected a GUID such as "
+            f"{field} '{clip(value)}' is not {what}: expected a GUID such as "
             "00000000-0000-0000-0000-000000000000",
             field=field,
         )
@@ -67,7 +63,7 @@ def check_tenant(raw: str, field: str = "tenant_id") -> str:
     if _DOMAIN.match(value):
         return value.lower()
     raise InvalidArgument(
-        f"{field} '{_clip(value)}' is not an Entra tenant: expected its GUID or a domain "
+        f"{field} '{clip(value)}' is not an Entra tenant: expected its GUID or a domain "
         "such as contoso.onmicrosoft.com",
         field=field,
     )
@@ -78,7 +74,7 @@ def check_suffix(raw: str, field: str) -> str:
     value = raw.strip().lower().strip(".")
     if not _SUFFIX.match(value) or ".." in value:
         raise InvalidArgument(
-            f"attribute '{field}' '{_clip(value)}' is not a DNS suffix such as core.windows.net",
+            f"attribute '{field}' '{clip(value)}' is not a DNS suffix such as core.windows.net",
             field=field,
         )
     return value
@@ -107,9 +103,9 @@ def parse_arm_id(raw: str, what: str, expected: str) -> ArmId:
     ):
         raise _bad(what, raw, "malformed ARM resource ID", expected)
     if not _GUID.match(parts[1]):
-        raise _bad(what, raw, f"'{_clip(parts[1])}' is not a subscription ID", expected)
+        raise _bad(what, raw, f"'{clip(parts[1])}' is not a subscription ID", expected)
     if not _RESOURCE_GROUP.match(parts[3]):
-        raise _bad(what, raw, f"'{_clip(parts[3])}' is not a resource group name", expected)
+        raise _bad(what, raw, f"'{clip(parts[3])}' is not a resource group name", expected)
     return ArmId(
         parts[1].lower(),
         parts[3].lower(),
@@ -123,7 +119,7 @@ def parse_arm_id(raw: str, what: str, expected: str) -> ArmId:
 def _same_subscription(arm: ArmId, subscription: str | None, raw: str) -> None:
     if subscription is not None and arm.subscription != subscription:
         raise InvalidArgument(
-            f"{FIELD} '{_clip(raw.strip())}' is in subscription '{arm.subscription}', but the "
+            f"{FIELD} '{clip(raw.strip())}' is in subscription '{arm.subscription}', but the "
             f"connector serves subscription '{subscription}'",
             field=FIELD,
         )
@@ -137,7 +133,7 @@ def canonical_generic(raw: str, default: str) -> str:
         lowered = lowered.removeprefix("subscriptions/")
     if lowered != default:
         raise InvalidArgument(
-            f"{FIELD} '{_clip(text)}' is not this connector's subscription or tenant ('{default}')",
+            f"{FIELD} '{clip(text)}' is not this connector's subscription or tenant ('{default}')",
             field=FIELD,
         )
     return default
@@ -232,7 +228,7 @@ def parse_cluster(raw: str, subscription: str | None) -> ClusterRef:
         else:
             raise _bad(what, raw, "too many '/'", expected)
     if group is not None and not _RESOURCE_GROUP.match(group):
-        raise _bad(what, raw, f"'{_clip(group)}' is not a resource group name", expected)
+        raise _bad(what, raw, f"'{clip(group)}' is not a resource group name", expected)
     if not _AKS.match(name):
         raise _bad(
             what,

@@ -26,6 +26,7 @@ from broker.providers.azure.spec import (
     BLOB_TOKEN,
     CONNECTOR_TYPE,
 )
+from broker.providers.values import optional_text, required_text
 
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
 PUBLIC_ARM = "https://management.azure.com"
@@ -91,15 +92,17 @@ class AzureSettings:
     def from_connector(cls, connector: Connector, env: Mapping[str, str]) -> AzureSettings:
         config = connector.config
         method = connector.auth_method
-        tenant_raw = _text(config, "tenant_id")
+        tenant_raw = optional_text(config, "tenant_id")
         client_id = secret = certificate = token = federated = None
         if method == AUTH_SERVICE_PRINCIPAL:
-            tenant_raw = _required(config, "tenant_id", method)
+            tenant_raw = required_text(config, "tenant_id", method)
             client_id = ids.check_guid(
-                _required(config, "client_id", method), "client_id", "an application (client) ID"
+                required_text(config, "client_id", method),
+                "client_id",
+                "an application (client) ID",
             )
-            secret = _text(config, "client_secret")
-            certificate = _text(config, "client_certificate")
+            secret = optional_text(config, "client_secret")
+            certificate = optional_text(config, "client_certificate")
             if (secret is None) == (certificate is None):
                 raise InvalidArgument(
                     "auth method 'service-principal' takes exactly one of client_secret and "
@@ -109,7 +112,7 @@ class AzureSettings:
             if certificate is not None:
                 _check_certificate(certificate)
         elif method == AUTH_TOKEN:
-            token = _required(config, "token", method).strip()
+            token = required_text(config, "token", method).strip()
         elif method == AUTH_IMPLICIT:
             tenant_raw = tenant_raw or env.get("AZURE_TENANT_ID") or None
             if env.get("AZURE_CLIENT_ID"):
@@ -125,7 +128,7 @@ class AzureSettings:
                 field="auth_method",
             )
         tenant = ids.check_tenant(tenant_raw) if tenant_raw else None
-        subscription_raw = _text(config, "subscription_id")
+        subscription_raw = optional_text(config, "subscription_id")
         if subscription_raw is None and method == AUTH_IMPLICIT:
             subscription_raw = env.get("AZURE_SUBSCRIPTION_ID") or None
         subscription = (
@@ -133,7 +136,7 @@ class AzureSettings:
             if subscription_raw
             else None
         )
-        blob = _text(config, "blob_credential") or BLOB_SAS
+        blob = optional_text(config, "blob_credential") or BLOB_SAS
         if blob not in (BLOB_SAS, BLOB_TOKEN):
             raise InvalidArgument(
                 f"attribute 'blob_credential' must be {BLOB_SAS} or {BLOB_TOKEN}",
@@ -155,7 +158,7 @@ class AzureSettings:
 
 
 def _endpoints(config: Mapping[str, Value]) -> Endpoints:
-    acr_scheme = (_text(config, "acr_scheme") or "https").lower()
+    acr_scheme = (optional_text(config, "acr_scheme") or "https").lower()
     if acr_scheme not in ("https", "http"):
         raise InvalidArgument("attribute 'acr_scheme' must be https or http", field="acr_scheme")
     blob_template = _url(config, "blob_endpoint", placeholder="{account}")
@@ -164,14 +167,16 @@ def _endpoints(config: Mapping[str, Value]) -> Endpoints:
         authority=_url(config, "authority_host", https=True) or PUBLIC_AUTHORITY,
         arm=_url(config, "arm_endpoint", https=True) or PUBLIC_ARM,
         storage_suffix=ids.check_suffix(
-            _text(config, "storage_endpoint_suffix") or PUBLIC_STORAGE_SUFFIX,
+            optional_text(config, "storage_endpoint_suffix") or PUBLIC_STORAGE_SUFFIX,
             "storage_endpoint_suffix",
         ),
         blob_template=blob_template,
-        acr_suffix=ids.check_suffix(_text(config, "acr_suffix") or PUBLIC_ACR_SUFFIX, "acr_suffix"),
+        acr_suffix=ids.check_suffix(
+            optional_text(config, "acr_suffix") or PUBLIC_ACR_SUFFIX, "acr_suffix"
+        ),
         acr_scheme=acr_scheme,
         acr_template=acr_template,
-        certificate_authority=_text(config, "certificate_authority"),
+        certificate_authority=optional_text(config, "certificate_authority"),
     )
 
 
@@ -180,7 +185,7 @@ def _url(
 ) -> str | None:
     """An endpoint attribute: an absolute URL (https where tokens are sent in the clear
     otherwise), no query, no trailing slash."""
-    text = _text(config, name)
+    text = optional_text(config, name)
     if text is None:
         return None
     probe = text.replace(placeholder, "x") if placeholder else text
@@ -227,19 +232,3 @@ def _read_file(path: str, field: str) -> str:
             return handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{field} '{path}' cannot be read: {exc}", field=field) from None
-
-
-def _text(config: Mapping[str, Value], name: str) -> str | None:
-    value = config.get(name)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def _required(config: Mapping[str, Value], name: str, method: str) -> str:
-    value = config.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(
-            f"attribute '{name}' is required for auth method '{method}'", field=name
-        )
-    return value

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from broker import hosts
 from broker.errors import InvalidArgument
+from broker.providers.values import clip
 
 #: The canonical ID of Docker Hub, whatever alias names it.
 DOCKER_HUB = "docker.io"
@@ -25,7 +26,6 @@ _HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"
 #: One DNS label as the Docker reference grammar allows it (no underscores).
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_HOST = 253
-_ECHO_LIMIT = 80
 
 #: Builds the one error message format from a reason (see canonical_registry).
 _Bad = Callable[[str], InvalidArgument]
@@ -44,7 +44,7 @@ def canonical_registry(raw: str, *, field: str = "resource_id") -> str:
     text = raw.strip()
 
     def bad(reason: str, echo: bool = True) -> InvalidArgument:
-        shown = f" '{_clip(raw)}'" if echo else ""
+        shown = f" '{clip(raw)}'" if echo else ""
         return InvalidArgument(
             f"{field}{shown} is not a registry address ({reason}); "
             "expected host[:port], e.g. registry.example.com:5000 or docker.io",
@@ -60,7 +60,7 @@ def canonical_registry(raw: str, *, field: str = "resource_id") -> str:
     if "://" in text:
         scheme, _, rest = text.partition("://")
         if scheme.lower() not in ("http", "https"):
-            raise bad(f"scheme '{_clip(scheme)}' is not http or https")
+            raise bad(f"scheme '{clip(scheme)}' is not http or https")
     hostport, slash, _path = rest.partition("/")
     if "@" in hostport:
         raise bad("it must not contain a user name or password", echo=False)
@@ -101,7 +101,7 @@ def _split_host_port(hostport: str, bad: _Bad) -> tuple[str, int | None]:
     if port_text is None:
         return host, None
     if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
-        raise bad(f"port '{_clip(port_text)}' is not a number from 1 to 65535")
+        raise bad(f"port '{clip(port_text)}' is not a number from 1 to 65535")
     return host, int(port_text)
 
 
@@ -109,7 +109,7 @@ def _ipv6(text: str, bad: _Bad) -> str:
     try:
         return ipaddress.IPv6Address(text).compressed
     except ValueError:
-        raise bad(f"'{_clip(text)}' is not an IPv6 address") from None
+        raise bad(f"'{clip(text)}' is not an IPv6 address") from None
 
 
 def _hostname(name: str, bad: _Bad) -> str:
@@ -120,7 +120,7 @@ def _hostname(name: str, bad: _Bad) -> str:
     except ValueError:
         pass
     if len(name) > _MAX_HOST or not all(_LABEL.match(label) for label in name.split(".")):
-        raise bad(f"'{_clip(name)}' is not a valid host name")
+        raise bad(f"'{clip(name)}' is not a valid host name")
     return name
 
 
@@ -136,7 +136,3 @@ def is_loopback(registry: str) -> bool:
     else:
         host = registry.partition(":")[0]
     return hosts.is_loopback(host)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _ECHO_LIMIT else text[: _ECHO_LIMIT - 3] + "..."

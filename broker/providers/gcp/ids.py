@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from broker.errors import InvalidArgument
+from broker.providers.values import clip
 
 FIELD = "resource_id"
 GCR_HOSTS = ("gcr.io", "us.gcr.io", "eu.gcr.io", "asia.gcr.io")
@@ -32,16 +33,11 @@ _CLUSTER = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _LOCATION = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 _REPOSITORY = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _GOOGLE_LIKE = re.compile(r"g[o0]{2}g[l1]e")
-_ECHO_LIMIT = 80
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _ECHO_LIMIT else text[: _ECHO_LIMIT - 3] + "..."
 
 
 def _bad(what: str, raw: str, reason: str, expected: str) -> InvalidArgument:
     return InvalidArgument(
-        f"{FIELD} '{_clip(raw.strip())}' is not a {what} ({reason}); expected {expected}",
+        f"{FIELD} '{clip(raw.strip())}' is not a {what} ({reason}); expected {expected}",
         field=FIELD,
     )
 
@@ -51,7 +47,7 @@ def check_project(raw: str, field: str = "project_id") -> str:
     value = raw.strip()
     if not _PROJECT.match(value):
         raise InvalidArgument(
-            f"{field} '{_clip(value)}' is not a Google Cloud project ID (6 to 30 lower-case "
+            f"{field} '{clip(value)}' is not a Google Cloud project ID (6 to 30 lower-case "
             "letters, digits or hyphens, starting with a letter)",
             field=field,
         )
@@ -61,7 +57,7 @@ def check_project(raw: str, field: str = "project_id") -> str:
 def _same_project(found: str, project: str, what: str, raw: str) -> None:
     if found != project:
         raise InvalidArgument(
-            f"{FIELD} '{_clip(raw.strip())}' names a {what} of project '{found}', but the "
+            f"{FIELD} '{clip(raw.strip())}' names a {what} of project '{found}', but the "
             f"connector serves project '{project}'",
             field=FIELD,
         )
@@ -156,7 +152,7 @@ def parse_cluster(raw: str, project: str) -> ClusterRef:
     else:
         raise _bad("GKE cluster", raw, "too many '/'", expected)
     if location is not None and not _LOCATION.match(location):
-        raise _bad("GKE cluster", raw, f"'{_clip(location)}' is not a location", expected)
+        raise _bad("GKE cluster", raw, f"'{clip(location)}' is not a location", expected)
     if not _CLUSTER.match(name):
         raise _bad(
             "GKE cluster",
@@ -223,7 +219,7 @@ def parse_registry(raw: str, project: str) -> RegistryRef:
             raise _bad(
                 "Google container registry",
                 raw,
-                f"'{_clip(parts[1])}' is not an Artifact Registry repository ID",
+                f"'{clip(parts[1])}' is not an Artifact Registry repository ID",
                 expected,
             )
         ref = RegistryRef(host, parts[0], parts[1])
@@ -233,7 +229,7 @@ def parse_registry(raw: str, project: str) -> RegistryRef:
         raise _bad(
             "Google container registry",
             raw,
-            f"'{_clip(ref.project)}' is not a project ID",
+            f"'{clip(ref.project)}' is not a project ID",
             expected,
         )
     _same_project(ref.project, project, "registry", raw)

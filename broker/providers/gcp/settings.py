@@ -16,7 +16,7 @@ from dataclasses import field as dc_field
 
 from broker.attributes import parse_value
 from broker.errors import InvalidArgument
-from broker.model import AttributeSpec, AttrKind, Connector, Value
+from broker.model import AttributeSpec, AttrKind, Connector
 from broker.providers.gcp import adc
 from broker.providers.gcp.ids import check_project
 from broker.providers.gcp.keys import (
@@ -35,6 +35,7 @@ from broker.providers.gcp.spec import (
     AUTH_TOKEN,
     AUTH_USER,
 )
+from broker.providers.values import optional_text, required_text
 
 #: Which attribute holds the key file, and its type, per auth method.
 KEY_ATTRIBUTES: dict[str, tuple[str, str]] = {
@@ -73,18 +74,18 @@ class GcpSettings:
         token = target = None
         if method in KEY_ATTRIBUTES:
             field, kind = KEY_ATTRIBUTES[method]
-            key = parse_key(_required(config, field, method), field, kind)
+            key = parse_key(required_text(config, field, method), field, kind)
         elif method == AUTH_IMPLICIT:
             key = adc.load_adc(env, field="auth_method")
         elif method == AUTH_TOKEN:
-            token = _required(config, "token", method).strip()
+            token = required_text(config, "token", method).strip()
         else:
             raise InvalidArgument(
                 f"connector type 'gcp' has no auth method '{method}'", field="auth_method"
             )
         if method == AUTH_IMPERSONATION:
-            target = check_principal(_required(config, "target_principal", method))
-        project = _text(config, "project_id")
+            target = check_principal(required_text(config, "target_principal", method))
+        project = optional_text(config, "project_id")
         if project is None and key is not None:
             project = key.project
         if project is None and method == AUTH_IMPLICIT:
@@ -96,7 +97,7 @@ class GcpSettings:
                 field="project_id",
             )
         generate = parse_value(_GENERATE, config.get("generate_temporary_tokens", True))
-        number = _text(config, "project_number")
+        number = optional_text(config, "project_number")
         if number is not None and not _PROJECT_NUMBER.match(number):
             raise InvalidArgument(
                 "attribute 'project_number' must be the project's number (digits only)",
@@ -112,19 +113,3 @@ class GcpSettings:
             generate_tokens=generate is True,
             project_number=number,
         )
-
-
-def _text(config: Mapping[str, Value], name: str) -> str | None:
-    value = config.get(name)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def _required(config: Mapping[str, Value], name: str, method: str) -> str:
-    value = config.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(
-            f"attribute '{name}' is required for auth method '{method}'", field=name
-        )
-    return value
