@@ -9,8 +9,7 @@ issues credentials through the cache, writing one audit event per issue.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import structlog
@@ -19,6 +18,7 @@ from broker import __version__
 from broker.access import Gatekeeper, connector_target
 from broker.app.issuer import CredentialIssuer
 from broker.app.registries import RegistryRouter, registry_host
+from broker.app.resources import ResourceFinder
 from broker.app.values import (
     ConnectorUpdate,
     CredentialCache,
@@ -34,9 +34,6 @@ from broker.clock import Clock
 from broker.connectors import (
     ConnectorDraft,
     build_connector,
-    check_not_expired,
-    check_not_tampered,
-    resolve_resource,
     served_types,
 )
 from broker.discovery import Discovery, Found
@@ -107,6 +104,9 @@ class BrokerService:
             self.upstream,
             self.margins,
         )
+        self.resources = ResourceFinder(
+            self.authorized, self.provider, self.list_connectors, discovery, clock, self.gate
+        )
         self.registries = RegistryRouter(
             self.list_connectors, self.authorized, self.provider, store, self.gate
         )
@@ -114,6 +114,8 @@ class BrokerService:
         self.get_credentials = self.issuer.get_credentials
         self.watch_credentials = self.issuer.watch_credentials
         self.rotate_credentials = self.issuer.rotate_credentials
+        self.verify = self.resources.verify
+        self.list_resources = self.resources.list_resources
         self.registry_connector = self.registries.registry_connector
         self.registry_usernames = self.registries.registry_usernames
         self.set_preferred_registry_connector = self.registries.set_preferred_registry_connector
@@ -420,93 +422,6 @@ class BrokerService:
 
     def secret_names(self, connector: Connector) -> frozenset[str]:
         return self._secret_names(self.provider(connector), connector)
-
-    # -- discovery --------------------------------------------------------
-    async def verify(
-        self,
-        name: str,
-        principal: Principal,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-    ) -> list[TypeResources]:
-        connector = await self.authorized(name, principal, Action.VERIFY)
-        check_not_tampered(connector)
-        check_not_expired(connector, self._clock.now())
-        rid = None
-        if resource_type or resource_id:
-            resource_type, rid = await self._resolve_optional(connector, resource_type, resource_id)
-            self.gate.require_connector(principal, Action.VERIFY, connector, resource_type, rid)
-        results = await self._discovery.discover(connector, resource_type, rid, refresh=True)
-        return [self.visible_result(principal, Action.VERIFY, connector, r) for r in results]
-
-    def visible_result(
-        self, principal: Principal, action: Action, connector: Connector, result: TypeResources
-    ) -> TypeResources:
-        """Only the resources the caller's rules cover (a type outside them: none)."""
-        target = connector_target(connector, result.resource_type)
-        if not self.gate.allowed(principal, action, target):
-            return replace(result, resource_ids=())
-        policy = self.gate.policy
-        ids = tuple(
-            r for r in result.resource_ids if policy.allows_resource(principal, action, target, r)
-        )
-        return result if len(ids) == len(result.resource_ids) else replace(result, resource_ids=ids)
-
-    async def _resolve_optional(
-        self, connector: Connector, resource_type: str | None, resource_id: str | None
-    ) -> tuple[str, str | None]:
-        """Verify narrows to a type (all its instances) or to one resource."""
-        provider = self.provider(connector)
-        if resource_id:
-            return await resolve_resource(provider, connector, resource_type, resource_id)
-        types = served_types(provider, connector)
-        if resource_type not in types:
-            raise InvalidArgument(
-                f"connector '{connector.name}' does not serve resource type '{resource_type}' "
-                f"(it serves: {', '.join(types)})",
-                field="resource_type",
-            )
-        assert resource_type is not None
-        return resource_type, connector.resource_id
-
-    @asynccontextmanager
-    async def list_resources(
-        self,
-        flt: ConnectorFilter,
-        principal: Principal,
-        *,
-        exclude_errors: bool = False,
-        unit_timeout: float | None = None,
-        refresh: bool = False,
-    ) -> AsyncIterator[AsyncIterator[ListedResources]]:
-        """Stream (connector, resource type) results as they arrive, across all connectors.
-
-        The fan-out lives as long as the block: leaving it (the client hung up) cancels
-        every unit still running before this returns.
-        """
-        self.gate.require(principal, Action.VIEW, Target())
-        connectors = [
-            c
-            for c in await self.list_connectors(flt)
-            if self.gate.allowed(principal, Action.LIST_RESOURCES, connector_target(c))
-        ]
-        units = self._discovery.plan(connectors, flt.resource_type, flt.resource_id)
-        async with self._discovery.stream(
-            units, unit_timeout=unit_timeout, refresh=refresh
-        ) as stream:
-            yield self._listed(stream, exclude_errors, principal)
-
-    async def _listed(
-        self, stream: AsyncIterator[Found], exclude_errors: bool, principal: Principal
-    ) -> AsyncIterator[ListedResources]:
-        """A plain filter (no task group or cancel scope), safe to abandon mid-iteration."""
-        async for found in stream:
-            if exclude_errors and found.result.error:
-                continue
-            result = self.visible_result(
-                principal, Action.LIST_RESOURCES, found.connector, found.result
-            )
-            yield ListedResources(found.connector, result)
 
     # -- the persistent cache ---------------------------------------------
     async def restore_credentials(
