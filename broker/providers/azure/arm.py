@@ -108,14 +108,20 @@ def arm_error(status: int, body: str, action: str) -> BrokerError:
         pass
     text = f"cannot {action}: ARM answered {status}" + (f" {code}" if code else "")
     text += f": {message}" if message else ""
+    if status in (409, 400):
+        return FailedPrecondition(text)
+    return _by_status(status, text)
+
+
+def _by_status(status: int, text: str) -> BrokerError:
+    """The error type an HTTP failure status means, for ARM and ACR alike: the credential
+    refused, not allowed, not there, or an upstream failure (retryable if 5xx or 429)."""
     if status == 401:
         return CredentialsRejected(text)
     if status == 403:
         return PermissionDenied(text)
     if status == 404:
         return NotFound(text)
-    if status in (409, 400):
-        return FailedPrecondition(text)
     return UpstreamError(text, retryable=status >= 500 or status == 429)
 
 
@@ -238,13 +244,7 @@ def _acr_error(status: int, body: str, action: str) -> BrokerError:
     except (ValueError, AttributeError):
         detail = body[:_MESSAGE_LIMIT]
     text = f"cannot {action}: {status}" + (f" {detail}" if detail else "")
-    if status == 401:
-        return CredentialsRejected(text)
-    if status == 403:
-        return PermissionDenied(text)
-    if status == 404:
-        return NotFound(text)
-    return UpstreamError(text, retryable=status >= 500 or status == 429)
+    return _by_status(status, text)
 
 
 def jwt_expiry(token: str) -> datetime | None:
