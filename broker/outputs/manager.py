@@ -154,14 +154,14 @@ class OutputRunner:
                             attempt = 0
                             self._offer(event.issued)
                         elif event.kind == "error":
-                            self._failed(f"renewal failed: {event.error}", count=False)
+                            self._failed(f"renewal failed: {event.error}")
                         elif event.kind == "deleted":
-                            self._failed(f"connector '{spec.connector}' was deleted", count=False)
+                            self._failed(f"connector '{spec.connector}' was deleted")
                             break
             except BrokerError as exc:
-                self._failed(exc.message, count=False)
+                self._failed(exc.message)
             except Exception as exc:  # never the daemon's end: this output waits and retries
-                self._failed(f"watch failed unexpectedly ({type(exc).__name__})", count=False)
+                self._failed(f"watch failed unexpectedly ({type(exc).__name__})")
             attempt += 1
             await self._clock.sleep(self._delay(attempt, REWATCH_BASE_SECONDS))
 
@@ -324,7 +324,7 @@ class OutputRunner:
         return await run_on_change(self.spec, self._env)
 
     # -- errors ---------------------------------------------------------------------
-    def _failed(self, message: str, *, write: bool = False, count: bool = True) -> None:
+    def _failed(self, message: str, *, write: bool = False) -> None:
         state = self.state
         state.last_error = message
         state.last_error_at = self._clock.now()
