@@ -34,7 +34,7 @@ import hashlib
 import hmac
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -54,6 +54,7 @@ from broker.grants import Grant
 from broker.identity.principal import Principal
 from broker.identity.tcp_owner import peer_uid
 from broker.local import formats, gce
+from broker.local import sdk_rules as rules
 from broker.local.endpoint import refused
 from broker.local.guard import HttpGuard
 from broker.policy import Action, Target
@@ -67,19 +68,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AWS_PATH = "/v1/aws/credentials"
 METADATA_FLAVOR = gce.FLAVOR
 
-#: How long a grant lives unless its creator asks otherwise.
-DEFAULT_GRANT_TTL_SECONDS = 12 * 3600
-MIN_GRANT_TTL_SECONDS = 60
-MAX_GRANT_TTL_SECONDS = 7 * 24 * 3600
 #: How often expired grants are looked for (they are refused on use at once anyway).
 SWEEP_INTERVAL_SECONDS = 30.0
-#: ``bind_uid`` value meaning "any local uid" (admin only).
-ANY_UID = -1
-_MAX_UID = 2**32 - 2
 #: Token hashes of expired AWS grants remembered, to say "expired" rather than "unknown".
 _EXPIRED_TOKENS_KEPT = 1024
-#: Headers a proxy adds: the endpoints serve local clients directly, never through one.
-FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded")
 
 
 GRANT = web.AppKey("grant", Grant)
@@ -94,56 +86,6 @@ def _hash(token: str) -> bytes:
 
 def _stamp(when: datetime) -> str:
     return formats.rfc3339(when.astimezone(UTC))
-
-
-def _aws_location(config: Mapping[str, object]) -> dict[str, str]:
-    """Where the connector's AWS is: SDKs and the aws CLI read these, so `aws s3 ls` after
-    `eval "$(broker env aws ...)"` goes to the connector's endpoint and region, not AWS's."""
-    env: dict[str, str] = {}
-    if config.get("endpoint_url"):
-        env["AWS_ENDPOINT_URL"] = str(config["endpoint_url"])
-    if config.get("region"):
-        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = str(config["region"])
-    return env
-
-
-def validate_ttl(ttl_seconds: int | None) -> int:
-    """The grant's lifetime in seconds: the default, or a value within the bounds."""
-    if ttl_seconds is None:
-        return DEFAULT_GRANT_TTL_SECONDS
-    if not MIN_GRANT_TTL_SECONDS <= ttl_seconds <= MAX_GRANT_TTL_SECONDS:
-        raise InvalidArgument(
-            f"ttl_seconds must be between {MIN_GRANT_TTL_SECONDS} (1 minute) and "
-            f"{MAX_GRANT_TTL_SECONDS} (7 days), got {ttl_seconds}",
-            field="ttl_seconds",
-        )
-    return ttl_seconds
-
-
-def _own_hosts(request: web.Request) -> list[str]:
-    """The ``Host`` values naming this listener: its loopback address and port."""
-    transport = request.transport
-    sockname = transport.get_extra_info("sockname") if transport else None
-    if not sockname:
-        return []
-    host, port = str(sockname[0]), int(sockname[1])
-    literal = f"[{host}]" if ":" in host else host
-    return [f"{literal}:{port}", f"localhost:{port}"]
-
-
-def refusal(request: web.Request) -> str | None:
-    """Why a request must not be served (proxied, from a web page, or for another host)."""
-    for name in FORWARDING_HEADERS:
-        if name in request.headers:
-            return f"requests carrying a {name} header are refused: no proxies"
-    if "Origin" in request.headers:
-        return "requests carrying an Origin header (from a web page) are refused"
-    own = _own_hosts(request)
-    hosts = request.headers.getall("Host", [])
-    if len(hosts) != 1 or hosts[0].strip().lower() not in own:
-        expected = own[0] if own else "this listener's address"
-        return f"the Host header must be this listener's own address {expected}"
-    return None
 
 
 class SdkEndpoints:
@@ -218,18 +160,19 @@ class SdkEndpoints:
             # unbound metadata endpoint serves every local process: make it explicit.
             raise InvalidArgument(
                 f"{principal.describe()} has no local uid: a gcp grant made over TCP must "
-                f"name bind_uid (a uid, or {ANY_UID} for any uid, which needs admin)",
+                f"name bind_uid (a uid, or {rules.ANY_UID} for any uid, which needs admin)",
                 field="bind_uid",
             )
         if bind_uid is None or bind_uid == principal.uid:
             return principal.uid
-        if bind_uid != ANY_UID and not 0 <= bind_uid <= _MAX_UID:
+        if bind_uid != rules.ANY_UID and not 0 <= bind_uid <= rules.MAX_UID:
             raise InvalidArgument(
-                f"bind_uid must be a uid (0-{_MAX_UID}) or {ANY_UID} for any uid, got {bind_uid}",
+                f"bind_uid must be a uid (0-{rules.MAX_UID}) or {rules.ANY_UID} for any uid, "
+                f"got {bind_uid}",
                 field="bind_uid",
             )
         if not self._is_admin(principal):
-            wanted = "any uid" if bind_uid == ANY_UID else f"uid {bind_uid}"
+            wanted = "any uid" if bind_uid == rules.ANY_UID else f"uid {bind_uid}"
             own = "its own uid" if principal.uid is not None else "no uid (it has none)"
             self._service.gate.deny(
                 principal,
@@ -238,7 +181,7 @@ class SdkEndpoints:
                 f"permission denied: {principal.describe()} may bind an SDK endpoint only to "
                 f"{own}, not {wanted} (needs 'admin')",
             )
-        return None if bind_uid == ANY_UID else bind_uid
+        return None if bind_uid == rules.ANY_UID else bind_uid
 
     async def create(
         self,
@@ -254,7 +197,7 @@ class SdkEndpoints:
         """Check the request resolves now (clear errors early), then grant it."""
         if kind not in ("aws", "gcp"):
             raise InvalidArgument(f"kind must be 'aws' or 'gcp', not '{kind}'", field="kind")
-        ttl = validate_ttl(ttl_seconds)
+        ttl = rules.validate_ttl(ttl_seconds)
         bound_uid = self._binding(kind, principal, bind_uid)
         if kind == "gcp":
             resource_type = resource_type or "gcp-generic"
@@ -303,7 +246,7 @@ class SdkEndpoints:
             env = {
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://{self._host}:{port}{AWS_PATH}",
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
-                **_aws_location(issued.credential.config),
+                **rules.aws_location(issued.credential.config),
             }
         else:
             gce.check_credential(connector, issued.credential)  # a token, not a key file
@@ -436,7 +379,7 @@ class SdkEndpoints:
         errors (never a traceback, one rate-limited log line each), and the listener's
         answer headers on every response."""
         extra = request.app.get(ANSWER_HEADERS, {})
-        reason = refusal(request)
+        reason = rules.refusal(request)
         try:
             self.guard.check_request(request)
             if reason is not None:
