@@ -153,6 +153,11 @@ def test_grant_is_usable_while_the_child_runs(daemon: Daemon, moto: MotoServer, 
     result = _exec(daemon, aws, "--", sys.executable, "-c", probe)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(("ASIA", "AKIA"))
+    # --ttl bounds the grant (as `broker env aws --ttl`): the child lists it.
+    listed = _exec(daemon, aws, "--ttl", "90s", "--", *BROKER, "env", "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    (grant,) = [g for g in json.loads(listed.stdout) if g["connector"] == aws]
+    assert 60 < grant["expires_in_seconds"] <= 90, grant
 
 
 RENEWALS = """
