@@ -215,6 +215,7 @@ def prepare(opts: Options) -> exec_env.Prepared:
     from broker.cli.fast import call
 
     temp: list[Path] = []
+    granted: list[exec_env.Prepared] = []
 
     def temp_dir() -> Path:
         if not temp:  # once: a retry over grpcio reuses it
@@ -232,9 +233,11 @@ def prepare(opts: Options) -> exec_env.Prepared:
             return exec_env.docker_helper_config(stub, opts.name, opts.resource_id, temp_dir())
         if connector.connector_type in ("aws", "gcp"):
             ttl = 0 if opts.ttl is None else _ttl_seconds(opts.ttl)
-            return exec_env.grant(
+            made = exec_env.grant(
                 stub, connector.connector_type, opts.name, resource_type, opts.resource_id, ttl
             )
+            granted.append(made)
+            return made
         raise InvalidArgument(
             f"connector '{opts.name}' ({connector.connector_type}, {resource_type}) has no "
             "auto-refreshing endpoint: use --env-only for its credential as variables",
@@ -243,9 +246,11 @@ def prepare(opts: Options) -> exec_env.Prepared:
 
     try:
         return call(opts.socket, work)
-    except BaseException:
+    except BaseException:  # stopped (SIGTERM, Ctrl-C) or failed after a grant was made
         for path in temp:
             exec_env.remove_temp_dir(exec_env.Prepared("", "", "", temp_dir=path))
+        for made in granted:
+            cleanup(opts, made)
         raise
 
 
@@ -389,10 +394,19 @@ def stop(pid: int, sig: signal.Signals, grace: float) -> int | None:
             return None
 
 
+def _stopped(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(opts: Options) -> int:
     """Prepare, run the child to its end, clean up; the child's exit code."""
-    prepared = prepare(opts)
-    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+    # Until the child runs, SIGTERM stops us as Ctrl-C does: what was made is undone.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        prepared = prepare(opts)
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)  # from here on: sigwaitinfo
+        signal.signal(signal.SIGTERM, previous)
     try:
         watcher = None
         if opts.restart_on_change and prepared.credential is not None:
