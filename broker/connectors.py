@@ -156,6 +156,9 @@ def build_connector(
             f"expires_at {draft.expires_at.isoformat()} is in the past", field="expires_at"
         )
     resource_type = draft.resource_type or None
+    if resource_type is None and draft.resource_id and len(spec.resource_type_names) == 1:
+        # One resource type (docker): the resource ID can only be one of those.
+        resource_type = spec.resource_type_names[0]
     if resource_type is not None and spec.resource_type(resource_type) is None:
         raise InvalidArgument(
             f"resource type '{resource_type}' is not offered by connector type "

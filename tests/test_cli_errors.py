@@ -186,7 +186,7 @@ def test_daemon_gone_during_a_call(tmp_path: Path) -> None:
             text=True,
         )
         assert watch.stdout is not None
-        assert watch.stdout.readline().startswith("issued:")
+        assert watch.stdout.readline().split()[1] == "issued"  # TIME EVENT RESOURCE ...
         assert daemon.proc is not None
         daemon.proc.kill()
         daemon.proc.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 
 import typer
 
@@ -83,7 +84,13 @@ def watch(
     socket: SocketOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Stream the credential, then each renewal, until the connector is deleted (or Ctrl-C)."""
+    """Stream the credential, then each renewal, until the connector is deleted (or Ctrl-C,
+    exit 130).
+
+    A table prints a line per event: when it arrived (UTC), the event, the resource and
+    when its credential expires; json prints one JSON object a line, yaml one document
+    per event (with "received_at").
+    """
     with connect(socket) as stub:
         stream = stub.WatchCredentials(
             pb.WatchCredentialsRequest(
@@ -92,19 +99,40 @@ def watch(
         )
         try:
             for event in stream:
-                kind = _KINDS.get(event.kind, "error")
-                cred = (
-                    render.credential_json(event.credential)
-                    if event.HasField("credential")
-                    else None
-                )
-                if output is Output.json:
-                    line = {"event": kind, "credential": cred, "error": event.error or None}
-                    sys.stdout.write(json.dumps(line) + "\n")
-                    sys.stdout.flush()
-                else:
-                    expiry = cred["expires_at"] if cred else None
-                    detail = event.error or f"expires_at={expiry or 'never'}"
-                    render.console.print(f"{kind}: {detail}")
+                _print_event(event, output)
         except KeyboardInterrupt:
             stream.cancel()
+            raise  # exit 130, as every command on Ctrl-C
+
+
+def _print_event(event: pb.CredentialEvent, output: Output) -> None:
+    kind = _KINDS.get(event.kind, "error")
+    cred = render.credential_json(event.credential) if event.HasField("credential") else None
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if output is Output.json:
+        line = {"event": kind, "credential": cred, "error": event.error or None}
+        sys.stdout.write(json.dumps({**line, "received_at": now}) + "\n")
+    elif output is Output.yaml:
+        sys.stdout.write("---\n")
+        render.print_data(
+            output,
+            {"event": kind, "received_at": now, "credential": cred, "error": event.error or None},
+        )
+    else:
+        shown = event.credential if event.HasField("credential") else None
+        sys.stdout.write(watch_line(now, kind, shown, event.error) + "\n")
+    sys.stdout.flush()
+
+
+def watch_line(now: str, kind: str, cred: pb.Credential | None, error: str) -> str:
+    """``TIME EVENT RESOURCE expires AT (in LEFT)``; ``no expiry`` only for a credential
+    that has none (a stored registry password without expires_at)."""
+    if error:
+        return f"{now}  {kind:<8} error: {error}"
+    if cred is None:
+        return f"{now}  {kind:<8} -"
+    resource = f"{cred.resource_type}:{cred.resource_id}"
+    if not cred.HasField("expires_at"):
+        return f"{now}  {kind:<8} {resource} no expiry (long-lived)"
+    left = render.human_remaining(render.remaining(cred, "expires_at"))
+    return f"{now}  {kind:<8} {resource} expires {render.rfc3339(cred, 'expires_at')} (in {left})"

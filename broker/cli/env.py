@@ -201,8 +201,11 @@ def env_list(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None
 
 
 @app.command("revoke")
-def env_revoke(grant_id: str, socket: SocketOpt = None) -> None:
+def env_revoke(grant_id: str, socket: SocketOpt = None, output: OutputOpt = Output.table) -> None:
     """Cut off an endpoint created by `broker env aws|gcp` (your own, unless admin)."""
     with connect(socket) as stub:
         stub.RevokeSdkEndpoint(pb.RevokeSdkEndpointRequest(id=grant_id))
-    render.console.print(f"Revoked {grant_id}.")
+    if output is Output.table:
+        print(f"Revoked {grant_id}.")
+    else:
+        render.print_data(output, {"id": grant_id, "revoked": True})

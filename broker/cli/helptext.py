@@ -130,6 +130,7 @@ EXAMPLES: dict[str, list[str]] = {
         "broker credentials get my-aws -r s3-bucket -i my-bucket -o json",
     ],
     "credentials watch": ["broker credentials watch my-aws -o json"],
+    "credentials rotate": ["broker credentials rotate my-gcp -o json"],
     "login": ["broker login docker my-registry"],
     "login docker": [
         "broker login docker my-registry",

@@ -25,7 +25,7 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.cli import docker_helper, render
 from broker.cli.client import checked_socket, connect
 from broker.cli.files import write_private
-from broker.cli.options import ResourceIdOpt, SocketOpt
+from broker.cli.options import Output, OutputOpt, ResourceIdOpt, SocketOpt
 from broker.errors import FailedPrecondition, InvalidArgument
 from broker.pointers import GRPC_POINTER, HELPER_POINTER, write_pointer
 
@@ -113,6 +113,7 @@ def login_docker(
         ),
     ] = None,
     socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Make docker ask the broker for this connector's registry.
 
@@ -143,7 +144,11 @@ def login_docker(
         helpers[key] = "broker"
     write_private(path, json.dumps(data, indent=2) + "\n")
     _write_pointers(socket, helper_socket)
-    render.console.print(f"docker now asks credential-broker ('{name}') for {host} ({path}).")
+    _done(
+        output,
+        f"docker now asks credential-broker ('{name}') for {host} ({path}).",
+        {"connector": name, "registry": host, "config": str(path), "cred_helpers": keys},
+    )
 
 
 @logout_app.command("docker")
@@ -152,6 +157,7 @@ def logout_docker(
     resource_id: ResourceIdOpt = None,
     config: Annotated[Path | None, typer.Option("--config", help="docker config dir")] = None,
     socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Remove the credHelpers entry and the preference for this connector's registry."""
     cred, _ = _client_credential(socket, name, "docker-registry", resource_id)
@@ -175,7 +181,11 @@ def logout_docker(
         if not helpers:
             del data["credHelpers"]
         write_private(path, json.dumps(data, indent=2) + "\n")
-    render.console.print(f"docker no longer asks credential-broker for {host}.")
+    _done(
+        output,
+        f"docker no longer asks credential-broker for {host}.",
+        {"connector": name, "registry": host, "config": str(path)},
+    )
 
 
 def _kubeconfig_path(explicit: Path | None) -> Path:
@@ -209,6 +219,7 @@ def login_kubernetes(
         ),
     ] = True,
     socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Write cluster, exec-plugin user and context entries for this connector's cluster."""
     cred, helper_socket = _client_credential(socket, name, "kubernetes-cluster", resource_id)
@@ -254,8 +265,18 @@ def login_kubernetes(
     if set_current:
         doc["current-context"] = entry
     write_private(path, yaml.safe_dump(doc, sort_keys=False))
-    render.console.print(f"kubeconfig {path}: context '{entry}' uses credential-broker ('{name}').")
-    render.console.print(_context_note(entry, previous, set_current), highlight=False)
+    _done(
+        output,
+        f"kubeconfig {path}: context '{entry}' uses credential-broker ('{name}').\n"
+        + _context_note(entry, previous, set_current),
+        {
+            "connector": name,
+            "kubeconfig": str(path),
+            "context": entry,
+            "current_context": doc.get("current-context"),
+            "previous_context": previous,
+        },
+    )
 
 
 def _context_note(entry: str, previous: str | None, set_current: bool) -> str:
@@ -286,6 +307,7 @@ def login_aws(
     resource_id: ResourceIdOpt = None,
     profile: Annotated[str | None, typer.Option("--profile")] = None,
     socket: SocketOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Write a credential_process profile into the AWS config file."""
     cred, helper_socket = _client_credential(socket, name, resource_type, resource_id)
@@ -318,4 +340,16 @@ def login_aws(
     buffer = io.StringIO()
     parser.write(buffer)
     write_private(path, buffer.getvalue())
-    render.console.print(f"AWS profile '{profile or name}' in {path} uses credential-broker.")
+    _done(
+        output,
+        f"AWS profile '{profile or name}' in {path} uses credential-broker.",
+        {"connector": name, "profile": profile or name, "config": str(path)},
+    )
+
+
+def _done(output: Output, message: str, data: dict[str, Any]) -> None:
+    """What was written: a sentence, or (--output json / yaml) the same as data."""
+    if output is Output.table:
+        print(message)
+    else:
+        render.print_data(output, data)

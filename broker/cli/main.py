@@ -61,7 +61,7 @@ def _root(
 ) -> None:
     """credential-broker: short-lived, least-privilege credentials for one resource at a time.
 
-    Every command but `serve` takes --output table|json|yaml; errors are one line on
+    Every command but `serve` and `exec` takes --output table|json|yaml; errors are one line on
     stderr ("error: ..."), exit 1 (2 for a usage error, 130 on Ctrl-C).
     """
 

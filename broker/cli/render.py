@@ -32,7 +32,8 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
     are plain text, not rich markup); lists joined with commas."""
     from broker.cli import table
 
-    table.print_table(title, columns, [[cell(v) for v in row] for row in rows])
+    # full: PEMs are summarized (or not: --full) by the caller, which knows which asked
+    table.print_table(title, columns, [[cell(v, full=True) for v in row] for row in rows])
 
 
 def print_connectors(connectors: Sequence[pb.Connector]) -> None:

@@ -23,6 +23,8 @@ from typing import Annotated
 
 import typer
 
+from broker.cli.options import Output, OutputOpt
+from broker.cli.shapes import print_data
 from broker.errors import FailedPrecondition, InvalidArgument
 
 app = typer.Typer(no_args_is_help=True, help="Move a connector store (SQLite <-> PostgreSQL).")
@@ -44,6 +46,7 @@ def migrate(
             help="Seal the copy with this key instead (key rotation: base64 of 32 bytes, 0600)",
         ),
     ] = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Copy every connector and setting into an empty store, secrets sealed as before
     (or with a new key: --new-key-file)."""
@@ -64,7 +67,12 @@ def migrate(
     if new_key_file is not None:
         new_key = load_secret_key(settings.data_dir, {}, key_file=new_key_file)
     copied, kept, shown = anyio.run(_migrate, source, target, key, new_key)
-    print(f"copied {copied} connector(s) and {kept} setting(s) from {shown[0]} to {shown[1]}")
+    if output is Output.table:
+        print(f"copied {copied} connector(s) and {kept} setting(s) from {shown[0]} to {shown[1]}")
+    else:
+        print_data(
+            output, {"connectors": copied, "settings": kept, "from": shown[0], "to": shown[1]}
+        )
 
 
 async def _migrate(

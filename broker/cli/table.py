@@ -178,17 +178,37 @@ def _keep_words(widths: list[int], least: list[int]) -> list[int] | None:
     return out
 
 
-def records(title: str | None, columns: Sequence[str], cells: list[list[str]]) -> str:
-    """Rows as records, ``HEADING: value`` a line, a blank line between rows: the layout
-    for a table too wide for the console without breaking a word."""
+def _fill(text: str, width: int) -> list[str]:
+    """``text`` wrapped at spaces to ``width`` cells; a longer word gets a line of its own,
+    whole."""
+    out: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            if line and cell_len(line) + 1 + cell_len(word) > width:
+                out.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        out.append(line)
+    return out
+
+
+def records(
+    title: str | None, columns: Sequence[str], cells: list[list[str]], width: int = 80
+) -> str:
+    """Rows as records, ``HEADING: value`` a line (values wrapped at spaces to ``width``),
+    a blank line between rows: the layout for a table too wide for the console without
+    breaking a word."""
     name_width = max((cell_len(c) for c in columns), default=0) + 1
+    room = max(20, width - name_width - 1)
     out: list[str] = [title, ""] if title else []
     for index, row in enumerate(cells):
         if index:
             out.append("")
         for heading, value in zip(columns, row, strict=True):
             label = f"{heading}:".ljust(name_width)
-            first, *more = value.split("\n")
+            first, *more = _fill(value, room)
             out.append(f"{label} {first}".rstrip())
             out.extend(" " * (name_width + 1) + line for line in more)
     return "\n".join(out) + "\n"
@@ -204,14 +224,15 @@ def render(
     """The table as text: ``None`` and ``""`` cells shown as ``-``, as render.print_table;
     as :func:`records` when it cannot fit without breaking a word."""
     cells = [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
-    max_width = (width or console_width()) - (len(columns) + 1)
+    width = width or console_width()
+    max_width = width - (len(columns) + 1)
     pad = 2 * PADDING
     least = [
         max(longest_word(text) for text in (header, *(row[i] for row in cells))) + pad
         for i, header in enumerate(columns)
     ]
     if sum(least) > max_width:
-        return records(title, columns, cells)
+        return records(title, columns, cells, width)
     natural = [
         max(
             cell_len(line)
@@ -227,7 +248,7 @@ def render(
         widths = [min(n, w) for n, w in zip(natural, fit(natural, max_width), strict=True)]
         kept = _keep_words(widths, least)
         if kept is None:
-            return records(title, columns, cells)
+            return records(title, columns, cells, width)
         widths = kept
     inner = [max(0, w - pad) for w in widths]
     table_width = sum(widths) + len(columns) + 1

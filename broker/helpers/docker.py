@@ -103,7 +103,9 @@ def run(argv: list[str], stdin: str) -> int:
             return _out(MISSING_SERVER_URL, 1)
         return _managed("erase", server_url)
     if action == "version":
-        return _out(f"{NAME} (credential-broker)")
+        from broker import __version__  # the package's own __init__: a constant, no imports
+
+        return _out(f"{NAME} (credential-broker) {__version__}")
     return _out(f"Unknown credential action `{action}`", 1)
 
 
