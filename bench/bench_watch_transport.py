@@ -49,6 +49,8 @@ FIRST_LIFETIME = float(os.environ.get("BENCH_FIRST_LIFETIME", "240"))
 LIFETIME = float(os.environ.get("BENCH_LIFETIME", "60"))
 CLIENT_PROCESSES = int(os.environ.get("BENCH_CLIENT_PROCESSES", "2"))
 P99_GOAL_MS = 500.0
+#: After the last renewal, time for every stream to get it before the clients report.
+SETTLE = float(os.environ.get("BENCH_SETTLE", "15"))
 #: Channel options for many streams on one connection (README "Many watch streams").
 MANY_STREAMS = [("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_time_ms", 30_000)]
 
@@ -193,7 +195,7 @@ def run_echo(connections: int) -> dict[str, Any]:
                 mints.append(time.time())
                 os.kill(pid, signal.SIGUSR1)
                 time.sleep(LIFETIME / 6)
-            time.sleep(3.0)
+            time.sleep(SETTLE)
             cpu = cpu_seconds(pid) - cpu0
             results = _collect(clients)
     return _summarize(
@@ -232,14 +234,14 @@ def run_layout(connections: int) -> dict[str, Any]:
         clients = _start_clients(target, connections)
         open_seconds = time.time() - started
         rss_after = rss_kib(pid)
-        # The daemon's CPU from the first renewal's mint to 3 s after the last one's.
+        # The daemon's CPU from the first renewal's mint to SETTLE s after the last one's.
         deadline = time.time() + FIRST_LIFETIME + RENEWALS * LIFETIME
         while len(lifetimes.minted) < 2 and time.time() < deadline:
             time.sleep(0.01)
         cpu0 = cpu_seconds(pid)
         while len(lifetimes.minted) < 1 + RENEWALS and time.time() < deadline:
             time.sleep(0.2)
-        time.sleep(3.0)
+        time.sleep(SETTLE)
         cpu = cpu_seconds(pid) - cpu0
         results = _collect(clients)
         mints = list(lifetimes.minted)
