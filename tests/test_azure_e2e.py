@@ -14,7 +14,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon import BROKER, Daemon, running_daemon
+from tests.daemon import Daemon, running_daemon
 from tests.servers.azure_arm import ACR_USER, Cluster
 from tests.servers.azure_entra import AKS_RESOURCE
 from tests.servers.azure_proxy import ConnectProxy
@@ -33,6 +32,7 @@ from tests.servers.kube_api import KubeApiServer
 from tests.servers.registry import TokenServer, start_registry
 from tests.servers.tls import CertificateAuthority, make_ca
 from tests.test_frontends import _make_oci_image
+from tests.watching import renewed_token, stamp, watch_events
 
 BIN = Path(sys.executable).parent
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -115,10 +115,6 @@ def _register(
     )
 
 
-def _stamp(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def test_register_verify_list_get_kubectl_and_docker_helper(
     daemon: Daemon,
     stand_in: AzureStandIn,
@@ -153,11 +149,11 @@ def test_register_verify_list_get_kubectl_and_docker_helper(
     generic = get("azure-generic")
     assert (generic["connector_type"], generic["auth_method"]) == ("azure", "access-token")
     assert stand_in.entra.validate(generic["config"]["token"], stand_in.url) is not None
-    assert _stamp(generic["expires_at"]) >= before + timedelta(seconds=3600)
+    assert stamp(generic["expires_at"]) >= before + timedelta(seconds=3600)
 
     blob = get("blob-container", f"https://{ACCOUNT}.blob.core.windows.net/builds")
     assert blob["resource_id"] == f"az://{ACCOUNT}/builds"
-    expiry = _stamp(blob["expires_at"])
+    expiry = stamp(blob["expires_at"])
     assert before + timedelta(seconds=1200) <= expiry <= datetime.now(UTC) + timedelta(seconds=1201)
     from azure.core.exceptions import HttpResponseError
     from azure.storage.blob import ContainerClient
@@ -266,29 +262,10 @@ def test_watch_sees_the_entra_token_renewed(
         _register(
             daemon, "az-short", stand_in, azurite, tmp_path, "-r", "azure-generic", "--no-verify"
         )
-        with subprocess.Popen(
-            [*BROKER, "credentials", "watch", "az-short", "--output", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**daemon.env, "BROKER_SOCKET": str(daemon.socket)},
-        ) as proc:
-            assert proc.stdout is not None
-            events: list[tuple[float, dict[str, Any]]] = []
-            deadline = time.time() + 30
-            while len(events) < 2 and time.time() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                events.append((time.time(), json.loads(line)))
-            proc.terminate()
+        events = watch_events(daemon, "az-short", 2, 30)
     finally:
         stand_in.entra.token_lifetime = 3600
-    assert [e["event"] for _, e in events] == ["issued", "renewed"]
-    (_, first), (seen, second) = events
-    assert seen < _stamp(first["credential"]["expires_at"]).timestamp()
-    assert second["credential"]["config"]["token"] != first["credential"]["config"]["token"]
-    assert stand_in.entra.validate(second["credential"]["config"]["token"], stand_in.url)
+    assert stand_in.entra.validate(renewed_token(events), stand_in.url)
 
 
 class _AcrTokenSigner(TokenServer):

@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.daemon import BROKER, Daemon, running_daemon
+from tests.daemon import Daemon, running_daemon
 from tests.servers.kube_api import KubeApiServer
 from tests.servers.kube_tokens import TokenAuthority
+from tests.watching import renewed_token, stamp, watch_events
 
 BIN = Path(sys.executable).parent
 BOOTSTRAP = "e2e-bootstrap-token-never-handed-out-0001"
@@ -67,10 +67,6 @@ def _register(daemon: Daemon, api: KubeApiServer, name: str, *extra: str, token:
     )
 
 
-def _stamp(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def test_register_get_kubectl_and_login_with_minted_tokens(
     daemon: Daemon, api: KubeApiServer, authority: TokenAuthority, tmp_path: Path
 ) -> None:
@@ -96,7 +92,7 @@ def test_register_get_kubectl_and_login_with_minted_tokens(
         "token",
         "certificate_authority",
     }
-    lifetime = (_stamp(cred["expires_at"]) - datetime.now(UTC)).total_seconds()
+    lifetime = (stamp(cred["expires_at"]) - datetime.now(UTC)).total_seconds()
     assert 880 < lifetime <= 900
     assert authority.verify(token) == SA_USER
 
@@ -132,7 +128,7 @@ def test_register_get_kubectl_and_login_with_minted_tokens(
     status = json.loads(plugin.stdout)["status"]
     assert status["token"] == token
     # ... reported 60 s early: kubectl keeps no margin of its own.
-    early = _stamp(cred["expires_at"]) - _stamp(status["expirationTimestamp"])
+    early = stamp(cred["expires_at"]) - stamp(status["expirationTimestamp"])
     assert early.total_seconds() == 60
 
     # After its expiry (the server's clock moved on) the same token no longer works.
@@ -185,29 +181,10 @@ def test_watch_sees_the_minted_token_renewed_before_it_expires(
     try:
         registered = _register(daemon, api, "sa-short", "--no-verify")
         assert registered.returncode == 0, registered.stderr
-        with subprocess.Popen(
-            [*BROKER, "credentials", "watch", "sa-short", "--output", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**daemon.env, "BROKER_SOCKET": str(daemon.socket)},
-        ) as proc:
-            assert proc.stdout is not None
-            events: list[tuple[float, dict[str, Any]]] = []
-            deadline = time.time() + 30
-            while len(events) < 2 and time.time() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                events.append((time.time(), json.loads(line)))
-            proc.terminate()
+        events = watch_events(daemon, "sa-short", 2, 30)
     finally:
         authority.max_seconds = None
-    assert [e["event"] for _, e in events] == ["issued", "renewed"]
-    (_, first), (seen, second) = events
-    assert seen < _stamp(first["credential"]["expires_at"]).timestamp()
-    assert second["credential"]["config"]["token"] != first["credential"]["config"]["token"]
-    assert authority.verify(second["credential"]["config"]["token"]) == SA_USER
+    assert authority.verify(renewed_token(events)) == SA_USER
 
 
 def test_auto_configure_bootstraps_from_the_kubeconfig_context(
