@@ -532,3 +532,23 @@ def test_ctrl_c_at_a_terminal_is_the_terminals_not_forwarded_again(
     assert f"codes [{SI_KERNEL}]".encode() in _ctrl_c_at_a_terminal(daemon, aws, "same"), aws
     # ... and a child outside it gets none from broker exec.
     assert b"codes []" in _ctrl_c_at_a_terminal(daemon, aws, "own-group")
+
+
+def test_the_child_inherits_dispositions_and_no_mask(daemon: Daemon, aws: str) -> None:
+    """As after a shell's exec: what was ignored stays ignored (nohup), nothing is blocked
+    (broker exec blocks what it waits for; the child must not), SIGPIPE is default."""
+    argv = " ".join([*BROKER, "exec", aws, "--", "cat", "/proc/self/status"])
+    result = subprocess.run(
+        ["sh", "-c", f"trap '' HUP; exec {argv}"],
+        capture_output=True,
+        text=True,
+        env=_env(daemon),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    status = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
+    ignored, blocked = int(status["SigIgn"], 16), int(status["SigBlk"], 16)
+    assert blocked == 0
+    assert ignored & (1 << (signal.SIGHUP - 1))  # nohup-style: kept
+    assert not ignored & (1 << (signal.SIGPIPE - 1))  # Python's own: undone
+    assert not ignored & (1 << (signal.SIGTERM - 1))

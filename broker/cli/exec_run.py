@@ -283,14 +283,17 @@ def cleanup(opts: Options, prepared: exec_env.Prepared) -> None:
 
 
 def spawn(command: list[str], env: dict[str, str]) -> int:
-    """The child, with our stdio, a clean signal mask and default dispositions."""
+    """The child, with our stdio and an empty signal mask. Dispositions as we inherited
+    them, as a shell's ``exec`` leaves them: exec resets the handlers we installed, keeps
+    what was ignored (``nohup``, a background job's SIGINT); only the two Python itself
+    ignores go back to default (as subprocess's restore_signals does)."""
     try:
         return os.posix_spawnp(
             command[0],
             command,
             env,
             setsigmask=(),
-            setsigdef=(*FORWARDED, signal.SIGCHLD, signal.SIGPIPE, WAKE),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         )
     except FileNotFoundError:
         raise CommandFailed(127, f"broker exec: {command[0]}: command not found") from None
