@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from broker.api.v1 import broker_pb2 as pb
 from broker.cli import render
@@ -180,24 +179,22 @@ def env_list(socket: SocketOpt = None, output: OutputOpt = Output.table) -> None
     if output is not Output.table:
         render.print_data(output, [endpoint_json(e, env=False) for e in endpoints])
         return
-    table = Table(show_lines=False)
-    for column in ("ID", "KIND", "CONNECTOR"):
-        table.add_column(column, no_wrap=True)
-    for column in ("RESOURCE", "OWNER"):
-        table.add_column(column, overflow="fold")
-    for column in ("EXPIRES IN", "BOUND UID"):
-        table.add_column(column, no_wrap=True)
-    for e in endpoints:
-        table.add_row(
-            e.id,
-            e.kind,
-            e.connector,
-            f"{e.resource_type}:{e.resource_id}" if e.resource_id else e.resource_type or "-",
-            _short_owner(e.owner),
-            render.human_remaining(render.remaining(e, "expires_at")),
-            _bound_text(e),
-        )
-    render.console.print(table)
+    render.print_table(
+        None,
+        ["ID", "KIND", "CONNECTOR", "RESOURCE", "OWNER", "EXPIRES IN", "BOUND UID"],
+        [
+            (
+                e.id,
+                e.kind,
+                e.connector,
+                f"{e.resource_type}:{e.resource_id}" if e.resource_id else e.resource_type or "-",
+                _short_owner(e.owner),
+                render.human_remaining(render.remaining(e, "expires_at")),
+                _bound_text(e),
+            )
+            for e in endpoints
+        ],
+    )
 
 
 @app.command("revoke")
