@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # Debian packages the test servers and real clients need: command -> package. PostgreSQL's
 # server (tests/pg.py) is checked apart: Debian keeps initdb off PATH. node and npm run
-# tests/node (npm ci below). promtool is apart too (below).
+# tests/node (npm ci below). promtool is apart too (below). zsh and fish run the shell
+# completion scripts (tests/test_cli_completion.py).
 APT_NEEDS := docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo \
-	systemd-analyze:systemd node:nodejs npm:npm
+	systemd-analyze:systemd node:nodejs npm:npm zsh:zsh fish:fish
 
 .PHONY: run install test test-deps lint proto bench clean container-test constraints
 

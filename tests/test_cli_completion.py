@@ -166,3 +166,60 @@ def test_no_daemon_no_names_no_error(tmp_path: Path) -> None:
         timeout=60,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def _script(shell: str, into: Path) -> Path:
+    path = into / f"broker.{shell}"
+    path.write_text(
+        subprocess.run(
+            [str(BIN / "broker"), "completion", shell], capture_output=True, text=True, timeout=60
+        ).stdout
+    )
+    return path
+
+
+def test_fish_completes_from_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """fish's own `complete -C` (what TAB runs) on the printed script."""
+    script = _script("fish", tmp_path)
+    probe = (
+        f"source {script}; complete -C 'broker credentials get alpha'; "
+        "complete -C 'broker connector list -o '"
+    )
+    result = subprocess.run(
+        ["fish", "--no-config", "-c", probe],
+        capture_output=True,
+        text=True,
+        env=_env(daemon),
+        timeout=60,
+    )
+    assert result.stdout.split() == [
+        "alpha-mirror",
+        "alpha-registry",
+        "json",
+        "table",
+        "yaml",
+    ], result.stderr
+
+
+def test_zsh_function_offers_names_from_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """The _broker function with words / CURRENT set as zsh's completion system sets them;
+    compadd (a builtin only inside a completion widget) stands in as a function printing
+    what it is given, compdef as a no-op (compinit's, which registers _broker)."""
+    script = _script("zsh", tmp_path)
+    probe = (
+        "compdef() { :; }; "
+        f"source {script}; "
+        "compadd() { [[ $1 == -a ]] && print -l -- ${(P)2}; }; "
+        "words=(broker credentials get alpha); CURRENT=4; _broker; "
+        "words=(broker connector de); CURRENT=3; _broker"
+    )
+    result = subprocess.run(
+        ["zsh", "-f", "-c", probe], capture_output=True, text=True, env=_env(daemon), timeout=60
+    )
+    assert result.stdout.split() == [
+        "alpha-mirror",
+        "alpha-registry",
+        "delete",
+        "describe",
+        "describe-type",
+    ], result.stderr
