@@ -20,6 +20,7 @@ from broker.errors import CredentialsRejected
 from broker.model import Connector, Value
 from broker.providers.azure import AzureProvider
 from broker.providers.base import ProviderContext
+from tests.providers.connectors import make_connector
 from tests.servers.azure_storage import ACCOUNT, AzureStandIn, Azurite, start_azurite
 from tests.servers.tls import CertificateAuthority, make_ca
 
@@ -73,20 +74,8 @@ def connector(stand_in: AzureStandIn, azurite: Azurite, **extra: Value) -> Conne
         **stand_in.connector_config(),
         **extra,
     }
-    return Connector(
-        id="id-blob",
-        name="az-blob",
-        connector_type="azure",
-        auth_method="service-principal",
-        resource_type=None,
-        resource_id=None,
-        config=config,
-        labels={},
-        expiration_seconds=900,
-        expires_at=None,
-        created_at=now,
-        updated_at=now,
-        revision=1,
+    return make_connector(
+        "azure", "service-principal", config, name="az-blob", expiration_seconds=900, now=now
     )
 
 

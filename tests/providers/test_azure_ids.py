@@ -12,6 +12,7 @@ from broker.errors import FailedPrecondition, InvalidArgument
 from broker.model import AutoConfigureOptions, Connector, Value
 from broker.providers.azure import AzureProvider
 from broker.providers.azure.settings import AzureSettings
+from tests.providers.connectors import make_connector
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
@@ -23,20 +24,12 @@ def connector(method: str = "service-principal", **config: Value) -> Connector:
     base: dict[str, Value] = {"tenant_id": TENANT, "client_id": CLIENT, "client_secret": "s3cr3t"}
     if method != "service-principal":
         base = {}
-    return Connector(
-        id="i",
+    return make_connector(
+        "azure",
+        method,
+        {**base, "subscription_id": SUB, **config},
         name="az",
-        connector_type="azure",
-        auth_method=method,
-        resource_type=None,
-        resource_id=None,
-        config={**base, "subscription_id": SUB, **config},
-        labels={},
-        expiration_seconds=None,
-        expires_at=None,
-        created_at=NOW,
-        updated_at=NOW,
-        revision=1,
+        now=NOW,
     )
 
 

@@ -31,6 +31,7 @@ from broker.model import Connector, Value
 from broker.providers.azure import AzureProvider
 from broker.providers.base import ProviderContext
 from broker.providers.testing import InProcessTransport
+from tests.providers.connectors import make_connector
 from tests.servers.azure_arm import ACR_USER, AzureCloud, Cluster
 from tests.servers.azure_entra import AKS_RESOURCE, EntraAuthority, make_rsa_cert
 
@@ -94,21 +95,14 @@ def connector(
     expires_at: datetime | None = None,
     **config: Value,
 ) -> Connector:
-    now = datetime.now(UTC)
-    return Connector(
-        id="id-az",
+    return make_connector(
+        "azure",
+        method,
+        config,
         name="az-conn",
-        connector_type="azure",
-        auth_method=method,
         resource_type=resource_type,
         resource_id=resource_id,
-        config=config,
-        labels={},
-        expiration_seconds=None,
         expires_at=expires_at,
-        created_at=now,
-        updated_at=now,
-        revision=1,
     )
 
 

@@ -25,6 +25,7 @@ from broker.providers.base import ProviderContext
 from broker.providers.gcp import GcpProvider
 from broker.providers.gcp.spec import SPEC
 from broker.providers.gcp.tokens import parse_rfc3339
+from tests.providers.connectors import make_connector
 from tests.servers.google import GoogleServer
 from tests.servers.google_accounts import ServiceAccountKey, new_rsa_key, shared_rsa_key
 from tests.servers.ports import free_port
@@ -77,20 +78,14 @@ def connector(
         elif attr.default is not None:
             config[attr.name] = attr.default
     now = datetime.now(UTC)
-    return Connector(
-        id="id-gcp",
+    return make_connector(
+        "gcp",
+        method,
+        config,
         name="gcp-conn",
-        connector_type="gcp",
-        auth_method=method,
-        resource_type=None,
-        resource_id=None,
-        config=config,
-        labels={},
         expiration_seconds=expiration_seconds,
         expires_at=expires_at,
-        created_at=now,
-        updated_at=now,
-        revision=1,
+        now=now,
     )
 
 

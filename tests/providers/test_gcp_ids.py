@@ -28,6 +28,7 @@ from broker.providers.gcp.keys import parse_key
 from broker.providers.gcp.spec import SPEC
 from broker.providers.gcp.tokens import parse_rfc3339
 from broker.providers.registry import ProviderRegistry
+from tests.providers.connectors import make_connector
 from tests.servers.google_accounts import ServiceAccountKey, UserAccount, shared_rsa_key
 
 PROJECT = "broker-test"
@@ -61,22 +62,7 @@ def sa_info(**changes: object) -> dict[str, object]:
 
 
 def gcp_connector(method: str = "service-account", **config: Value) -> Connector:
-    now = datetime.now(UTC)
-    return Connector(
-        id="id-gcp",
-        name="gcp-conn",
-        connector_type="gcp",
-        auth_method=method,
-        resource_type=None,
-        resource_id=None,
-        config=config,
-        labels={},
-        expiration_seconds=None,
-        expires_at=None,
-        created_at=now,
-        updated_at=now,
-        revision=1,
-    )
+    return make_connector("gcp", method, config, name="gcp-conn")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from broker.model import Connector, Value
 from broker.providers.base import ProviderContext
 from broker.providers.gcp import GcpProvider
 from broker.providers.testing import InProcessTransport
+from tests.providers.connectors import make_connector
 from tests.servers.google import GoogleServer
 from tests.servers.google_accounts import ServiceAccountKey
 
@@ -58,20 +59,8 @@ async def provider(
 
 
 def connector(method: str, expiration_seconds: int | None = None, **config: Value) -> Connector:
-    return Connector(
-        id="id-gcp",
-        name="gcp-conn",
-        connector_type="gcp",
-        auth_method=method,
-        resource_type=None,
-        resource_id=None,
-        config=config,
-        labels={},
-        expiration_seconds=expiration_seconds,
-        expires_at=None,
-        created_at=T0,
-        updated_at=T0,
-        revision=1,
+    return make_connector(
+        "gcp", method, config, name="gcp-conn", expiration_seconds=expiration_seconds, now=T0
     )
 
 

@@ -27,6 +27,7 @@ from broker.errors import (
 from broker.model import AutoConfigureOptions, Connector, Value
 from broker.providers.base import ProviderContext
 from broker.providers.kubernetes import RESOURCE_TYPE, SPEC, KubernetesProvider
+from tests.providers.connectors import make_connector as stored_connector
 from tests.servers.kube_api import KubeApiServer
 from tests.servers.ports import free_port
 from tests.servers.tls import (
@@ -54,21 +55,7 @@ def make_connector(method: str, name: str = "kc", **raw: Value) -> Connector:
         elif attr.default is not None:
             config[attr.name] = attr.default
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    return Connector(
-        id="id-1",
-        name=name,
-        connector_type="kubernetes",
-        auth_method=method,
-        resource_type=KT,
-        resource_id=None,
-        config=config,
-        labels={},
-        expiration_seconds=None,
-        expires_at=None,
-        created_at=now,
-        updated_at=now,
-        revision=1,
-    )
+    return stored_connector("kubernetes", method, config, name=name, resource_type=KT, now=now)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from broker.model import Connector, Value
 from broker.providers.base import ProviderContext
 from broker.providers.kubernetes import RESOURCE_TYPE, SPEC, KubernetesProvider
 from broker.providers.testing import InProcessTransport
+from tests.providers.connectors import make_connector
 from tests.servers.kube_api import KubeApiServer
 
 TOKEN = "in-process-bearer-token"
@@ -25,20 +26,13 @@ def connector(method: str, **raw: Value) -> Connector:
     spec = SPEC.auth_method(method)
     assert spec is not None
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    return Connector(
-        id="id-1",
+    return make_connector(
+        "kubernetes",
+        method,
+        {"server": SERVER, **raw},
         name="kc",
-        connector_type="kubernetes",
-        auth_method=method,
         resource_type=RESOURCE_TYPE,
-        resource_id=None,
-        config={"server": SERVER, **raw},
-        labels={},
-        expiration_seconds=None,
-        expires_at=None,
-        created_at=now,
-        updated_at=now,
-        revision=1,
+        now=now,
     )
 
 

@@ -35,6 +35,7 @@ from broker.providers.kubernetes.client import fetch_version
 from broker.providers.kubernetes.settings import ClusterSettings
 from broker.providers.kubernetes.tokens import MissingRbacPermission
 from broker.providers.testing import InProcessTransport
+from tests.providers.connectors import make_connector
 from tests.servers.kube_api import KubeApiServer
 from tests.servers.kube_tokens import API_AUDIENCE, TokenAuthority
 from tests.servers.tls import issue_client_cert, make_ca
@@ -65,20 +66,14 @@ def connector(expiration_seconds: int | None = None, **raw: Value | None) -> Con
             config[attr.name] = parse_value(attr, value)
     config.setdefault("insecure", False)
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    return Connector(
-        id="id-1",
+    return make_connector(
+        "kubernetes",
+        METHOD,
+        config,
         name="kc",
-        connector_type="kubernetes",
-        auth_method=METHOD,
         resource_type=KT,
-        resource_id=None,
-        config=config,
-        labels={},
         expiration_seconds=expiration_seconds,
-        expires_at=None,
-        created_at=now,
-        updated_at=now,
-        revision=1,
+        now=now,
     )
 
 
