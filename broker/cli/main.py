@@ -238,8 +238,9 @@ def main() -> None:
     except ClickException as exc:
         print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except Abort:
-        sys.exit(130)
+    except Abort:  # click's EOF at a prompt (Ctrl-C is KeyboardInterrupt: 130, below)
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(1)
