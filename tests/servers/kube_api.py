@@ -53,6 +53,7 @@ import yaml
 from aiohttp import web
 
 from tests.servers.kube_tokens import TokenAuthority
+from tests.servers.kube_tokens import status as _status
 from tests.servers.threaded import ThreadedAiohttpServer
 from tests.servers.tls import CertificateAuthority, IssuedCert, issue_cert, make_ca
 
@@ -85,21 +86,6 @@ class SeenRequest:
     user: str | None
     #: How: "certificate", "token", "validator", "basic", or None.
     via: str | None
-
-
-def _status(code: int, reason: str, message: str) -> web.Response:
-    return web.json_response(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code,
-        },
-        status=code,
-    )
 
 
 class KubeApiServer(ThreadedAiohttpServer):
