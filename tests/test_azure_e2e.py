@@ -28,7 +28,7 @@ from tests.servers.azure_arm import ACR_USER, Cluster
 from tests.servers.azure_entra import AKS_RESOURCE
 from tests.servers.azure_proxy import ConnectProxy
 from tests.servers.azure_storage import ACCOUNT, AzureStandIn, Azurite, start_azurite
-from tests.servers.kube_api import KubeApiServer
+from tests.servers.kube_api import KubeApiServer, kubectl_version
 from tests.servers.registry import TokenServer, start_registry
 from tests.servers.tls import CertificateAuthority, make_ca
 from tests.test_frontends import _make_oci_image
@@ -192,23 +192,12 @@ def test_register_verify_list_get_kubectl_and_docker_helper(
         "login", "kubernetes", "az", "--resource-id", "prod", "--kubeconfig", str(kubeconfig)
     )
     assert aks["config"]["token"] not in kubeconfig.read_text()
-    kubectl = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**daemon.env},
-    )
+    kubectl = kubectl_version(kubeconfig, daemon.env)
     assert kubectl.returncode == 0, kubectl.stderr
     assert any(user.startswith("entra:") for user in kube.users)
     arm_token = generic["config"]["token"]  # live, but for ARM: the API server refuses it
     forged = kube.write_kubeconfig(tmp_path / "forged", token=arm_token)
-    refused_kube = subprocess.run(
-        ["kubectl", "--kubeconfig", str(forged), "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused_kube = kubectl_version(forged)
     assert refused_kube.returncode != 0 and "Unauthorized" in refused_kube.stderr
 
     # docker: the helper serves *.azurecr.io from the azure connector.

@@ -28,7 +28,7 @@ import pytest
 from tests.daemon import Daemon, running_daemon
 from tests.servers.google import GoogleServer
 from tests.servers.google_accounts import ServiceAccountKey
-from tests.servers.kube_api import KubeApiServer
+from tests.servers.kube_api import KubeApiServer, kubectl_version
 from tests.servers.registry import start_registry
 
 BIN = Path(sys.executable).parent
@@ -161,21 +161,13 @@ def test_service_account_end_to_end(
         "login", "kubernetes", "gsa", "--resource-id", "prod", "--kubeconfig", str(kubeconfig)
     )
     assert "ya29." not in kubeconfig.read_text()
-    run_kubectl = ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"]
-    kubectl = subprocess.run(
-        run_kubectl, capture_output=True, text=True, timeout=60, env={**daemon.env}
-    )
+    kubectl = kubectl_version(kubeconfig, daemon.env)
     assert kubectl.returncode == 0, kubectl.stderr
     assert json.loads(kubectl.stdout)["gitVersion"].startswith("v1.30")
     assert key.email in kube.users
     # A token Google never issued is refused by the same server.
     forged = kube.write_kubeconfig(tmp_path / "forged", token="ya29.forged-token")
-    refused = subprocess.run(
-        ["kubectl", "--kubeconfig", str(forged), "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = kubectl_version(forged)
     assert refused.returncode != 0 and "Unauthorized" in refused.stderr
 
     # docker: login, then the helper by host alone. gcr.io hosts map to the project; an

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon, running_daemon
-from tests.servers.kube_api import KubeApiServer
+from tests.servers.kube_api import KubeApiServer, kubectl_version
 from tests.servers.kube_tokens import TokenAuthority
 from tests.watching import renewed_token, stamp, watch_events
 
@@ -102,13 +102,7 @@ def test_register_get_kubectl_and_login_with_minted_tokens(
     daemon.cli("login", "kubernetes", "sa", "--kubeconfig", str(kubeconfig))
     assert BOOTSTRAP not in kubeconfig.read_text()
     before = len(api.requests)
-    kubectl = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**daemon.env, "HOME": str(tmp_path)},
-    )
+    kubectl = kubectl_version(kubeconfig, {**daemon.env, "HOME": str(tmp_path)})
     assert kubectl.returncode == 0, kubectl.stderr
     assert json.loads(kubectl.stdout)["gitVersion"].startswith("v1.30")
     seen = api.requests[before:]

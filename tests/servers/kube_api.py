@@ -40,6 +40,7 @@ import base64
 import binascii
 import inspect
 import ssl
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -403,6 +404,20 @@ class KubeApiServer(ThreadedAiohttpServer):
         return await self._guard(
             request, lambda: _pod_list([p for p in self.pods if _node(p) == self.kubelet_node])
         )
+
+
+def kubectl_version(
+    kubeconfig: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl get --raw /version`` with ``kubeconfig``: the smallest request that shows
+    whether the API server accepts the credential the kubeconfig holds or runs."""
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=None if env is None else dict(env),
+    )
 
 
 def _node(pod: dict[str, Any]) -> str | None:
