@@ -68,16 +68,10 @@ def kube(stand_in: AzureStandIn) -> Iterator[KubeApiServer]:
 def azurite(
     tmp_path_factory: pytest.TempPathFactory, ca: CertificateAuthority
 ) -> Iterator[Azurite]:
-    from azure.storage.blob import BlobServiceClient
-
     with start_azurite(tmp_path_factory.mktemp("azurite"), ca) as server:
-        ca_file = ca.write(tmp_path_factory.mktemp("ca"))
-        admin = BlobServiceClient.from_connection_string(
-            server.connection_string, connection_verify=str(ca_file)
+        server.seed(
+            tmp_path_factory.mktemp("ca"), {"builds": {"artifact.txt": b"build 42"}, "private": {}}
         )
-        admin.create_container("builds").upload_blob("artifact.txt", b"build 42")
-        admin.create_container("private")
-        admin.close()
         yield server
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import ContainerClient
 
 from broker.errors import CredentialsRejected
 from broker.model import Connector, Value
@@ -37,13 +37,10 @@ def azurite(
     tmp_path_factory: pytest.TempPathFactory, ca: CertificateAuthority
 ) -> Iterator[Azurite]:
     with start_azurite(tmp_path_factory.mktemp("azurite"), ca) as server:
-        ca_file = ca.write(tmp_path_factory.mktemp("ca"))
-        admin = BlobServiceClient.from_connection_string(
-            server.connection_string, connection_verify=str(ca_file)
+        server.seed(
+            tmp_path_factory.mktemp("ca"),
+            {name: {"hello.txt": f"in {name}".encode()} for name in ("reports", "secrets")},
         )
-        for name in ("reports", "secrets"):
-            admin.create_container(name).upload_blob("hello.txt", f"in {name}".encode())
-        admin.close()
         yield server
 
 

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,23 @@ class Azurite:
             f"DefaultEndpointsProtocol=https;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={self.account_url};"
         )
+
+    def seed(self, directory: Path, containers: Mapping[str, Mapping[str, bytes]]) -> None:
+        """Create ``containers`` (name -> blobs, name -> content) with the account key,
+        trusting the test CA (written into ``directory``)."""
+        from azure.storage.blob import BlobServiceClient
+
+        ca_file = self.ca.write(directory)
+        admin = BlobServiceClient.from_connection_string(
+            self.connection_string, connection_verify=str(ca_file)
+        )
+        try:
+            for name, blobs in containers.items():
+                container = admin.create_container(name)
+                for blob, content in blobs.items():
+                    container.upload_blob(blob, content)
+        finally:
+            admin.close()
 
 
 @contextmanager
