@@ -1,5 +1,6 @@
 """CLI start-up: wall time of `broker connector list`, `broker credentials get` and
-`broker status` (process start to exit, against a running daemon), each run paired
+`broker status`, and shell completion of connector names (`broker __complete`: process
+start to exit, against a running daemon), each run paired
 with the baseline `python -I -c pass` of the same interpreter (see paired.py).
 
 Goal: p50 ≤ 150 ms and ≤ 10× the baseline.
@@ -81,6 +82,13 @@ def main() -> None:
             broker("`broker credentials get reg00` (table)", "credentials", "get", "reg00"),
             broker("`broker status -o json`", "status", "-o", "json"),
             broker("`broker status` (table)", "status"),
+            broker(
+                "`broker __complete credentials get reg` (shell completion: names)",
+                "__complete",
+                "credentials",
+                "get",
+                "reg",
+            ),
             Command(
                 "floor: `import broker.api.v1.broker_pb2` (protobuf + the messages)",
                 [PYTHON, "-I", "-c", "import broker.api.v1.broker_pb2"],
