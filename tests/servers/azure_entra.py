@@ -38,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.servers.tls import private_key_pem, self_signed_builder
+
 STORAGE_RESOURCE = "https://storage.azure.com"
 AKS_RESOURCE = "6dae42f8-4368-4678-94ff-3960e28e3630"
 ARM_RESOURCE = "https://management.azure.com"
@@ -71,28 +73,11 @@ class App:
 
 def make_rsa_cert(common_name: str) -> tuple[str, str, bytes]:
     """(certificate PEM, key PEM, certificate DER) of a self-signed RSA certificate."""
-    import datetime as dt
-
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    cert = self_signed_builder(key.public_key(), common_name).sign(key, hashes.SHA256())
+    key_text = private_key_pem(key)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    return cert_pem, key_pem, cert.public_bytes(serialization.Encoding.DER)
+    return cert_pem, key_text, cert.public_bytes(serialization.Encoding.DER)
 
 
 def _b64url(data: bytes) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Backdate validity so a clock a little behind never sees a "not yet valid" cert.
@@ -25,7 +26,26 @@ _BACKDATE = timedelta(hours=1)
 _VALIDITY = timedelta(days=2)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+def self_signed_builder(
+    key: CertificatePublicKeyTypes, common_name: str
+) -> x509.CertificateBuilder:
+    """A certificate named ``common_name`` issued by itself for ``key``, valid from an hour
+    ago for two days: what a CA or a bare self-signed certificate starts from."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + _VALIDITY)
+    )
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+    """A private key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -73,7 +93,7 @@ class IssuedCert:
 
     @property
     def key_pem(self) -> str:
-        return _key_pem(self.key)
+        return private_key_pem(self.key)
 
     @property
     def cert_der_base64(self) -> str:
@@ -93,16 +113,8 @@ class IssuedCert:
 def make_ca(common_name: str = "broker test CA") -> CertificateAuthority:
     """A fresh self-signed CA, valid for two days."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + _VALIDITY)
+        self_signed_builder(key.public_key(), common_name)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
