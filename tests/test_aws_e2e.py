@@ -36,7 +36,7 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.providers.aws.eks_token import eks_token
 from broker.providers.aws.session import AwsCredentials
 from tests.daemon import Daemon, running_daemon
-from tests.servers.kube_api import KubeApiServer
+from tests.servers.kube_api import KubeApiServer, kubectl_version
 from tests.servers.moto import (
     ACCOUNT,
     REGION,
@@ -442,13 +442,7 @@ def test_eks_kubectl_end_to_end(moto: MotoServer, daemon: Daemon, tmp_path: Path
         )
         assert "k8s-aws-v1." not in kubeconfig.read_text()  # only the exec plugin
 
-        kubectl = subprocess.run(
-            ["kubectl", "--kubeconfig", str(kubeconfig), "get", "--raw", "/version"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**daemon.env, "HOME": str(tmp_path)},
-        )
+        kubectl = kubectl_version(kubeconfig, {**daemon.env, "HOME": str(tmp_path)})
         assert kubectl.returncode == 0, kubectl.stderr + "\n".join(rejected)
         assert json.loads(kubectl.stdout)["gitVersion"].startswith("v1.30")
         assert set(kube.users) == {f"arn:aws:sts::{ACCOUNT}:assumed-role/eks-admin/broker-aws-eks"}
@@ -480,25 +474,13 @@ def test_eks_kubectl_end_to_end(moto: MotoServer, daemon: Daemon, tmp_path: Path
         )
         for bad in ("k8s-aws-v1.bm90IGEgdXJs", stale, fresh.replace("k8s-aws-v1.", "k8s-aws-v2.")):
             path = kube.write_kubeconfig(tmp_path / "bad-kubeconfig", token=bad)
-            refused = subprocess.run(
-                ["kubectl", "--kubeconfig", str(path), "get", "--raw", "/version"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env={**daemon.env, "HOME": str(tmp_path)},
-            )
+            refused = kubectl_version(path, {**daemon.env, "HOME": str(tmp_path)})
             assert refused.returncode != 0
             assert "Unauthorized" in refused.stderr, refused.stderr
         assert any("not recent" in r for r in rejected)
         # The same signer's fresh token is accepted: the refusals above are about the token.
         path = kube.write_kubeconfig(tmp_path / "good-kubeconfig", token=fresh)
-        ok = subprocess.run(
-            ["kubectl", "--kubeconfig", str(path), "get", "--raw", "/version"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**daemon.env, "HOME": str(tmp_path)},
-        )
+        ok = kubectl_version(path, {**daemon.env, "HOME": str(tmp_path)})
         assert ok.returncode == 0, ok.stderr
 
 
