@@ -36,6 +36,9 @@ def names() -> list[str]:
     return ["prod-registry", "prod-aws", "dev-aws"]
 
 
+TYPES = ["aws", "azure", "docker", "gcp", "kubernetes"]
+
+
 @pytest.mark.parametrize(
     ("words", "expected"),
     [
@@ -53,17 +56,22 @@ def names() -> list[str]:
         (["policy", "check", "view", "d"], ["dev-aws"]),  # CONNECTOR, the second argument
         (["env", "revoke", ""], []),  # a grant ID, not a connector
         (["status", "--socket", "/x", "--"], ["--help", "--output", "--socket"]),
+        (["connector", "register", "x", "--type", "d"], ["docker"]),
+        (["connector", "list", "-t", ""], TYPES),
+        (["connector", "describe-type", "g"], ["gcp"]),
+        (["completion", "z"], ["zsh"]),
     ],
 )
 def test_candidates(words: list[str], expected: list[str]) -> None:
-    asked: list[bool] = []
+    asked: list[str] = []
 
-    def listing() -> list[str]:
-        asked.append(True)
-        return names()
+    def ask(what: str) -> list[str]:
+        asked.append(what)
+        return names() if what == "connectors" else TYPES
 
-    assert completion.candidates(words, listing) == expected
-    assert bool(asked) == any(n in expected for n in names())  # the daemon only when needed
+    assert completion.candidates(words, ask) == expected
+    wanted = [w for w in ("connectors", "types") if set(expected) & set(ask(w))]
+    assert asked[: len(wanted)] == wanted  # the daemon only when needed, once
 
 
 def test_scripts_ask_broker_complete() -> None:
@@ -110,6 +118,8 @@ def test_bash_completes_connector_names_from_the_daemon(daemon: Daemon) -> None:
         + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
         + "COMP_WORDS=(broker connector de); COMP_CWORD=2; _broker_completion\n"
         + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        + "COMP_WORDS=(broker connector list --type do); COMP_CWORD=4; _broker_completion\n"
+        + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
     result = subprocess.run(
         ["bash", "--norc", "-c", probe],
@@ -120,7 +130,7 @@ def test_bash_completes_connector_names_from_the_daemon(daemon: Daemon) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["alpha-mirror", "alpha-registry", "delete", "describe",
-                                     "describe-type"]  # fmt: skip
+                                     "describe-type", "docker"]  # fmt: skip
 
 
 def test_completing_names_is_fast_and_light(daemon: Daemon) -> None:

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-#: Arguments and options whose values are connector names.
-CONNECTOR_ARGS = frozenset({"name", "connector", "--name"})
+#: Arguments and options whose values the daemon knows: connector names or types.
+ASKED = {
+    "name": "connectors",
+    "connector": "connectors",
+    "--name": "connectors",
+    "connector_type": "types",
+    "--type": "types",
+    "-t": "types",
+    "--connector-type": "types",
+}
 #: The bound on the daemon's answer: a completion must not hang a shell.
 TIMEOUT = 2.0
 
@@ -89,9 +97,10 @@ Node = tuple[tuple[str, ...], dict[str, tuple[str, ...] | None], tuple[str, ...]
 # -- answering --------------------------------------------------------------------------
 
 
-def candidates(words: Sequence[str], names: Any) -> list[str]:
-    """What may follow ``words[:-1]`` and start with ``words[-1]``; ``names()`` gives the
-    connector names (asked only when one is wanted)."""
+def candidates(words: Sequence[str], ask: Callable[[str], list[str]]) -> list[str]:
+    """What may follow ``words[:-1]`` and start with ``words[-1]``; ``ask("connectors")``
+    / ``ask("types")`` gives the daemon's connector names / types (asked only when
+    wanted)."""
     from broker.cli.cli_tree import TREE
 
     *before, current = words or [""]
@@ -110,16 +119,17 @@ def candidates(words: Sequence[str], names: Any) -> list[str]:
         else:
             position += 1
     subcommands, options, arguments = TREE[" ".join(path)]
+    argument = arguments[position] if position < len(arguments) else None
     if pending is not None:
-        wanted = list(options[pending] or ())
-        if pending in CONNECTOR_ARGS:
-            wanted = names()
+        wanted = ask(ASKED[pending]) if pending in ASKED else list(options[pending] or ())
     elif current.startswith("-"):
         wanted = list(options)
     elif subcommands:
         wanted = list(subcommands)
-    elif position < len(arguments) and arguments[position] in CONNECTOR_ARGS:
-        wanted = names()
+    elif argument == "shell":
+        wanted = [str(shell) for shell in Shell]
+    elif argument in ASKED:
+        wanted = ask(ASKED[argument])
     else:
         wanted = []
     return [w for w in wanted if w.startswith(current)]
@@ -137,9 +147,9 @@ def _socket(words: Sequence[str]) -> Path | None:
     return None
 
 
-def connector_names(socket: Path | None) -> list[str]:
-    """The daemon's connector names (those the caller may view), [] when it does not
-    answer: over broker.cli.wire, bounded by :data:`TIMEOUT`."""
+def from_daemon(socket: Path | None, what: str) -> list[str]:
+    """The daemon's connector names (those the caller may view) or connector types, []
+    when it does not answer: over broker.cli.wire, bounded by :data:`TIMEOUT`."""
     import os
 
     from broker.api.v1 import broker_pb2 as pb
@@ -151,6 +161,9 @@ def connector_names(socket: Path | None) -> list[str]:
     try:
         with wire.connection(socket) as conn:
             stub = wire.Stub(conn, pb.DESCRIPTOR.services_by_name["BrokerService"], pb)
+            if what == "types":
+                reply = stub.ListConnectorTypes(pb.ListConnectorTypesRequest(), timeout=TIMEOUT)
+                return sorted(t.connector_type for t in reply.connector_types)
             while True:
                 reply = stub.ListConnectors(request, timeout=TIMEOUT)
                 names.extend(c.name for c in reply.connectors)
@@ -163,5 +176,5 @@ def connector_names(socket: Path | None) -> list[str]:
 
 def run(words: Sequence[str]) -> None:
     """``broker __complete WORD...``: one candidate a line."""
-    for word in candidates(words, lambda: connector_names(_socket(words))):
+    for word in candidates(words, lambda what: from_daemon(_socket(words), what)):
         sys.stdout.write(word + "\n")
