@@ -49,6 +49,8 @@ FIRST_LIFETIME = float(os.environ.get("BENCH_FIRST_LIFETIME", "240"))
 LIFETIME = float(os.environ.get("BENCH_LIFETIME", "60"))
 CLIENT_PROCESSES = int(os.environ.get("BENCH_CLIENT_PROCESSES", "2"))
 P99_GOAL_MS = 500.0
+#: The floor's relay: "loop" (the daemon's) or "none" (gRPC on the socket itself).
+FLOOR_RELAY = os.environ.get("BENCH_FLOOR_RELAY", "loop")
 #: After the last renewal, time for every stream to get it before the clients report.
 SETTLE = float(os.environ.get("BENCH_SETTLE", "15"))
 #: Channel options for many streams on one connection (README "Many watch streams").
@@ -182,7 +184,7 @@ def run_echo(connections: int) -> dict[str, Any]:
     answer.issued_at.GetCurrentTime()
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "echo.sock"
-        with EchoServer(sock, answer.SerializeToString(), relay="loop") as (target, pid):
+        with EchoServer(sock, answer.SerializeToString(), relay=FLOOR_RELAY) as (target, pid):
             rss_before = rss_kib(pid)
             started = time.time()
             clients = _start_clients(target, connections)
@@ -317,7 +319,7 @@ def main() -> None:
         cpu_us = r.get("cpu_us_per_event", float("nan"))
         rows.append(
             [
-                ("floor: bare grpc.aio, " if floor else "daemon, ")
+                (f"floor: bare grpc.aio (relay {FLOOR_RELAY}), " if floor else "daemon, ")
                 + f"{connections} connection{'s' if connections > 1 else ''}",
                 f"{r['open_s']:.1f} s",
                 f"{r['p50']:.0f} ms",

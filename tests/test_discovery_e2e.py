@@ -286,6 +286,35 @@ def test_cache_refresh_and_update(
     assert {c.connector for c in upstream.calls[-2:]} == {"ca-1"}
 
 
+def test_a_failed_listing_is_reused_briefly_with_its_age_and_refresh_asks_again(
+    daemon: Daemon, upstream: SlowUpstream, stub: pb_grpc.BrokerServiceStub
+) -> None:
+    """Through the CLI: a failing connector is asked once, the next listing (within the
+    daemon's 10 s failure TTL) shows the failure with its age, --refresh asks again."""
+    register(stub, "neg-ok", upstream.url, label="neg", resource_type="slow-resource")
+    register(stub, "neg-bad", upstream.url, label="neg", resource_type="slow-resource")
+    upstream.failures["neg-bad"] = 503
+
+    def cli_listing(*extra: str) -> tuple[int, dict[str, str | None]]:
+        before = upstream.count(connector="neg-bad")
+        out = daemon.cli("connector", "list-resources", "-l", "t=neg", "-o", "json", *extra,
+                         check=False)  # fmt: skip
+        errors = {r["connector"]: r["error"] for r in json.loads(out.stdout)}
+        return upstream.count(connector="neg-bad") - before, errors
+
+    asked, errors = cli_listing()
+    assert asked == 1 and errors["neg-ok"] is None
+    cause = errors["neg-bad"]
+    assert cause and "ago" not in cause
+    asked, errors = cli_listing()
+    assert asked == 0
+    assert re.fullmatch(
+        re.escape(cause) + r" \(failed \d+s ago, kept for 10s; --refresh asks again\)",
+        errors["neg-bad"] or "",
+    ), errors
+    assert cli_listing("--refresh") == (1, {"neg-ok": None, "neg-bad": cause})
+
+
 def test_a_client_deadline_cancels_the_fan_out_in_the_daemon(
     daemon: Daemon, upstream: SlowUpstream, stub: pb_grpc.BrokerServiceStub
 ) -> None:
