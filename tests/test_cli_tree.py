@@ -255,6 +255,7 @@ def test_help_is_man_quality() -> None:
         for param in command.params:
             if param.param_type_name == "option":
                 assert param.help, (path, param.opts)
+            assert "_" not in (param.metavar or ""), (path, param.opts, param.metavar)
         ctx = command.make_context(" ".join(["broker", *path]), [], resilient_parsing=True)
         text = command.get_help(ctx)
         examples = text.split("Examples:\n", 1)[1:]

@@ -71,6 +71,13 @@ METAVARS = {
     "--tls-key": "PATH",
     "--tls-client-ca": "PATH",
     "--selector": "SELECTOR",
+    "--stop-signal": "SIGNAL",
+    "--log-level": "LEVEL",
+    "--log-format": "FORMAT",
+    "--expected-revision": "REVISION",
+    "--bind-uid": "UID",
+    "--cert-id": "ID",
+    "--description": "TEXT",
 }
 
 #: Placeholders for positional arguments, by parameter name.
