@@ -22,11 +22,10 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import aiohttp
-import anyio
 
-from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
+from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
-from broker.providers import credentials
+from broker.providers import credentials, fanout
 from broker.providers.azure import arm, autoconfig, blob, entra, ids
 from broker.providers.azure.settings import AKS_SCOPE, STORAGE_SCOPE, AzureSettings
 from broker.providers.azure.spec import (
@@ -202,27 +201,14 @@ class AzureProvider(Provider):
     async def _containers(
         self, settings: AzureSettings, accounts: list[str], token: entra.AccessToken
     ) -> list[str]:
-        """Every container of ``accounts``, a few accounts at a time; the first error wins
-        (collected: a task group would wrap it in an exception group)."""
-        found: list[str] = []
-        errors: list[BrokerError] = []
-        limiter = anyio.Semaphore(ACCOUNT_CONCURRENCY)
+        """Every container of ``accounts``, a few accounts at a time; the first error wins."""
         session, timeout = self._http(settings), self.context.request_timeout
 
-        async def one(account: str) -> None:
-            async with limiter:
-                url = settings.endpoints.blob_url(account)
-                try:
-                    found.extend(await blob.list_containers(url, account, token, session, timeout))
-                except BrokerError as exc:
-                    errors.append(exc)
+        async def one(account: str) -> list[str]:
+            url = settings.endpoints.blob_url(account)
+            return await blob.list_containers(url, account, token, session, timeout)
 
-        async with anyio.create_task_group() as group:
-            for account in accounts:
-                group.start_soon(one, account)
-        if errors:
-            raise errors[0]
-        return sorted(found)
+        return sorted(await fanout.gather_bounded(accounts, one, ACCOUNT_CONCURRENCY))
 
     async def mint(
         self, connector: Connector, resource_type: str, resource_id: str

@@ -18,10 +18,9 @@ import binascii
 from collections import Counter
 from typing import Any
 
-import anyio
-
 from broker.attributes import normalize_pem
 from broker.errors import BrokerError, InvalidArgument, NotFound, UpstreamError
+from broker.providers import fanout
 from broker.providers.gcp.api import Endpoints, GoogleApi
 from broker.providers.gcp.ids import AR_SUFFIX, GCR_HOSTS, ClusterRef, RegistryRef
 
@@ -129,21 +128,11 @@ async def list_registries(api: GoogleApi, urls: Endpoints, project: str) -> list
         if isinstance(loc.get("locationId"), str)
     ]
     found: set[str] = {f"{host}/{project}" for host in GCR_HOSTS}
-    errors: list[BrokerError] = []
-    limiter = anyio.Semaphore(LOCATION_CONCURRENCY)
 
-    async def one(location: str) -> None:
-        async with limiter:
-            try:
-                found.update(await _location_repositories(api, urls, project, location))
-            except BrokerError as exc:  # collected: a task group would wrap it in a group
-                errors.append(exc)
+    async def one(location: str) -> list[str]:
+        return await _location_repositories(api, urls, project, location)
 
-    async with anyio.create_task_group() as group:
-        for location in locations:
-            group.start_soon(one, location)
-    if errors:
-        raise errors[0]
+    found.update(await fanout.gather_bounded(locations, one, LOCATION_CONCURRENCY))
     return sorted(found)
 
 
