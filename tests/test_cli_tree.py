@@ -227,7 +227,7 @@ def test_ctrl_c_in_watch_exits_130(daemon: Daemon) -> None:
     ) as proc:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
-        assert first["event"] == "issued" and first["received_at"].endswith("Z")
+        assert set(first) == {"event", "credential", "error"} and first["event"] == "issued"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 130, proc.communicate()
 

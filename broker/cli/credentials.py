@@ -89,7 +89,7 @@ def watch(
 
     A table prints a line per event: when it arrived (UTC), the event, the resource and
     when its credential expires; json prints one JSON object a line, yaml one document
-    per event (with "received_at").
+    per event.
     """
     with connect(socket) as stub:
         stream = stub.WatchCredentials(
@@ -106,19 +106,18 @@ def watch(
 
 
 def _print_event(event: pb.CredentialEvent, output: Output) -> None:
+    """One event: a JSON line or a YAML document (the stable shape, as documented), or a
+    table line that starts with when it arrived."""
     kind = _KINDS.get(event.kind, "error")
     cred = render.credential_json(event.credential) if event.HasField("credential") else None
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data = {"event": kind, "credential": cred, "error": event.error or None}
     if output is Output.json:
-        line = {"event": kind, "credential": cred, "error": event.error or None}
-        sys.stdout.write(json.dumps({**line, "received_at": now}) + "\n")
+        sys.stdout.write(json.dumps(data) + "\n")
     elif output is Output.yaml:
         sys.stdout.write("---\n")
-        render.print_data(
-            output,
-            {"event": kind, "received_at": now, "credential": cred, "error": event.error or None},
-        )
+        render.print_data(output, data)
     else:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         shown = event.credential if event.HasField("credential") else None
         sys.stdout.write(watch_line(now, kind, shown, event.error) + "\n")
     sys.stdout.flush()
