@@ -133,6 +133,18 @@ class Daemon:
     def cli_json(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
         return json.loads(self.cli(*args, "--output", "json", env=env).stdout)
 
+    def docker_helper_get(self, server_url: str) -> subprocess.CompletedProcess[str]:
+        """``docker-credential-broker get`` for ``server_url``, as docker runs it against
+        this daemon's helper socket."""
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "docker-credential-broker"), "get"],
+            input=server_url,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**self.env, "BROKER_HELPER_SOCKET": str(self.data_dir / "helper.sock")},
+        )
+
     @contextmanager
     def stub(self) -> Iterator[pb_grpc.BrokerServiceStub]:
         with grpc.insecure_channel(f"unix://{self.socket}") as channel:

@@ -195,17 +195,7 @@ def test_register_verify_list_get_kubectl_and_docker_helper(
     assert refused_kube.returncode != 0 and "Unauthorized" in refused_kube.stderr
 
     # docker: the helper serves *.azurecr.io from the azure connector.
-    def helper(server_url: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "docker-credential-broker"), "get"],
-            input=server_url,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**daemon.env, "BROKER_HELPER_SOCKET": str(daemon.data_dir / "helper.sock")},
-        )
-
-    got = helper("https://brokeracr.azurecr.io")
+    got = daemon.docker_helper_get("https://brokeracr.azurecr.io")
     assert got.returncode == 0, got.stdout + got.stderr
     answer = json.loads(got.stdout)
     assert answer["Username"] == ACR_USER
@@ -229,7 +219,7 @@ def test_register_verify_list_get_kubectl_and_docker_helper(
         env={**daemon.env, "BROKER_HELPER_SOCKET": str(daemon.data_dir / "helper.sock")},
     )
     assert json.loads(listed_hosts.stdout)[ACR_HOST] == ACR_USER
-    unknown = helper("otheracr.azurecr.cn")
+    unknown = daemon.docker_helper_get("otheracr.azurecr.cn")
     assert unknown.returncode == 1
     assert str(stand_in.entra.apps) not in daemon.log()
     for app in stand_in.entra.apps.values():

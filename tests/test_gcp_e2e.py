@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -77,10 +76,6 @@ def _stamp(text: str | None) -> datetime:
 def _key_body(key: ServiceAccountKey) -> str:
     """A line from the middle of the private key: must never show up in output or logs."""
     return key.private_key_pem.splitlines()[5]
-
-
-def _helper_env(daemon: Daemon) -> dict[str, str]:
-    return {**daemon.env, "BROKER_HELPER_SOCKET": str(daemon.data_dir / "helper.sock")}
 
 
 def test_service_account_end_to_end(
@@ -201,26 +196,16 @@ def test_service_account_end_to_end(
         "us-central1-docker.pkg.dev": "broker",
     }
 
-    def helper(server_url: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "docker-credential-broker"), "get"],
-            input=server_url,
-            capture_output=True,
-            text=True,
-            env=_helper_env(daemon),
-            timeout=30,
-        )
-
     for server_url in ("https://gcr.io", "eu.gcr.io", "us-central1-docker.pkg.dev"):
-        got = helper(server_url)
+        got = daemon.docker_helper_get(server_url)
         assert got.returncode == 0, server_url + got.stdout + got.stderr
         answer = json.loads(got.stdout)
         assert answer["Username"] == "oauth2accesstoken"
         assert google.validate_token(answer["Secret"]) == key.email
-    unknown = helper("europe-west1-docker.pkg.dev")
+    unknown = daemon.docker_helper_get("europe-west1-docker.pkg.dev")
     assert unknown.returncode == 1
     assert unknown.stdout.strip() == "credentials not found in native keychain"
-    answer = json.loads(helper("gcr.io").stdout)
+    answer = json.loads(daemon.docker_helper_get("gcr.io").stdout)
     # gcr.io cannot resolve here: a local registry configured with the live token stands in.
     (tmp_path / "reg").mkdir()
     with start_registry(tmp_path / "reg", users={"oauth2accesstoken": answer["Secret"]}) as reg:
