@@ -194,7 +194,7 @@ async def test_unsubscribe_and_close_keep_counts_right() -> None:
 def test_past_watch_max_streams_a_stream_is_refused_naming_the_setting() -> None:
     from structlog.testing import capture_logs
 
-    from broker.streams.flow import StreamRefused, WatchLimits, WatchStreams
+    from broker.rpc.watch_flow import StreamRefused, WatchLimits, WatchStreams
 
     streams = WatchStreams(WatchLimits(max_streams=2))
     streams.admit("p1")
@@ -212,7 +212,7 @@ def test_past_watch_max_streams_a_stream_is_refused_naming_the_setting() -> None
 
 @pytest.mark.anyio
 async def test_a_write_left_unread_past_the_stall_timeout_ends_the_stream() -> None:
-    from broker.streams.flow import StreamRefused, WatchLimits, WatchStreams
+    from broker.rpc.watch_flow import StreamRefused, WatchLimits, WatchStreams
 
     streams = WatchStreams(WatchLimits(stall_timeout=0.01))
     sent: list[str] = []

@@ -24,9 +24,9 @@ from broker.rpc.acceptor import PeerAcceptor
 from broker.rpc.callers import Callers
 from broker.rpc.reflection import enable_server_reflection
 from broker.rpc.servicer import BrokerServicer
+from broker.rpc.watch_flow import WatchLimits, WatchStreams
 from broker.service import BrokerService
 from broker.sockets import listen_unix
-from broker.streams.flow import WatchLimits, WatchStreams
 
 if TYPE_CHECKING:
     from broker.identity.attestors.attestation import Attestation

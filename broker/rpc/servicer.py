@@ -34,8 +34,8 @@ from broker.policy import Action, Target, validate_selector
 from broker.rpc import convert, limits
 from broker.rpc.callers import Callers
 from broker.rpc.status import DAEMON_ERROR, status_for
+from broker.rpc.watch_flow import StreamRefused, WatchStreams
 from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
-from broker.streams.flow import StreamRefused, WatchStreams
 
 log = structlog.get_logger(__name__)
 
