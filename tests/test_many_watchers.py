@@ -256,3 +256,38 @@ def test_a_stalled_reader_never_holds_the_others_and_is_dropped_after_its_timeou
     ]
     assert '"limit": "watch_stall_timeout_seconds"' in log
     assert drop_after < 5  # 1 s after the renewal, give or take a loaded machine
+
+
+async def _three_watches(target: str) -> tuple[int, str]:
+    async with grpc.aio.insecure_channel(target, options=MANY_STREAMS) as channel:
+        stub = pb_grpc.BrokerServiceStub(channel)
+        calls = [
+            stub.WatchCredentials(pb.WatchCredentialsRequest(connector="reg")) for _ in range(2)
+        ]
+        for call in calls:  # both hold their credential: both streams are open
+            assert (await call.read()).kind == pb.CredentialEvent.ISSUED
+        third = stub.WatchCredentials(pb.WatchCredentialsRequest(connector="reg"))
+        try:
+            await third.read()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().value[0], exc.details() or ""
+        finally:
+            for call in calls:
+                call.cancel()
+    return 0, "not refused"
+
+
+def test_past_watch_max_streams_a_watch_gets_resource_exhausted_naming_it(tmp_path: Path) -> None:
+    env = {"BROKER_WATCH_MAX_STREAMS": "2"}
+    with running_daemon(tmp_path / "data", "--log-level", "warning", env=env) as daemon:
+        daemon.cli(
+            "connector", "register", "reg", "--type", "docker",
+            "username=u", "password=p", "registry=registry.test:5000", "--no-verify",
+        )  # fmt: skip
+        code, details = asyncio.run(_three_watches(f"unix://{daemon.socket}"))
+        log = daemon.log()
+    assert (code, details) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        "too many watch streams: 2 open, watch_max_streams is 2; close some or raise the setting",
+    )
+    assert '"event": "watch_refused"' in log and '"limit": "watch_max_streams"' in log
