@@ -197,16 +197,16 @@ def test_past_watch_max_streams_a_stream_is_refused_naming_the_setting() -> None
     from broker.rpc.watch_flow import StreamRefused, WatchLimits, WatchStreams
 
     streams = WatchStreams(WatchLimits(max_streams=2))
-    streams.admit("p1")
-    streams.admit("p2")
+    streams.admit(lambda: "p1")
+    streams.admit(lambda: "p2")
     with capture_logs() as logs, pytest.raises(StreamRefused) as refused:
-        streams.admit("p3")
+        streams.admit(lambda: "p3")
     assert refused.value.message == (
         "too many watch streams: 2 open, watch_max_streams is 2; close some or raise the setting"
     )
     assert [(e["event"], e["limit"]) for e in logs] == [("watch_refused", "watch_max_streams")]
     streams.release()
-    streams.admit("p3")  # a closed stream makes room
+    streams.admit(lambda: "p3")  # a closed stream makes room
     assert streams.open == 2
 
 
@@ -223,7 +223,7 @@ async def test_a_write_left_unread_past_the_stall_timeout_ends_the_stream() -> N
     async def never_read(message: str) -> None:
         await anyio.Event().wait()  # the client's window stays full
 
-    await streams.send(taken, "renewed", "peer")
+    await streams.send(taken, "renewed", lambda: "peer")
     with pytest.raises(StreamRefused, match=r"read nothing for 0\.01s \(watch_stall_timeout"):
-        await streams.send(never_read, "renewed again", "peer")
+        await streams.send(never_read, "renewed again", lambda: "peer")
     assert (sent, streams.stalled) == (["renewed"], 1)

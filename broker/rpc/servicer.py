@@ -306,7 +306,11 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
 
     @_guard
     async def WatchCredentials(self, request: pb.WatchCredentialsRequest, context: Ctx) -> None:
-        watches, peer = self.watches, context.peer()
+        watches = self.watches
+
+        def peer() -> str:  # for a log line only
+            return str(context.peer())
+
         try:
             watches.admit(peer)
         except StreamRefused as exc:
@@ -319,7 +323,11 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             watches.release()
 
     async def _watch(
-        self, request: pb.WatchCredentialsRequest, context: Ctx, watches: WatchStreams, peer: str
+        self,
+        request: pb.WatchCredentialsRequest,
+        context: Ctx,
+        watches: WatchStreams,
+        peer: Callable[[], str],
     ) -> None:
         events = self._service.watch_credentials(
             request.connector,
@@ -339,7 +347,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
         events: AsyncIterator[IssuedEvent],
         context: Ctx,
         watches: WatchStreams,
-        peer: str,
+        peer: Callable[[], str],
     ) -> None:
         while True:
             try:

@@ -66,15 +66,16 @@ class WatchStreams:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._interval = max(min(self.limits.stall_timeout / 4, 1.0), 0.001)
 
-    def admit(self, peer: str) -> None:
-        """Count one more stream, or refuse it if ``max_streams`` are open already."""
+    def admit(self, peer: Callable[[], str]) -> None:
+        """Count one more stream, or refuse it if ``max_streams`` are open already
+        (``peer``: who, for the log line, asked only then)."""
         if self.open >= self.limits.max_streams:
             message = (
                 f"too many watch streams: {self.open} open, watch_max_streams is "
                 f"{self.limits.max_streams}; close some or raise the setting"
             )
             _refusals.warning(
-                "watch_refused", key="watch_max_streams", limit="watch_max_streams", peer=peer
+                "watch_refused", key="watch_max_streams", limit="watch_max_streams", peer=peer()
             )
             raise StreamRefused(message)
         self.open += 1
@@ -82,7 +83,9 @@ class WatchStreams:
     def release(self) -> None:
         self.open -= 1
 
-    async def send(self, write: Callable[[M], Awaitable[None]], message: M, peer: str) -> None:
+    async def send(
+        self, write: Callable[[M], Awaitable[None]], message: M, peer: Callable[[], str]
+    ) -> None:
         """``write(message)``, unless the client leaves it unread for ``stall_timeout``:
         then :class:`StreamRefused` (the caller ends the stream with it)."""
         timeout = self.limits.stall_timeout
@@ -104,7 +107,7 @@ class WatchStreams:
                 "watch_stalled",
                 key="watch_stall_timeout_seconds",
                 limit="watch_stall_timeout_seconds",
-                peer=peer,
+                peer=peer(),
             )
             raise StreamRefused(
                 f"watch stream dropped: the client read nothing for {timeout:g}s "
