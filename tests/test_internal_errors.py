@@ -40,6 +40,9 @@ class FakeContext:
         self.written: list[Any] = []
 
     async def write(self, message: Any) -> None:
+        # Watch events may come encoded already (one encoding for every stream of a key).
+        if isinstance(message, bytes):
+            message = pb.CredentialEvent.FromString(message)
         self.written.append(message)
 
     async def abort(self, code: grpc.StatusCode, details: str, trailers: Any = ()) -> None:
