@@ -95,10 +95,9 @@ def test_the_limit_is_set_on_the_server(name: str) -> None:
 
 # -- many streams on ONE connection, a forced renewal, a stalled reader ----------------------
 
-#: The first credential's lifetime: its renewal comes ~1/6 of it later (the margin takes 3/4
-#: of a declared lifetime, the renew point ~1/3 of the rest before it). Later ones last an hour.
-FIRST_LIFETIME_ONE_CHANNEL = 42.0
-FIRST_LIFETIME_STALL = 12.0
+#: Credentials live an hour: the renewal is forced (RotateCredentials) once every stream
+#: holds its first one, so no stream can open after it.
+LIFETIME = 3600.0
 #: Many-streams options for a client (README "Many watch streams on one connection").
 MANY_STREAMS = [("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_time_ms", 30_000)]
 #: A client whose HTTP/2 window only opens when it reads: a write to a stream it stopped
@@ -106,26 +105,14 @@ MANY_STREAMS = [("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_time_
 READ_PACED = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1)]
 
 
-class Lifetimes:
-    """The upstream's lifetimes: the first mint short (a renewal soon), the rest an hour."""
-
-    def __init__(self, first: float) -> None:
-        self.first = first
-        self.minted = 0
-
-    def __call__(self, _resource: str) -> float:
-        self.minted += 1
-        return self.first if self.minted == 1 else 3600.0
-
-
 @contextmanager
-def _fake_daemon(tmp_path: Path, first: float, **settings: str) -> Iterator[tuple[Daemon, Any]]:
+def _fake_daemon(tmp_path: Path, **settings: str) -> Iterator[tuple[Daemon, Any]]:
     from bench.fakeprovider import plugin_env
     from bench.fakeprovider.upstream import FakeUpstream
 
     env = {**plugin_env(), **{f"BROKER_{k.upper()}": v for k, v in settings.items()}}
     with (
-        FakeUpstream(lifetime=Lifetimes(first)) as upstream,
+        FakeUpstream(lifetime=LIFETIME) as upstream,
         running_daemon(tmp_path / "data", "--log-level", "warning", env=env) as daemon,
     ):
         daemon.cli(
@@ -164,6 +151,10 @@ class Watchers:
         except grpc.aio.AioRpcError as exc:
             self.errors[exc.code().name] = self.errors.get(exc.code().name, 0) + 1
 
+    async def renew(self) -> None:
+        """Force the renewal every stream should get (a rotation, as an admin would)."""
+        await self.stub.RotateCredentials(pb.RotateCredentialsRequest(connector="fake"))
+
     async def until(self, kind: str, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self._count(kind, 1) < count and time.monotonic() < deadline:
@@ -176,6 +167,7 @@ async def _one_channel(target: str, n: int) -> Watchers:
         tasks = [asyncio.create_task(watchers.run(i)) for i in range(n)]  # all at once
         try:
             await watchers.until("issued", n, 30)
+            await watchers.renew()
             await watchers.until("renewed", n, 30)
         finally:
             for task in tasks:
@@ -193,7 +185,7 @@ def test_thousands_of_streams_on_one_channel_all_get_issued_and_the_renewal(
     """2,000 streams opened at once on ONE connection, through the daemon's own socket and
     relay: none cancelled, all get ``issued`` and then the forced renewal (gRPC's default
     pending-call limits cancelled 746 of them here)."""
-    with _fake_daemon(tmp_path, FIRST_LIFETIME_ONE_CHANNEL) as (daemon, upstream):
+    with _fake_daemon(tmp_path) as (daemon, upstream):
         watchers = asyncio.run(_one_channel(f"unix://{daemon.socket}", ONE_CHANNEL))
         assert upstream.mints["r1"] == 2  # one issued, one renewal: shared by every stream
     assert watchers.errors == {}
@@ -211,6 +203,7 @@ async def _with_a_stalled_reader(daemon: Daemon, n: int) -> tuple[Watchers, floa
         tasks.append(asyncio.create_task(watchers.run(n - 1, stop_after=1)))  # the stalled one
         try:
             await watchers.until("issued", n, 20)
+            await watchers.renew()
             await watchers.until("renewed", n - 1, 20)
             renewed_by = time.time()
             # The daemon ends its side once the renewal waited 1 s for the stalled reader.
@@ -242,7 +235,7 @@ def test_a_stalled_reader_never_holds_the_others_and_is_dropped_after_its_timeou
 ) -> None:
     n = 100
     settings = {"watch_stall_timeout_seconds": "1"}
-    with _fake_daemon(tmp_path, FIRST_LIFETIME_STALL, **settings) as (daemon, _upstream):
+    with _fake_daemon(tmp_path, **settings) as (daemon, _upstream):
         watchers, drop_after, late = asyncio.run(_with_a_stalled_reader(daemon, n))
         log = daemon.log()
     renewals = [t for got in watchers.events[:-1] for k, _, t in got if k == "renewed"]
