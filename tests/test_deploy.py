@@ -179,6 +179,65 @@ def test_sidecar_jobs_aws_config_asks_the_broker() -> None:
     assert (BIN / argv[0]).exists()  # a console script this package installs
 
 
+def _config_map(manifest: str, name: str) -> dict[str, Any]:
+    return next(
+        d for d in documents(manifest) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name
+    )
+
+
+def test_sidecar_policy_lets_the_job_get_its_bucket_and_nothing_more(tmp_path: Path) -> None:
+    spec = pod_spec(by_kind("sidecar-job.yaml", "Job"))
+    broker, job = containers(spec)["broker"], containers(spec)["backup"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    # The daemon reads the ConfigMap's broker.toml: --config names the mounted file.
+    args = broker["args"]
+    config_path = Path(args[args.index("--config") + 1])
+    volume = volumes[mounts(broker)[str(config_path.parent)]]
+    data = _config_map("sidecar-job.yaml", volume["configMap"]["name"])["data"]
+    (tmp_path / "broker.toml").write_text(data[config_path.name])
+    assert mounts(broker)[str(config_path.parent)] not in mounts(job).values()
+    settings = load_settings(tmp_path / "broker.toml", env={})
+    policy = build_policy(BROKER_GID, settings.policy_rules, attesting=False)
+    assert len(settings.policy_rules) == 1  # the job's rule; the rest is built in
+
+    # What the job asks for: its credential_process's connector and resource.
+    aws = by_kind("sidecar-job.yaml", "ConfigMap")["data"]["config"]
+    process = next(
+        shlex.split(line.split("=", 1)[1])
+        for line in aws.splitlines()
+        if "credential_process" in line
+    )
+    connector = process[1]
+    rtype = process[process.index("--resource-type") + 1]
+    rid = process[process.index("--resource-id") + 1]
+    assert (connector, rtype, rid) == ("backup-s3", "s3-bucket", "s3://example-backups")
+    # The job's uid in the pod's groups (fsGroup is a supplementary group of each container).
+    job_uid = job["securityContext"]["runAsUser"]
+    caller = unix_principal(job_uid, job_uid, 4242, frozenset({BROKER_GID}), via="helper socket")
+    assert policy.roles(caller) == ["consumer"]
+
+    def allowed(who: Principal, action: Action, target: Target) -> bool:
+        return policy.decide(who, action, target).allowed
+
+    for action in (Action.GET, Action.WATCH, Action.VERIFY, Action.LIST_RESOURCES):
+        assert allowed(caller, action, Target(connector, {}, rtype, rid)), action
+    # Not another bucket, resource type or connector.
+    assert not allowed(caller, Action.GET, Target(connector, {}, rtype, "s3://example-other"))
+    assert not allowed(caller, Action.GET, Target(connector, {}, "iam-role", rid))
+    assert not allowed(caller, Action.GET, Target("other-aws", {}, rtype, rid))
+    # Never an admin's: register / delete, secrets, the stored key itself, the daemon.
+    for action in (Action.MANAGE, Action.SHOW_SECRETS, Action.GET_LONG_LIVED):
+        assert not allowed(caller, action, Target(connector)), action
+    assert not allowed(caller, Action.GET_LONG_LIVED, Target(connector, {}, rtype, rid))
+    assert not allowed(caller, Action.ADMIN, Target())
+    # Another uid in the same group gets nothing; the broker's own uid administers it.
+    other = unix_principal(job_uid + 1, job_uid + 1, 4243, frozenset({BROKER_GID}))
+    assert policy.roles(other) == []
+    assert not allowed(other, Action.GET, Target(connector, {}, rtype, rid))
+    own = unix_principal(BROKER_GID, BROKER_GID, 1)
+    assert allowed(own, Action.MANAGE, Target(connector))
+
+
 # -- the per-node DaemonSet --------------------------------------------------------------
 
 
