@@ -106,7 +106,21 @@ REGISTER_CASES = [
         CODE.INVALID_ARGUMENT,
         "resource type 's3-bucket'",
     ),
-    ("id without type", _register(resource_id="r.example"), CODE.INVALID_ARGUMENT, "resource_id"),
+    (
+        "id without type, several types",
+        _register(
+            connector_type="aws",
+            auth_method="secret-key",
+            config={
+                "aws_access_key_id": "AKIAEXAMPLEEXAMPLE12",
+                "aws_secret_access_key": PW,
+                "region": "eu-west-1",
+            },
+            resource_id="s3://bucket",
+        ),
+        CODE.INVALID_ARGUMENT,
+        "resource_id",
+    ),
     (
         "malformed registry",
         _register(config={"username": "u", "password": "p", "registry": "a b"}),
