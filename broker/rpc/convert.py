@@ -11,6 +11,13 @@ from broker.api.v1 import broker_pb2 as pb
 from broker.attributes import render_value
 from broker.errors import InvalidArgument
 from broker.grants import Grant
+from broker.identity.principal import (
+    Principal,
+    cert_principal,
+    local_user,
+    selector_principal,
+    with_selectors,
+)
 from broker.model import (
     HIDDEN,
     AuthMethodSpec,
@@ -21,7 +28,7 @@ from broker.model import (
     Value,
 )
 from broker.outputs.manager import OutputState
-from broker.policy import ROLES, AccessPolicy, Action
+from broker.policy import ROLES, AccessPolicy, Action, validate_selector
 
 
 def ts(value: datetime | None) -> Timestamp | None:
@@ -238,3 +245,23 @@ def output(state: OutputState) -> pb.Output:
         on_change=spec.on_change[0] if spec.on_change else "",
         signal=spec.signal.name if spec.signal is not None else "",
     )
+
+
+def policy_subject(request: pb.CheckPolicyRequest) -> Principal:
+    """Whom a CheckPolicy request asks about: a uid, user or certificate, plus selectors."""
+    given = [request.HasField("uid"), bool(request.user), bool(request.cert_id)]
+    extra = frozenset(validate_selector(s, "selectors") for s in request.selectors)
+    if sum(given) > 1 or (sum(given) == 0 and not extra):
+        raise InvalidArgument("give one of uid, user or cert_id, and/or selectors", field="uid")
+    if sum(given) == 0:
+        return selector_principal(extra)
+    if request.cert_id:
+        return with_selectors(cert_principal(request.cert_id), extra)
+    try:
+        if request.user:
+            return with_selectors(local_user(name=request.user), extra)
+        return with_selectors(local_user(uid=request.uid), extra)
+    except LookupError as exc:
+        raise InvalidArgument(str(exc), field="user" if request.user else "uid") from None
+    except ValueError:  # a NUL in the name: no such user can exist
+        raise InvalidArgument(f"no local user {request.user!r}", field="user") from None

@@ -22,18 +22,12 @@ from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from broker.connectors import ConnectorDraft, scope_of, served_types
 from broker.errors import BrokerError, FailedPrecondition, InvalidArgument, NotFound
 from broker.grants import SdkGrants
-from broker.identity.principal import (
-    Principal,
-    cert_principal,
-    local_user,
-    selector_principal,
-    with_selectors,
-)
 from broker.model import Connector, ConnectorFilter
-from broker.policy import Action, Target, validate_selector
+from broker.policy import Action, Target
 from broker.rpc import convert, limits
 from broker.rpc.callers import Callers
 from broker.rpc.status import DAEMON_ERROR, status_for
+from broker.rpc.watch_events import EncodedEvents
 from broker.rpc.watch_flow import StreamRefused, WatchStreams
 from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
 
@@ -42,14 +36,6 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Any, Ctx], Awaitable[T]]
-
-_EVENT_KINDS = {
-    "issued": pb.CredentialEvent.ISSUED,
-    "renewed": pb.CredentialEvent.RENEWED,
-    "updated": pb.CredentialEvent.UPDATED,
-    "deleted": pb.CredentialEvent.DELETED,
-    "error": pb.CredentialEvent.ERROR,
-}
 
 
 def _guard(method: Handler[T]) -> Handler[T]:
@@ -468,7 +454,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
     @_guard
     async def CheckPolicy(self, request: pb.CheckPolicyRequest, context: Ctx) -> pb.PolicyDecision:
         self._service.gate.require(self._callers.principal(context), Action.ADMIN, Target())
-        subject = _subject(request)
+        subject = convert.policy_subject(request)
         try:
             action = Action(request.action)
         except ValueError:
@@ -496,69 +482,6 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             principal=subject.describe(),
             rule=decision.rule,
         )
-
-
-def _subject(request: pb.CheckPolicyRequest) -> Principal:
-    given = [request.HasField("uid"), bool(request.user), bool(request.cert_id)]
-    extra = frozenset(validate_selector(s, "selectors") for s in request.selectors)
-    if sum(given) > 1 or (sum(given) == 0 and not extra):
-        raise InvalidArgument("give one of uid, user or cert_id, and/or selectors", field="uid")
-    if sum(given) == 0:
-        return selector_principal(extra)
-    if request.cert_id:
-        return with_selectors(cert_principal(request.cert_id), extra)
-    try:
-        if request.user:
-            return with_selectors(local_user(name=request.user), extra)
-        return with_selectors(local_user(uid=request.uid), extra)
-    except LookupError as exc:
-        raise InvalidArgument(str(exc), field="user" if request.user else "uid") from None
-    except ValueError:  # a NUL in the name: no such user can exist
-        raise InvalidArgument(f"no local user {request.user!r}", field="user") from None
-
-
-class EncodedEvents:
-    """Each watch event serialized once for all the streams it goes to (a renewal reaches
-    every watcher of its key with the same credential object): the latest few, by the
-    credential's identity (held, so the identity stays valid)."""
-
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._cache: dict[tuple[str, int, str, int, str], tuple[object, bytes]] = {}
-
-    def get(self, event: IssuedEvent) -> bytes:
-        issued = event.issued
-        if issued is None:
-            return _event(event).SerializeToString()
-        credential = issued.credential
-        key = (
-            event.kind,
-            id(credential),
-            issued.connector.name,
-            issued.connector.revision,
-            event.error or "",
-        )
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is credential:
-            return hit[1]
-        data = _event(event).SerializeToString()
-        if len(self._cache) >= self._size:
-            del self._cache[next(iter(self._cache))]
-        self._cache[key] = (credential, data)
-        return data
-
-
-def _event(event: IssuedEvent) -> pb.CredentialEvent:
-    message = pb.CredentialEvent(kind=_EVENT_KINDS[event.kind], error=event.error or "")
-    if event.issued is not None:
-        message.credential.CopyFrom(
-            convert.credential(
-                event.issued.connector.name,
-                event.issued.connector.revision,
-                event.issued.credential,
-            )
-        )
-    return message
 
 
 def _filter(request: pb.ListConnectorsRequest | pb.ListResourcesRequest) -> ConnectorFilter:
