@@ -9,12 +9,15 @@
    image build itself needs no network;
 3. ``buildah bud --isolation chroot --storage-driver vfs`` of the Dockerfile;
 4. the daemon started from the image's ENTRYPOINT, ENV and USER with the
-   socket and state volumes bound to host folders; a second container of the
-   same image, running as another user in the broker group, registers a
-   connector and gets a credential through the shared socket folder (gRPC and
-   the docker credential helper on the helper socket), and runs the image's
-   HEALTHCHECK command; then SIGTERM, and the daemon must exit 0 and remove
-   its socket.
+   socket and state volumes bound to host folders and a config file whose
+   policy makes the job's uid a consumer of one connector (only the daemon's
+   own uid is admin); the admin registers that connector from inside the
+   daemon's container; a second container of the same image, running as
+   another user in the broker group, gets a credential through the shared
+   socket folder (gRPC and the docker credential helper on the helper
+   socket), is refused registering a connector or reading secrets, and runs
+   the image's HEALTHCHECK command; then SIGTERM, and the daemon must exit 0
+   and remove its socket.
 
 buildah's chroot isolation has no PID namespace, so the daemon is not PID 1
 here; SIGTERM goes to the daemon process itself, as ``docker stop`` sends it
@@ -50,6 +53,19 @@ BASE = "localhost/broker-test-python:3.11"
 IMAGE = "localhost/credential-broker:test"
 BROKER_UID = 65532
 JOB_UID = 1000
+REGISTRY = "registry.example.test:5000"
+#: The daemon's config: the job's uid may get the one registry's credential (the stored
+#: password itself, hence long_lived_secrets) and nothing else; the daemon's uid is admin.
+POLICY = f"""
+[[policy.rules]]
+description = "the job container: pull from its registry"
+selectors = ["uid:{JOB_UID}"]
+role = "consumer"
+connectors = ["ci-registry"]
+resource_types = ["docker-registry"]
+resource_ids = ["{REGISTRY}"]
+long_lived_secrets = true
+"""
 #: What the build context needs from the repository (the .dockerignore lets in no more).
 CONTEXT = (
     "pyproject.toml",
@@ -253,6 +269,11 @@ def test_sidecar_serves_a_job_container_through_the_shared_socket_volume(built: 
         folder.mkdir()
         shutil.chown(folder, BROKER_UID, BROKER_UID)
         folder.chmod(mode)
+    # The config, read-only to the daemon (a ConfigMap in Kubernetes, sidecar-job.yaml).
+    config_dir = work / "broker-config"
+    config_dir.mkdir(mode=0o755)
+    (config_dir / "broker.toml").write_text(POLICY)
+    (config_dir / "broker.toml").chmod(0o644)
     config = _docker_config(built)
     daemon_ctr = buildah("from", "--pull-never", IMAGE)
     job_ctr = buildah("from", "--pull-never", IMAGE)
@@ -270,7 +291,13 @@ def test_sidecar_serves_a_job_container_through_the_shared_socket_volume(built: 
         buildah.run(
             daemon_ctr,
             *config["Entrypoint"],
-            volumes={run_dir: "/run/broker", state_dir: "/var/lib/broker"},
+            "--config",
+            "/etc/credential-broker/broker.toml",
+            volumes={
+                run_dir: "/run/broker",
+                state_dir: "/var/lib/broker",
+                config_dir: "/etc/credential-broker",
+            },
         ),
         stdout=log,
         stderr=log,
@@ -285,6 +312,37 @@ def test_sidecar_serves_a_job_container_through_the_shared_socket_volume(built: 
         TIMINGS.run("daemon start in the container", started)
         assert (sock.stat().st_mode & 0o777, sock.stat().st_gid) == (0o660, BROKER_UID)
         assert (state_dir / "secret.key").stat().st_uid == BROKER_UID
+
+        started = time.monotonic()
+        # The admin (the daemon's own uid, in its container) registers the connector;
+        # the password comes on stdin, never in argv.
+        registered = subprocess.run(
+            buildah.run(
+                daemon_ctr,
+                "broker",
+                "connector",
+                "register",
+                "ci-registry",
+                "--type",
+                "docker",
+                "--auth-method",
+                "password",
+                "username=ci",
+                "password=-",
+                f"registry={REGISTRY}",
+                "--no-verify",
+                "--output",
+                "json",
+                volumes={run_dir: "/run/broker"},
+            ),
+            input="s3cret-value",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        assert "s3cret-value" not in registered.stdout + registered.stderr
+        TIMINGS.run("admin in the daemon container: register", started)
 
         started = time.monotonic()
 
@@ -303,27 +361,46 @@ def test_sidecar_serves_a_job_container_through_the_shared_socket_volume(built: 
                 timeout=120,
             )
 
-        script = (
-            "id -u; "
-            "broker connector register ci-registry --type docker --auth-method password "
-            "username=ci password=s3cret-value registry=registry.example.test:5000 "
-            "--no-verify --output json >/dev/null && "
-            "broker credentials get ci-registry --output json"
-        )
-        result = job("sh", "-c", script)
+        result = job("sh", "-c", "id -u; broker credentials get ci-registry --output json")
         assert result.returncode == 0, result.stdout + result.stderr
         uid, _, issued = result.stdout.partition("\n")
         assert uid == str(JOB_UID)
         credential = json.loads(issued)
         assert "s3cret-value" in json.dumps(credential)
 
-        helper = job("docker-credential-broker", "get", stdin="registry.example.test:5000")
+        helper = job("docker-credential-broker", "get", stdin=REGISTRY)
         assert helper.returncode == 0, helper.stdout + helper.stderr
         assert json.loads(helper.stdout)["Secret"] == "s3cret-value"
 
         check = job(*config["Healthcheck"]["Test"][1:])
         assert (check.returncode, check.stdout.strip()) == (0, "SERVING"), check.stderr
-        TIMINGS.run("job container: register, get, helper, healthcheck", started)
+        TIMINGS.run("job container: get, helper, healthcheck", started)
+
+        # The job is a consumer: it may not add connectors nor read their secrets.
+        started = time.monotonic()
+        refused = job(
+            "broker",
+            "connector",
+            "register",
+            "job-registry",
+            "--type",
+            "docker",
+            "--auth-method",
+            "password",
+            "username=job",
+            "password=-",
+            "registry=evil.example.test",
+            "--no-verify",
+            stdin="other-value",
+        )
+        assert refused.returncode != 0, refused.stdout
+        assert "permission denied" in refused.stderr, refused.stderr
+        assert "other-value" not in refused.stdout + refused.stderr
+        shown = job("broker", "connector", "describe", "ci-registry", "--show-secrets")
+        assert shown.returncode != 0, shown.stdout
+        assert "permission denied" in shown.stderr, shown.stderr
+        assert "s3cret-value" not in shown.stdout + shown.stderr
+        TIMINGS.run("job container: register and --show-secrets refused", started)
 
         started = time.monotonic()
         daemon_pid = _child_running(daemon.pid, "serve")
