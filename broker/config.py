@@ -331,14 +331,7 @@ def load_settings(
     settings = Settings()
     path = config_file or (Path(env["BROKER_CONFIG"]) if env.get("BROKER_CONFIG") else None)
     if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise InvalidArgument(f"config file {path} does not exist", field="config") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidArgument(
-                f"config file {path} is not valid TOML: {exc}", field="config"
-            ) from None
+        data = _read_toml(path)
         settings = replace(
             settings,
             policy_rules=tuple(parse_policy(data.pop("policy", None), str(path))),
@@ -380,20 +373,26 @@ def describe(settings: Settings, *, show_secrets: bool = False) -> dict[str, Any
     return out
 
 
-def reload_policy(settings: Settings) -> tuple[Rule, ...]:
-    """The ``[policy]`` section re-read from the config file (SIGHUP); errors name the key."""
-    if settings.config_file is None:
-        return settings.policy_rules
-    path = settings.config_file
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The config file parsed (at start and on SIGHUP); errors name the file."""
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"config file {path} does not exist", field="config") from None
     except OSError as exc:
         raise InvalidArgument(f"config file {path}: {exc.strerror}", field="config") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(
             f"config file {path} is not valid TOML: {exc}", field="config"
         ) from None
-    return tuple(parse_policy(data.get("policy"), str(path)))
+
+
+def reload_policy(settings: Settings) -> tuple[Rule, ...]:
+    """The ``[policy]`` section re-read from the config file (SIGHUP); errors name the key."""
+    if settings.config_file is None:
+        return settings.policy_rules
+    path = settings.config_file
+    return tuple(parse_policy(_read_toml(path).get("policy"), str(path)))
 
 
 def reload_outputs(settings: Settings) -> tuple[OutputSpec, ...]:
@@ -402,12 +401,4 @@ def reload_outputs(settings: Settings) -> tuple[OutputSpec, ...]:
     if settings.config_file is None:
         return settings.outputs
     path = settings.config_file
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise InvalidArgument(f"config file {path}: {exc.strerror}", field="config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(
-            f"config file {path} is not valid TOML: {exc}", field="config"
-        ) from None
-    return parse_outputs(data.get("outputs"), str(path))
+    return parse_outputs(_read_toml(path).get("outputs"), str(path))
