@@ -21,11 +21,11 @@ without grpcio or typer.
 from __future__ import annotations
 
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.cli import helper_entries
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -158,16 +158,6 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-def _helper(name: str) -> str:
-    """A helper script next to this interpreter (the child's PATH may not have it)."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    import shutil
-
-    return shutil.which(name) or name
-
-
 # -- default: auto-refreshing endpoints ------------------------------------------------
 
 
@@ -233,26 +223,9 @@ def kubeconfig_exec(stub: Any, name: str, resource_id: str | None, temp: Path) -
 
     cred = _client_credential(stub, name, KUBERNETES, resource_id, hide=True)
     helper_socket = stub.GetStatus(pb.GetStatusRequest()).helper_socket
-    cluster: dict[str, Any] = {"server": cred.config["server"]}
-    if cred.config.get("certificate_authority"):
-        import base64
-
-        ca = cred.config["certificate_authority"].encode()
-        cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
-    if cred.config.get("insecure") == "true":
-        cluster["insecure-skip-tls-verify"] = True
-    args = [name, "--resource-id", cred.resource_id]
-    if helper_socket:
-        args += ["--socket", helper_socket]
-    user = {
-        "exec": {
-            "apiVersion": "client.authentication.k8s.io/v1",
-            "command": _helper("broker-kubectl-credential"),
-            "args": args,
-            "interactiveMode": "Never",
-            "provideClusterInfo": False,
-        }
-    }
+    cluster, user = helper_entries.plugin_entries(
+        cred.config, name, cred.resource_id, helper_socket
+    )
     path = temp / "kubeconfig"
     _write_private(path, json.dumps(_kubeconfig(name, cluster, user), indent=2) + "\n")
     return Prepared(
@@ -293,7 +266,7 @@ def docker_helper_config(stub: Any, name: str, resource_id: str | None, temp: Pa
     )
     bindir = temp / "bin"
     bindir.mkdir(mode=0o700)
-    helper = _helper("docker-credential-broker")
+    helper = helper_entries.helper_path("docker-credential-broker")
     if not os.path.isabs(helper):
         raise FailedPrecondition(
             "docker-credential-broker was not found next to this interpreter or on PATH; "

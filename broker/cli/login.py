@@ -7,14 +7,11 @@ edited in place keeping every other entry, written atomically with mode 0600.
 
 from __future__ import annotations
 
-import base64
 import configparser
 import io
 import json
 import os
 import shlex
-import shutil
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +19,7 @@ import typer
 import yaml
 
 from broker.api.v1 import broker_pb2 as pb
-from broker.cli import docker_helper, render
+from broker.cli import docker_helper, helper_entries, render
 from broker.cli.client import checked_socket, connect
 from broker.cli.files import write_private
 from broker.cli.options import Output, OutputOpt, ResourceIdOpt, SocketOpt
@@ -31,15 +28,6 @@ from broker.pointers import GRPC_POINTER, HELPER_POINTER, write_pointer
 
 login_app = typer.Typer(no_args_is_help=True, help="Configure docker, kubectl or AWS SDKs.")
 logout_app = typer.Typer(no_args_is_help=True, help="Undo `broker login`.")
-
-
-def _helper(name: str) -> str:
-    """Absolute path of a helper script next to this interpreter (PATH may differ later)."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    return found or name
 
 
 def _client_credential(
@@ -121,7 +109,7 @@ def login_docker(
     and skopeo run `docker-credential-broker` from PATH. Nothing is written unless it is
     found there (or --install-helper links it into a directory that is).
     """
-    ours = _helper(docker_helper.HELPER)
+    ours = helper_entries.helper_path(docker_helper.HELPER)
     installed = docker_helper.install(install_helper, ours) if install_helper else None
     docker_helper.check_on_path(ours, installed)
     cred, helper_socket = _client_credential(socket, name, "docker-registry", resource_id)
@@ -236,25 +224,9 @@ def login_kubernetes(
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{path} is not a kubeconfig", field="kubeconfig")
     entry = context or f"broker-{name}-{cred.resource_id}".replace("/", "-").replace(":", "-")
-    cluster: dict[str, Any] = {"server": cred.config["server"]}
-    if cred.config.get("certificate_authority"):
-        cluster["certificate-authority-data"] = base64.b64encode(
-            cred.config["certificate_authority"].encode()
-        ).decode()
-    if cred.config.get("insecure") == "true":
-        cluster["insecure-skip-tls-verify"] = True
-    args = [name, "--resource-id", cred.resource_id]
-    if helper_socket:
-        args += ["--socket", helper_socket]
-    user = {
-        "exec": {
-            "apiVersion": "client.authentication.k8s.io/v1",
-            "command": _helper("broker-kubectl-credential"),
-            "args": args,
-            "interactiveMode": "Never",
-            "provideClusterInfo": False,
-        }
-    }
+    cluster, user = helper_entries.plugin_entries(
+        cred.config, name, cred.resource_id, helper_socket
+    )
     for key in ("clusters", "users", "contexts"):
         if not isinstance(doc.get(key), list):
             doc[key] = []
@@ -323,7 +295,7 @@ def login_aws(
     if not parser.has_section(section):
         parser.add_section(section)
     command = [
-        _helper("broker-aws-credential"),
+        helper_entries.helper_path("broker-aws-credential"),
         name,
         "--resource-type",
         resource_type,
