@@ -255,6 +255,7 @@ async def _serve(
                 **(feed.stats() if feed is not None else {}),
                 **outputs.stats(),
                 **(persister.stats() if persister is not None else {}),
+                **server.watches.stats(),
             },
             service.upstream,
         )

@@ -68,6 +68,10 @@ GAUGES: dict[str, tuple[str, str]] = {
         "broker_change_feed_last_change_id",
         "The id of the last change this daemon applied",
     ),
+    "watch_streams_open": (
+        "broker_watch_streams",
+        "Open WatchCredentials gRPC streams (watch_max_streams bounds them)",
+    ),
     "outputs": ("broker_outputs", "Configured [[outputs]] files"),
     "persisted_pending": (
         "broker_persisted_credentials_pending",
@@ -131,6 +135,14 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "persisted_dropped_bad": (
         "broker_persisted_credentials_dropped",
         "Persisted rows that did not open (altered, moved, unparseable): deleted, never served",
+    ),
+    "watch_streams_refused": (
+        "broker_watch_streams_refused",
+        "Watch streams refused with RESOURCE_EXHAUSTED: watch_max_streams were open",
+    ),
+    "watch_streams_stalled": (
+        "broker_watch_streams_stalled",
+        "Watch streams dropped because their client read nothing for watch_stall_timeout_seconds",
     ),
     "output_writes": ("broker_output_writes", "Output files written (a changed credential)"),
     "output_write_failures": (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from broker.api.v1 import broker_pb2 as pb
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
 from tests.daemon import Daemon, running_daemon
+from tests.servers.ports import free_port
 
 WATCHERS = 3500
 PER_CONNECTION = 100
@@ -234,10 +236,13 @@ def test_a_stalled_reader_never_holds_the_others_and_is_dropped_after_its_timeou
     tmp_path: Path,
 ) -> None:
     n = 100
-    settings = {"watch_stall_timeout_seconds": "1"}
+    metrics = f"127.0.0.1:{free_port()}"
+    settings = {"watch_stall_timeout_seconds": "1", "metrics": metrics}
     with _fake_daemon(tmp_path, **settings) as (daemon, _upstream):
         watchers, drop_after, late = asyncio.run(_with_a_stalled_reader(daemon, n))
         log = daemon.log()
+        scraped = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    assert "\nbroker_watch_streams_stalled_total 1.0\n" in scraped
     renewals = [t for got in watchers.events[:-1] for k, _, t in got if k == "renewed"]
     assert len(renewals) == n - 1
     assert max(renewals) - min(renewals) < 1.0  # all promptly, none waited for the stalled one

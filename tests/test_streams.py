@@ -207,7 +207,11 @@ def test_past_watch_max_streams_a_stream_is_refused_naming_the_setting() -> None
     assert [(e["event"], e["limit"]) for e in logs] == [("watch_refused", "watch_max_streams")]
     streams.release()
     streams.admit(lambda: "p3")  # a closed stream makes room
-    assert streams.open == 2
+    assert streams.stats() == {
+        "watch_streams_open": 2,
+        "watch_streams_refused": 1,
+        "watch_streams_stalled": 0,
+    }
 
 
 @pytest.mark.anyio
@@ -226,4 +230,4 @@ async def test_a_write_left_unread_past_the_stall_timeout_ends_the_stream() -> N
     await streams.send(taken, "renewed", lambda: "peer")
     with pytest.raises(StreamRefused, match=r"read nothing for 0\.01s \(watch_stall_timeout"):
         await streams.send(never_read, "renewed again", lambda: "peer")
-    assert (sent, streams.stalled) == (["renewed"], 1)
+    assert (sent, streams.stats()["watch_streams_stalled"]) == (["renewed"], 1)

@@ -70,6 +70,10 @@ class GrpcServer:
             ]
         )
         self.acceptor = PeerAcceptor(attestation)
+        #: The open watch streams and their limits (counts for the metrics endpoint).
+        self.watches = WatchStreams(
+            WatchLimits(settings.watch_max_streams, settings.watch_stall_timeout_seconds)
+        )
         # Raw request bytes in, decoded and size-checked there: bad input is INVALID_ARGUMENT.
         limits.add_servicer(
             BrokerServicer(
@@ -77,9 +81,7 @@ class GrpcServer:
                 Callers(self.acceptor),
                 sdk,
                 str(settings.local_socket_path.resolve()),
-                WatchStreams(
-                    WatchLimits(settings.watch_max_streams, settings.watch_stall_timeout_seconds)
-                ),
+                self.watches,
                 daemon_config(settings),
             ),
             self._server,

@@ -59,6 +59,8 @@ class WatchStreams:
         self.open = 0
         #: Streams ended because their client stopped reading (a counter for status).
         self.stalled = 0
+        #: Streams refused because ``max_streams`` were open.
+        self.refused = 0
         #: Handler tasks with a write in flight, and since when (loop time).
         self._writing: dict[asyncio.Task[Any], float] = {}
         #: Of those, the ones the sweep cancelled for waiting too long.
@@ -74,6 +76,7 @@ class WatchStreams:
                 f"too many watch streams: {self.open} open, watch_max_streams is "
                 f"{self.limits.max_streams}; close some or raise the setting"
             )
+            self.refused += 1
             _refusals.warning(
                 "watch_refused", key="watch_max_streams", limit="watch_max_streams", peer=peer()
             )
@@ -82,6 +85,14 @@ class WatchStreams:
 
     def release(self) -> None:
         self.open -= 1
+
+    def stats(self) -> dict[str, int]:
+        """For the metrics endpoint: streams open now, and the ones refused or dropped."""
+        return {
+            "watch_streams_open": self.open,
+            "watch_streams_refused": self.refused,
+            "watch_streams_stalled": self.stalled,
+        }
 
     async def send(
         self, write: Callable[[M], Awaitable[None]], message: M, peer: Callable[[], str]
