@@ -197,6 +197,13 @@ TABLE: list[tuple[str, tuple[str, ...], bool, str]] = [
     ("mallory", ("connector", "describe", "app-reg"), False, "view"),
     ("mallory", ("credentials", "get", "app-aws", "-r", "aws-generic"), False, "get"),
     ("mallory", ("status",), False, "view"),
+    ("mallory", ("outputs", "list"), False, "view"),
+    ("mallory", ("config", "show"), False, "admin"),
+    ("alice", ("config", "show"), False, "admin"),
+    ("alice", ("credentials", "rotate", "app-aws", "-r", "aws-generic"), False, "admin"),
+    ("mallory", ("credentials", "rotate", "app-aws", "-r", "aws-generic"), False, "admin"),
+    ("mallory", ("credentials", "rotate", "no-such"), False, "admin"),  # existence not revealed
+    ("carol", ("config", "show"), True, ""),
     (
         "mallory",
         (

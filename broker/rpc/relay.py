@@ -14,8 +14,8 @@ Two drivers share that logic (:class:`Copier`):
 * :class:`LoopRelay`, what the daemon uses: plain reader callbacks on the
   event loop's own selector, no transport or protocol objects, so a chunk
   costs one callback, one ``recv_into`` and one ``send``;
-* :class:`RelayThread`: the same in a thread of its own waiting in ``epoll``,
-  off the event loop.
+* ``RelayThread`` (``bench/fakeprovider/relays.py``, measured, not shipped): the
+  same in a thread of its own waiting in ``epoll``, off the event loop.
 
 ``bench/bench_relay.py`` measures them, and the design before (two asyncio
 protocols per connection, ``bench/fakeprovider/relays.py``), in the daemon.
@@ -26,6 +26,7 @@ so the loop driver is the one shipped.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import select
@@ -74,7 +75,7 @@ class Pair:
         self.closed = False
 
 
-class Copier:
+class Copier(abc.ABC):
     """The copying and its bookkeeping. A driver calls :meth:`_forward` when a side is
     readable and :meth:`_flush` when it is writable, and watches what :meth:`_watch`
     asks for."""
@@ -88,11 +89,13 @@ class Copier:
     def connections(self) -> int:
         return len(self._pairs)
 
+    @abc.abstractmethod
     def _watch(self, pair: Pair, side: int, old: int | None, new: int) -> None:
-        raise NotImplementedError
+        """Watch ``pair.socks[side]`` for ``new`` (_IN / _OUT) instead of ``old``."""
 
+    @abc.abstractmethod
     def _unwatch(self, pair: Pair) -> None:
-        raise NotImplementedError
+        """Stop watching both sockets of ``pair`` (it is being closed)."""
 
     def _forward(self, pair: Pair, side: int) -> None:
         """``socks[side]`` is readable: pass what it has to the other side."""

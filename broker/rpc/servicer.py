@@ -29,7 +29,7 @@ from broker.rpc.callers import Callers
 from broker.rpc.status import DAEMON_ERROR, status_for
 from broker.rpc.watch_events import EncodedEvents
 from broker.rpc.watch_flow import StreamRefused, WatchStreams
-from broker.service import BrokerService, ConnectorUpdate, IssuedEvent
+from broker.service import BrokerService, ConnectorUpdate, Issued, IssuedEvent
 
 log = structlog.get_logger(__name__)
 
@@ -266,12 +266,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             _text(request.resource_id),
             principal=self._callers.principal(context),
         )
-        return convert.credential(
-            issued.connector.name,
-            issued.connector.revision,
-            issued.credential,
-            hide_secrets=request.hide_secrets,
-        )
+        return _answer(issued, request.hide_secrets)
 
     @_guard
     async def RotateCredentials(
@@ -283,12 +278,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             _text(request.resource_id),
             principal=self._callers.principal(context),
         )
-        return convert.credential(
-            issued.connector.name,
-            issued.connector.revision,
-            issued.credential,
-            hide_secrets=request.hide_secrets,
-        )
+        return _answer(issued, request.hide_secrets)
 
     @_guard
     async def WatchCredentials(self, request: pb.WatchCredentialsRequest, context: Ctx) -> None:
@@ -482,6 +472,16 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             principal=subject.describe(),
             rule=decision.rule,
         )
+
+
+def _answer(issued: Issued, hide_secrets: bool) -> pb.Credential:
+    """A credential get or rotation's reply: the credential, under its connector's name."""
+    return convert.credential(
+        issued.connector.name,
+        issued.connector.revision,
+        issued.credential,
+        hide_secrets=hide_secrets,
+    )
 
 
 def _filter(request: pb.ListConnectorsRequest | pb.ListResourcesRequest) -> ConnectorFilter:
