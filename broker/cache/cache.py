@@ -13,15 +13,15 @@ Every upstream mint runs in the cache's own task group (started by
 up does not cancel the mint the other waiters share. One loop renews watched
 and recently used keys at their jittered renew points (see
 :mod:`broker.cache.scheduler`) with bounded concurrency, retries failures with
-backoff, and drops keys that nobody watched or used for ``idle_seconds``.
+backoff, and drops keys that nobody watched or used for ``idle_seconds``
+(the entries, their bound and deadlines: :mod:`broker.cache.table`; one mint
+attempt and how its failure is told: :mod:`broker.cache.attempt`).
 Watchers get events through :mod:`broker.streams`.
 """
 
 from __future__ import annotations
 
 import random
-import uuid
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
@@ -32,6 +32,7 @@ import anyio.abc
 import structlog
 
 from broker.cache import policy
+from broker.cache.attempt import log_failure, mint_once
 from broker.cache.entry import (
     CacheCounters,
     CacheKey,
@@ -44,7 +45,7 @@ from broker.cache.entry import (
     rotation_failed,
     superseded_error,
 )
-from broker.cache.scheduler import Deadlines
+from broker.cache.table import EntryTable
 from broker.clock import Clock
 from broker.errors import BrokerError, Unavailable
 from broker.model import ClientCredential
@@ -84,19 +85,23 @@ class CredentialCache:
         mint_timeout: float = DEFAULT_MINT_TIMEOUT_SECONDS,
     ) -> None:
         self._clock = clock
-        self._max_entries = max_entries
-        self._idle = timedelta(seconds=idle_seconds)
         # Jitter only, never secrets: a seeded PRNG keeps tests reproducible. The
         # default spreads keys minted together evenly (see policy.SpreadRandom).
         self._rng = rng or policy.SpreadRandom()
         self._renewal_concurrency = renewal_concurrency
         self._mint_timeout = mint_timeout
-        self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
         self._hub: Hub[CacheKey] = Hub()
-        self._deadlines: Deadlines[Entry] = Deadlines(clock)
+        self.counters = CacheCounters()
+        self._table = EntryTable(
+            clock,
+            self._hub,
+            self.counters,
+            max_entries=max_entries,
+            idle=timedelta(seconds=idle_seconds),
+        )
+        self._entries = self._table.entries  # the same dict: the hot path skips a lookup
         self._tombstones = Tombstones()
         self._tg: anyio.abc.TaskGroup | None = None
-        self.counters = CacheCounters()
         #: Told of every credential a mint put in the cache (the persistent cache's
         #: writer queues it); never called on the cache-hit path, must not block.
         self.on_minted: Callable[[CacheKey, ClientCredential], None] | None = None
@@ -149,7 +154,7 @@ class CredentialCache:
         self._refuse_superseded(key)
         for round_ in range(_SLOW_PATH_ROUNDS):
             now = self._clock.now()
-            entry = self._touch(key, mint, now)
+            entry = self._table.touch(key, mint, now)
             if entry.credential is not None:
                 if entry.servable(now):
                     self._renew_if_stale(entry, now)  # advisory: serve, renew behind
@@ -219,7 +224,7 @@ class CredentialCache:
             self._hub.unsubscribe(key, sub)
             entry = self._entries.get(key)
             if entry is not None:
-                self._reschedule(entry)  # unwatched now: the idle rule applies again
+                self._table.reschedule(entry)  # unwatched now: the idle rule applies again
 
     async def rotate(
         self, key: CacheKey, mint: Mint
@@ -234,7 +239,7 @@ class CredentialCache:
         """
         self._refuse_superseded(key)
         now = self._clock.now()
-        entry = self._touch(key, mint, now)
+        entry = self._table.touch(key, mint, now)
         if entry.credential is not None and not entry.servable(now):
             self._expire(entry)
         old = entry.credential
@@ -260,9 +265,7 @@ class CredentialCache:
             entry.accept(credential, credential.issued_at or now, now, self._rng), BrokerError
         ):
             return False
-        self._entries[key] = entry
-        self._evict_over_bound(keep=key)
-        self._reschedule(entry)
+        self._table.add(entry)
         self.counters.restored += 1
         return True
 
@@ -276,7 +279,7 @@ class CredentialCache:
         older ones that were already under way are refused from now on. Without
         it, the highest revision the cache knows for the connector, plus one.
         """
-        victims = [e for k, e in self._entries.items() if k.connector_id == connector_id]
+        victims = self._table.of_connector(connector_id)
         if event == "deleted":
             self._tombstones.remember(connector_id, None, event)
         else:
@@ -288,7 +291,7 @@ class CredentialCache:
             if floor is not None:
                 self._tombstones.remember(connector_id, floor, event)
         for entry in victims:
-            self._drop(entry)
+            self._table.drop(entry)
             if entry.flight is not None:
                 entry.flight.finish(error=superseded_error(event))
                 entry.flight = None
@@ -316,40 +319,6 @@ class CredentialCache:
         return self._hub.count(key)
 
     # -- entries --------------------------------------------------------------
-    def _touch(self, key: CacheKey, mint: Mint, now: datetime) -> Entry:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = Entry(key, mint, now)
-            self._evict_over_bound(keep=key)
-            self._reschedule(entry)
-        else:
-            entry.mint = mint
-            entry.last_used = now
-            self._entries.move_to_end(key)
-        return entry
-
-    def _evict_over_bound(self, keep: CacheKey) -> None:
-        """LRU order, skipping watched keys and keys with a mint in flight."""
-        while len(self._entries) > self._max_entries:
-            victim = next(
-                (
-                    e
-                    for k, e in self._entries.items()
-                    if k != keep and e.flight is None and not self._hub.count(k)
-                ),
-                None,
-            )
-            if victim is None:
-                return  # all watched or in flight: over the bound until they settle
-            self._drop(victim)
-            self.counters.evictions += 1
-
-    def _drop(self, entry: Entry) -> None:
-        entry.dropped = True
-        if self._entries.get(entry.key) is entry:
-            del self._entries[entry.key]
-        self._deadlines.set(entry, None)
-
     def _expire(self, entry: Entry) -> None:
         """The credential entered its margin: never serve it again; tell watchers if failing."""
         entry.expire()
@@ -376,7 +345,7 @@ class CredentialCache:
                 "`await task_group.start(cache.run)` or `async with cache.running():`"
             )
         flight = entry.flight = Flight()
-        self._deadlines.set(entry, None)  # the flight's end reschedules
+        self._table.unschedule(entry)  # the flight's end reschedules
         self._tg.start_soon(self._fly, entry, flight, slot, forced)
         return flight
 
@@ -385,28 +354,15 @@ class CredentialCache:
     ) -> None:
         started = self._clock.now()
         try:
-            with anyio.fail_after(self._mint_timeout):
-                credential = await entry.mint()
-        except anyio.get_cancelled_exc_class():
-            flight.finish(error=Unavailable("the broker is shutting down"))
-            raise
-        except BrokerError as exc:
-            self._failed(entry, flight, exc, forced)
-        except TimeoutError:
-            message = f"minting credentials for {entry.key.describe()} timed out"
-            self._failed(entry, flight, Unavailable(message), forced)
-        except Exception:
-            # A bug, not an upstream answer: the details go to the log under a reference,
-            # callers and watchers get the reference (as for unary calls).
-            ref = uuid.uuid4().hex[:12]
-            log.exception("credential_mint_internal_error", key=entry.key.describe(), ref=ref)
-            message = (
-                f"minting credentials for {entry.key.describe()} failed: "
-                f"internal error (reference {ref})"
-            )
-            self._failed(entry, flight, Unavailable(message), forced)
-        else:
-            self._minted(entry, flight, credential, started, forced)
+            try:
+                outcome = await mint_once(entry.key, entry.mint, self._mint_timeout)
+            except anyio.get_cancelled_exc_class():
+                flight.finish(error=Unavailable("the broker is shutting down"))
+                raise
+            if isinstance(outcome, BrokerError):
+                self._failed(entry, flight, outcome, forced)
+            else:
+                self._minted(entry, flight, outcome, started, forced)
         finally:
             if entry.flight is flight:
                 entry.flight = None
@@ -444,7 +400,7 @@ class CredentialCache:
         if replaced_expiry is not None:
             self._record_lead(replaced_expiry)
         self._hub.publish(entry.key, WatchEvent("renewed", outcome))
-        self._reschedule(entry)
+        self._table.reschedule(entry)
 
     def _record_lead(self, replaced_expiry: datetime) -> None:
         lead = int((replaced_expiry - self._clock.now()).total_seconds() * 1000)
@@ -469,54 +425,31 @@ class CredentialCache:
         if forced and entry.error is None and entry.servable(self._clock.now()):
             # A failed rotation of a good credential: keep serving it on its own
             # schedule (the caller got the error; nothing to retry in the background).
-            log.warning(
-                "credential_rotation_failed",
-                connector_id=entry.key.connector_id,
-                resource_type=entry.key.resource_type,
-                resource_id=entry.key.resource_id,
-                error=error.message,
-            )
-            self._reschedule(entry)
+            log_failure(entry, error, rotation=True)
+            self._table.reschedule(entry)
             return
-        delay = entry.fail(error, self._clock.now(), self._rng)
-        log.warning(
-            "credential_mint_failed",
-            connector_id=entry.key.connector_id,
-            resource_type=entry.key.resource_type,
-            resource_id=entry.key.resource_id,
-            error=error.message,
-            retryable=delay is not None,
-            attempt=entry.attempts,
-            retry_in=None if delay is None else round(delay, 3),
-            serving_cached=entry.credential is not None,
-        )
+        log_failure(entry, error, delay=entry.fail(error, self._clock.now(), self._rng))
         if entry.credential is None:
             self._publish_error(entry)
-        self._reschedule(entry)
+        self._table.reschedule(entry)
 
     # -- background renewal ---------------------------------------------------
-    def _reschedule(self, entry: Entry) -> None:
-        watched = self._hub.count(entry.key) > 0
-        self._deadlines.set(entry, entry.next_deadline(watched, self._idle))
-
     def _on_due(self, entry: Entry, now: datetime) -> bool:
         """Drop an idle entry, expire a credential entering its margin; True: renew it."""
         if entry.dropped or entry.flight is not None:
             return False
-        if not self._hub.count(entry.key) and now >= entry.last_used + self._idle:
-            self._drop(entry)
-            self.counters.evictions += 1
+        if self._table.drop_if_idle(entry, now):
             return False
         if entry.credential is not None and not entry.servable(now):
             self._expire(entry)
         if entry.wants_renewal(now):
             return True
-        self._reschedule(entry)
+        self._table.reschedule(entry)
         return False
 
     async def _renew_loop(self, slots: anyio.Semaphore) -> None:
         while True:
-            for entry in self._deadlines.pop_due(self._clock.now()):
+            for entry in self._table.deadlines.pop_due(self._clock.now()):
                 if not self._on_due(entry, self._clock.now()):
                     continue
                 await slots.acquire()
@@ -524,5 +457,5 @@ class CredentialCache:
                     self._start_flight(entry, slot=slots)
                 else:  # a caller started it, or the entry went, while we waited
                     slots.release()
-                    self._reschedule(entry)
-            await self._deadlines.wait()
+                    self._table.reschedule(entry)
+            await self._table.deadlines.wait()
