@@ -10,8 +10,9 @@ from pathlib import Path
 
 from broker.clock import Clock
 from broker.store.crypto import SecretBox
-from broker.store.postgres import DEFAULT_POOL_SIZE, PostgresStore
+from broker.store.postgres import PostgresStore
 from broker.store.postgres_dsn import is_postgres_url
+from broker.store.postgres_pool import DEFAULT_POOL_SIZE
 from broker.store.sqlite import SqliteStore
 
 SQLITE_PREFIX = "sqlite:"

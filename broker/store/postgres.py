@@ -6,7 +6,8 @@ under the same associated data, so a store moves between the two unchanged
 (``broker store migrate``). What one database shared by many daemons adds:
 
 - **asyncpg**, a bounded pool (``database_pool_size``), and statements that
-  asyncpg prepares once per connection and reuses (its statement cache).
+  asyncpg prepares once per connection and reuses (its statement cache):
+  :mod:`broker.store.postgres_pool`.
 - **Migrations** under an advisory lock: ten daemons starting at once migrate
   exactly once (:mod:`broker.store.postgres_migrations`).
 - **The key fingerprint** in ``store_meta``: a daemon with another key is
@@ -26,23 +27,16 @@ under the same associated data, so a store moves between the two unchanged
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import asyncpg
 import structlog
 
 from broker.clock import Clock
-from broker.errors import (
-    Aborted,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
+from broker.errors import Aborted, NotFound
 from broker.model import ClientCredential, Connector
 from broker.store import persisted
 from broker.store import postgres_migrations as migrations
@@ -70,26 +64,16 @@ from broker.store.postgres_changes import (
     latest_change_id_on,
     record_change,
 )
-from broker.store.postgres_dsn import redact, scrub
-from broker.store.postgres_errors import conflict, translated
+from broker.store.postgres_errors import conflict
+from broker.store.postgres_pool import (
+    APPLICATION_NAME,
+    COMMAND_TIMEOUT_SECONDS,
+    CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_POOL_SIZE,
+    PostgresPool,
+)
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
-
-#: Connections in the pool at most (setting ``database_pool_size``): a daemon's writes
-#: are rare and reads come from its in-memory catalog, so a few connections suffice.
-DEFAULT_POOL_SIZE = 5
-#: Time to open one connection; a database that does not answer is Unavailable after it.
-CONNECT_TIMEOUT_SECONDS = 5.0
-#: Bound on one statement: a stuck database fails the call instead of hanging it.
-COMMAND_TIMEOUT_SECONDS = 10.0
-#: Time a call waits for a free pool connection before it is Unavailable.
-ACQUIRE_TIMEOUT_SECONDS = 10.0
-#: Idle pool connections are closed after this (the pool opens new ones on demand).
-IDLE_CONNECTION_SECONDS = 300.0
-#: Shown in pg_stat_activity, so an operator can tell the broker's sessions apart.
-APPLICATION_NAME = "credential-broker"
 
 
 @dataclass(frozen=True)
@@ -114,17 +98,14 @@ class PostgresStore:
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         command_timeout: float = COMMAND_TIMEOUT_SECONDS,
     ) -> None:
-        if pool_size < 1:
-            raise InvalidArgument("database_pool_size must be at least 1", field="database")
-        self._url = url
+        self._db = PostgresPool(
+            url,
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+        )
         self._box = box
         self._clock = clock
-        self._pool_size = pool_size
-        self._connect_timeout = connect_timeout
-        self._command_timeout = command_timeout
-        self._pool: Any = None  # asyncpg.Pool
-        self._in_use = 0
-        self._waiting = 0
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location})"
@@ -132,97 +113,28 @@ class PostgresStore:
     @property
     def location(self) -> str:
         """The URL with its password masked: what logs and ``broker status`` show."""
-        return redact(self._url)
+        return self._db.location
 
     # -- lifecycle -----------------------------------------------------------
 
     async def open(self) -> None:
         """Connect the pool, migrate under the advisory lock, check the key fingerprint."""
-        if self._pool is not None:
+        if self._db.is_open:
             return
-        with self._errors(connecting=True):
-            pool = await asyncpg.create_pool(
-                dsn=self._url,
-                min_size=1,
-                max_size=self._pool_size,
-                timeout=self._connect_timeout,
-                command_timeout=self._command_timeout,
-                max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
-                server_settings={"application_name": APPLICATION_NAME},
-            )
-        self._pool = pool
+        await self._db.open()
         try:
-            async with self._tx() as conn:
+            async with self._db.tx() as conn:
                 await self._migrate(conn)
         except BaseException:
-            self._pool = None
-            with anyio.CancelScope(shield=True):
-                await _close_pool(pool)
+            await self._db.close()  # shielded
             raise
-        log.info("store_opened", store=self.location, pool_size=self._pool_size)
+        log.info("store_opened", store=self.location, pool_size=self._db.pool_size)
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            with anyio.CancelScope(shield=True):
-                await _close_pool(pool)
+        await self._db.close()
 
     async def _migrate(self, conn: Any) -> None:
-        await setup.migrate(conn, self._box, self.location, self._scrub)
-
-    # -- connections, transactions and errors ------------------------------------
-
-    @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[Any]:
-        pool = self._pool
-        if pool is None:
-            raise FailedPrecondition(f"connector store {self.location} is not open")
-        self._waiting += 1
-        try:
-            with self._errors():
-                conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
-        finally:
-            self._waiting -= 1
-        self._in_use += 1
-        try:
-            with self._errors():
-                yield conn
-        finally:
-            self._in_use -= 1
-            with anyio.CancelScope(shield=True):
-                try:
-                    await pool.release(conn)
-                except Exception as exc:  # a broken connection: the pool replaces it
-                    log.debug("store_connection_dropped", error=self._scrub(str(exc)))
-
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Any]:
-        """One transaction: committed when the block ends, rolled back on any error."""
-        async with self._conn() as conn, conn.transaction():
-            yield conn
-
-    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """A read, tried once more on a fresh connection if the first one was dead.
-
-        After the database restarted, pooled connections may be closed under us;
-        a read is safe to repeat, so the caller does not see that. Writes are not
-        repeated: whether a lost COMMIT happened cannot be known.
-        """
-        for attempt in (1, 2):
-            try:
-                async with self._conn() as conn:
-                    return await fn(conn)
-            except Unavailable:
-                if attempt == 2:
-                    raise
-                log.debug("store_read_retried", store=self.location)
-        raise AssertionError("unreachable")
-
-    def _errors(self, *, connecting: bool = False) -> AbstractContextManager[None]:
-        return translated(self.location, self._scrub, connecting=connecting)
-
-    def _scrub(self, text: str) -> str:
-        return scrub(text, self._url)
+        await setup.migrate(conn, self._box, self.location, self._db.scrub)
 
     # -- connectors ------------------------------------------------------------
 
@@ -230,7 +142,7 @@ class PostgresStore:
         """Insert; a connector with an empty id gets a new id, timestamps and revision 1."""
         stored = to_create(connector, self._clock.now())
         params = self._encode(stored, secret_names)
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             try:
                 await conn.execute(sql.INSERT, *params)
             except asyncpg.UniqueViolationError as exc:
@@ -240,7 +152,7 @@ class PostgresStore:
 
     async def get(self, name_or_id: str) -> Connector:
         """The connector; one whose row fails its integrity check comes back ``tampered``."""
-        row = await self._read(lambda conn: conn.fetchrow(sql.FETCH, name_or_id))
+        row = await self._db.read(lambda conn: conn.fetchrow(sql.FETCH, name_or_id))
         if row is None:
             raise NotFound(f"connector '{name_or_id}' not found", field="name")
         return open_row(self._box, row, self.location)
@@ -263,7 +175,7 @@ class PostgresStore:
         if where:  # column names come from the fixed tuple above, values are bound
             query += " WHERE " + " AND ".join(where)
         query += ' ORDER BY name COLLATE "C"'
-        rows = await self._read(lambda conn: conn.fetch(query, *args))
+        rows = await self._db.read(lambda conn: conn.fetch(query, *args))
         out = []
         for row in rows:
             # One unreadable row never takes the others down: it is listed unusable.
@@ -278,7 +190,7 @@ class PostgresStore:
         self, connector: Connector, secret_names: frozenset[str], expected_revision: int
     ) -> Connector:
         """Replace the record found by id (or by name when id is empty), if still at revision."""
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             key = connector.id or connector.name
             row = await conn.fetchrow(sql.CAS_BY_ID if connector.id else sql.CAS_BY_NAME, key)
             if row is None:
@@ -305,7 +217,7 @@ class PostgresStore:
 
     async def delete(self, name_or_id: str) -> Connector:
         """Remove and return the record; works even if its secrets no longer decrypt."""
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             row = await conn.fetchrow(sql.FETCH_FOR_UPDATE, name_or_id)
             if row is None:
                 raise NotFound(f"connector '{name_or_id}' not found", field="name")
@@ -328,18 +240,18 @@ class PostgresStore:
         self, daemon_id: str, items: Sequence[tuple[PersistedKey, ClientCredential]]
     ) -> None:
         params = persisted.upsert_params(self._box, daemon_id, items)
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             await conn.executemany(persisted.POSTGRES_UPSERT, params)
 
     async def load_credentials(self, daemon_id: str) -> LoadedCredentials:
-        rows = await self._read(lambda conn: conn.fetch(persisted.POSTGRES_SELECT, daemon_id))
+        rows = await self._db.read(lambda conn: conn.fetch(persisted.POSTGRES_SELECT, daemon_id))
         loaded, bad = persisted.open_rows(self._box, daemon_id, rows)
         if bad:
             await self.drop_credentials(daemon_id, bad)
         return loaded
 
     async def drop_credentials(self, daemon_id: str, keys: Sequence[PersistedKey]) -> None:
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             await conn.executemany(
                 persisted.POSTGRES_DELETE, persisted.delete_params(daemon_id, keys)
             )
@@ -347,14 +259,14 @@ class PostgresStore:
     # -- settings ------------------------------------------------------------
 
     async def get_setting(self, key: str) -> str | None:
-        value = await self._read(
+        value = await self._db.read(
             lambda conn: conn.fetchval("SELECT value FROM settings WHERE key = $1", key)
         )
         return None if value is None else str(value)
 
     async def set_setting(self, key: str, value: str | None) -> None:
         """Set ``key``; None removes it."""
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             if value is None:
                 await conn.execute("DELETE FROM settings WHERE key = $1", key)
             else:
@@ -372,7 +284,7 @@ class PostgresStore:
                 settings = await conn.fetch("SELECT key, value FROM settings ORDER BY key")
             return rows, settings
 
-        rows, settings = await self._read(read)
+        rows, settings = await self._db.read(read)
         return StoreExport(
             [exported(self._box, r, self.location) for r in rows],
             {str(r["key"]): str(r["value"]) for r in settings},
@@ -395,7 +307,7 @@ class PostgresStore:
                 rows = await conn.fetch(sql.CHANGES_AFTER, change_id, limit)
             return ChangeBatch([change_from_row(r) for r in rows], int(compacted or 0))
 
-        return await self._read(read)
+        return await self._db.read(read)
 
     async def latest_change_id(self) -> int:
         """The newest change id (0 before the first write)."""
@@ -403,7 +315,7 @@ class PostgresStore:
         async def read(conn: Any) -> int:
             return await latest_change_id_on(conn)
 
-        return await self._read(read)
+        return await self._db.read(read)
 
     async def compact_changes(self, retention_seconds: float) -> int:
         """Delete changes older than the retention window; return how many went.
@@ -413,7 +325,7 @@ class PostgresStore:
         applied change is older than that cannot catch up row by row and reloads
         everything instead. One daemon compacts at a time; the others skip.
         """
-        async with self._tx() as conn:
+        async with self._db.tx() as conn:
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock($1)", migrations.COMPACT_LOCK
             ):
@@ -445,18 +357,10 @@ class PostgresStore:
         ``on_change`` gets each change as it is committed, ``on_lost`` is called
         once if the connection dies. Both run on the event loop and must not block.
         """
-        with self._errors(connecting=True):
-            conn = await asyncpg.connect(
-                dsn=self._url,
-                timeout=self._connect_timeout,
-                command_timeout=self._command_timeout,
-                server_settings={
-                    "application_name": f"{APPLICATION_NAME} change feed pid {os.getpid()}"
-                },
-            )
-        listener = ChangeListener(conn, self._errors, on_change, on_lost)
+        conn = await self._db.connect(f"{APPLICATION_NAME} change feed pid {os.getpid()}")
+        listener = ChangeListener(conn, self._db.errors, on_change, on_lost)
         try:
-            with self._errors():
+            with self._db.errors():
                 await conn.add_listener(migrations.CHANGE_CHANNEL, listener._notified)
             conn.add_termination_listener(listener._terminated)
         except BaseException:
@@ -467,13 +371,7 @@ class PostgresStore:
 
     def stats(self) -> dict[str, int]:
         """Pool gauges for the metrics endpoint."""
-        pool = self._pool
-        return {
-            "store_pool_size": int(pool.get_size()) if pool is not None else 0,
-            "store_pool_max": self._pool_size,
-            "store_pool_in_use": self._in_use,
-            "store_pool_waiting": self._waiting,
-        }
+        return self._db.stats()
 
     # -- encoding --------------------------------------------------------------
 
@@ -496,11 +394,3 @@ class PostgresStore:
             utc(c.updated_at, "updated_at"),
             c.revision,
         )
-
-
-async def _close_pool(pool: Any) -> None:
-    try:
-        with anyio.fail_after(5):
-            await pool.close()
-    except Exception:
-        pool.terminate()
