@@ -28,6 +28,7 @@ from broker.connectors import check_not_expired, check_not_tampered, served_type
 from broker.errors import BrokerError, InvalidArgument
 from broker.model import Connector, TypeResources
 from broker.providers.base import Provider
+from broker.providers.fanout import PartialListing
 from broker.providers.registry import ProviderRegistry
 
 log = structlog.get_logger(__name__)
@@ -160,6 +161,9 @@ class Discovery:
             return TypeResources(
                 rt, error=f"timed out after {_secs(limit)} (raise it with --timeout)"
             )
+        except PartialListing as exc:  # some scopes (subscriptions) failed: both are shown
+            found = sorted({_canonical(provider, connector, rt, i) for i in exc.found})
+            return TypeResources(rt, resource_ids=tuple(found), error=exc.message)
         except BrokerError as exc:
             return TypeResources(rt, error=exc.message)
         except Exception as exc:  # a provider bug must not fail the whole listing

@@ -122,9 +122,10 @@ class ResourceFinder:
     ) -> AsyncIterator[ListedResources]:
         """A plain filter (no task group or cancel scope), safe to abandon mid-iteration."""
         async for found in stream:
-            if exclude_errors and found.result.error:
-                continue
-            result = self.visible_result(
-                principal, Action.LIST_RESOURCES, found.connector, found.result
-            )
+            listed = found.result
+            if exclude_errors and listed.error:
+                if not listed.resource_ids:
+                    continue
+                listed = replace(listed, error=None)  # a partial listing: what was found
+            result = self.visible_result(principal, Action.LIST_RESOURCES, found.connector, listed)
             yield ListedResources(found.connector, result)

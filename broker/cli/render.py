@@ -66,7 +66,7 @@ def print_resources(results: Sequence[pb.ResourceResult]) -> None:
                 r.connector,
                 r.connector_type,
                 r.resource_type,
-                f"error: {r.error}"
+                "\n".join([*r.resource_ids, f"error: {r.error}"])
                 if r.HasField("error")
                 else "\n".join(r.resource_ids) or "none found",
             )

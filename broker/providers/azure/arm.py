@@ -134,6 +134,17 @@ async def list_subscriptions(arm: Arm) -> list[str]:
     return sorted(found)
 
 
+async def enabled_subscriptions(arm: Arm) -> list[str]:
+    """The subscriptions the principal sees whose ``state`` is ``Enabled``, as ``az account
+    list`` shows by default (Disabled, Warned, PastDue and Deleted ones are left out)."""
+    found = {
+        str(s["subscriptionId"]).lower()
+        async for s in arm.pages("/subscriptions", API_SUBSCRIPTIONS, "list subscriptions")
+        if isinstance(s.get("subscriptionId"), str) and s.get("state") == "Enabled"
+    }
+    return sorted(found)
+
+
 async def list_storage_accounts(arm: Arm, subscription: str) -> list[str]:
     found = [
         str(a["name"])

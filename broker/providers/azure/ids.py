@@ -2,16 +2,20 @@
 
 Every accepted spelling becomes one canonical form:
 
-* azure-generic: the subscription GUID (lower case); without a subscription, the tenant.
+* azure-generic: the subscription GUID (lower case); without a subscription, the tenant,
+  or any subscription GUID (the connector then serves every subscription it sees).
 * blob-container: ``az://ACCOUNT/CONTAINER``; also the blob URL
   ``https://ACCOUNT.blob.SUFFIX/CONTAINER`` and the ARM container ID.
 * kubernetes-cluster: ``RESOURCE_GROUP/NAME`` (resource group lower-cased: ARM
   treats it case-insensitively) or a bare ``NAME`` (resolved by listing); the
-  ARM ID becomes ``RESOURCE_GROUP/NAME``.
+  ARM ID becomes ``RESOURCE_GROUP/NAME``. A connector without a subscription
+  spans several, where ``RG/NAME`` may exist twice: there the ARM ID and
+  ``SUBSCRIPTION_ID/RESOURCE_GROUP/NAME`` become the latter (listings use it).
 * docker-registry: ``NAME.SUFFIX`` (lower case); ``https://``, an image path
   and the ARM registry ID are accepted.
 
-A subscription named in an ARM ID must be the connector's own.
+A subscription named in an ID must be the connector's own, if it has one. Storage
+account and registry names are unique across Azure, so those IDs need no subscription.
 """
 
 from __future__ import annotations
@@ -116,21 +120,24 @@ def parse_arm_id(raw: str, what: str, expected: str) -> ArmId:
     )
 
 
-def _same_subscription(arm: ArmId, subscription: str | None, raw: str) -> None:
-    if subscription is not None and arm.subscription != subscription:
+def _same_subscription(named: str, subscription: str | None, raw: str) -> None:
+    if subscription is not None and named != subscription:
         raise InvalidArgument(
-            f"{FIELD} '{clip(raw.strip())}' is in subscription '{arm.subscription}', but the "
+            f"{FIELD} '{clip(raw.strip())}' is in subscription '{named}', but the "
             f"connector serves subscription '{subscription}'",
             field=FIELD,
         )
 
 
-def canonical_generic(raw: str, default: str) -> str:
-    """azure-generic: the connector's subscription (or tenant), in any accepted spelling."""
+def canonical_generic(raw: str, default: str, any_subscription: bool = False) -> str:
+    """azure-generic: the connector's subscription (or tenant), in any accepted spelling;
+    with ``any_subscription`` (no subscription configured) also any subscription GUID."""
     text = raw.strip()
     lowered = text.lower().strip("/")
     if lowered.startswith("subscriptions/"):
         lowered = lowered.removeprefix("subscriptions/")
+    if any_subscription and _GUID.match(lowered):
+        return lowered
     if lowered != default:
         raise InvalidArgument(
             f"{FIELD} '{clip(text)}' is not this connector's subscription or tenant ('{default}')",
@@ -173,7 +180,7 @@ def parse_blob(raw: str, suffix: str, subscription: str | None) -> BlobRef:
             or [p.lower() for p in arm.rest[:3]] != ["blobservices", "default", "containers"]
         ):
             raise _bad(what, raw, "not a Microsoft.Storage blob container ID", expected)
-        _same_subscription(arm, subscription, raw)
+        _same_subscription(arm.subscription, subscription, raw)
         account, container = arm.name, arm.rest[3]
     else:
         raise _bad(what, raw, "no az:// or https:// prefix", expected)
@@ -198,17 +205,26 @@ def parse_blob(raw: str, suffix: str, subscription: str | None) -> BlobRef:
 class ClusterRef:
     name: str
     resource_group: str | None = None
+    #: Set only for connectors without a subscription (several in reach).
+    subscription: str | None = None
 
     @property
     def canonical(self) -> str:
+        if self.subscription:
+            return f"{self.subscription}/{self.resource_group}/{self.name}"
         return f"{self.resource_group}/{self.name}" if self.resource_group else self.name
 
 
 def parse_cluster(raw: str, subscription: str | None) -> ClusterRef:
-    expected = "RESOURCE_GROUP/NAME, NAME, or the cluster's ARM resource ID"
+    """``subscription``: the connector's; None keeps the one an ID names (see above)."""
+    expected = (
+        "RESOURCE_GROUP/NAME, NAME, SUBSCRIPTION_ID/RESOURCE_GROUP/NAME, or the cluster's "
+        "ARM resource ID"
+    )
     what = "an AKS cluster"
     text = raw.strip()
     group: str | None
+    named: str | None = None
     if text.startswith("/"):
         arm = parse_arm_id(text, what, expected)
         if (
@@ -217,16 +233,20 @@ def parse_cluster(raw: str, subscription: str | None) -> ClusterRef:
             or (arm.rest)
         ):
             raise _bad(what, raw, "not a Microsoft.ContainerService managed cluster ID", expected)
-        _same_subscription(arm, subscription, raw)
-        group, name = arm.resource_group, arm.name
+        _same_subscription(arm.subscription, subscription, raw)
+        group, name, named = arm.resource_group, arm.name, arm.subscription
     else:
         parts = text.split("/")
-        if len(parts) == 2:
+        if len(parts) == 3 and _GUID.match(parts[0]):
+            named = parts[0].lower()
+            _same_subscription(named, subscription, raw)
+            group, name = parts[1].lower(), parts[2]
+        elif len(parts) == 2:
             group, name = parts[0].lower(), parts[1]
         elif len(parts) == 1:
             group, name = None, text
         else:
-            raise _bad(what, raw, "too many '/'", expected)
+            raise _bad(what, raw, "too many '/' or not a subscription ID first", expected)
     if group is not None and not _RESOURCE_GROUP.match(group):
         raise _bad(what, raw, f"'{clip(group)}' is not a resource group name", expected)
     if not _AKS.match(name):
@@ -237,7 +257,7 @@ def parse_cluster(raw: str, subscription: str | None) -> ClusterRef:
             "a letter or digit",
             expected,
         )
-    return ClusterRef(name, group)
+    return ClusterRef(name, group, named if subscription is None else None)
 
 
 def parse_registry(raw: str, suffix: str, subscription: str | None) -> str:
@@ -249,7 +269,7 @@ def parse_registry(raw: str, suffix: str, subscription: str | None) -> str:
         arm = parse_arm_id(text, what, expected)
         if arm.provider != "microsoft.containerregistry" or arm.kind != "registries" or arm.rest:
             raise _bad(what, raw, "not a Microsoft.ContainerRegistry registry ID", expected)
-        _same_subscription(arm, subscription, raw)
+        _same_subscription(arm.subscription, subscription, raw)
         name = arm.name
     else:
         if "://" in text:

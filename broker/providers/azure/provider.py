@@ -23,10 +23,10 @@ from datetime import datetime
 
 import aiohttp
 
-from broker.errors import FailedPrecondition, InvalidArgument, NotFound
+from broker.errors import NotFound
 from broker.model import AutoConfigured, AutoConfigureOptions, ClientCredential, Connector, Value
 from broker.providers import credentials, fanout
-from broker.providers.azure import arm, autoconfig, blob, entra, ids
+from broker.providers.azure import arm, autoconfig, blob, entra, ids, subscriptions
 from broker.providers.azure.settings import AKS_SCOPE, STORAGE_SCOPE, AzureSettings
 from broker.providers.azure.spec import (
     AUTH_TOKEN,
@@ -90,19 +90,14 @@ class AzureProvider(Provider):
 
     # -- validation -------------------------------------------------------
     def validate(self, connector: Connector) -> None:
-        settings = self.settings(connector)
-        if connector.resource_type == RT_AKS and settings.subscription is None:
-            raise InvalidArgument(
-                "attribute 'subscription_id' is required to reach AKS clusters",
-                field="subscription_id",
-            )
+        self.settings(connector)
 
     def canonical_resource_id(self, connector: Connector, resource_type: str, raw: str) -> str:
         self.check_resource_type(resource_type)
         settings = self.settings(connector)
         sub, urls = settings.subscription, settings.endpoints
         if resource_type == RT_GENERIC:
-            return ids.canonical_generic(raw, settings.generic_id or _NO_SCOPE)
+            return ids.canonical_generic(raw, settings.generic_id or _NO_SCOPE, sub is None)
         if resource_type == RT_BLOB:
             return ids.parse_blob(raw, urls.storage_suffix, sub).canonical
         if resource_type == RT_AKS:
@@ -122,7 +117,11 @@ class AzureProvider(Provider):
             return {}
         if connector.resource_id is not None:
             return {connector.resource_id: ACR_USER}
-        return dict.fromkeys(await self.discover(connector, RT_REGISTRY, None), ACR_USER)
+        try:
+            found = await self.discover(connector, RT_REGISTRY, None)
+        except fanout.PartialListing as partial:  # the subscriptions that answered
+            found = partial.found
+        return dict.fromkeys(found, ACR_USER)
 
     # -- tokens -------------------------------------------------------------
     async def token(self, connector: Connector, scope: str) -> entra.AccessToken:
@@ -141,13 +140,6 @@ class AzureProvider(Provider):
         return arm.Arm(
             self._http(settings), settings.endpoints.arm, token.value, self.context.request_timeout
         )
-
-    def _subscription(self, settings: AzureSettings, what: str) -> str:
-        if settings.subscription is None:
-            raise FailedPrecondition(
-                f"connector '{settings.connector}' names no subscription_id, which {what} needs"
-            )
-        return settings.subscription
 
     # -- upstream ---------------------------------------------------------
     async def discover(
@@ -168,35 +160,65 @@ class AzureProvider(Provider):
                 url = settings.endpoints.blob_url(ref.account)
                 return [await blob.check_container(url, ref, token, session, timeout)]
             mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
-            accounts = await arm.list_storage_accounts(
-                mgmt, self._subscription(settings, "listing storage accounts")
-            )
-            return await self._containers(settings, accounts, token)
+
+            async def containers(sub: str) -> list[str]:
+                accounts = await arm.list_storage_accounts(mgmt, sub)
+                return await self._containers(settings, accounts, token)
+
+            return await subscriptions.across(mgmt, settings, containers)
         mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
         if resource_type == RT_GENERIC:
-            generic = settings.generic_id or _NO_SCOPE
-            if settings.subscription is not None:
-                subs = await arm.list_subscriptions(mgmt)
-                if settings.subscription not in subs:
-                    raise NotFound(
-                        f"subscription '{settings.subscription}' is not visible to connector "
-                        f"'{connector.name}' (it sees {len(subs)})"
-                    )
-            return [generic]
+            return await self._generic(settings, mgmt, canonical)
         if resource_type == RT_AKS:
-            sub = self._subscription(settings, "listing AKS clusters")
-            clusters = await arm.list_clusters(mgmt, sub)
             if canonical:
-                _find_cluster(clusters, ids.parse_cluster(canonical, sub), sub)
+                cluster = ids.parse_cluster(canonical, settings.subscription)
+                await subscriptions.locate_cluster(mgmt, settings, cluster)
                 return [canonical]
-            return _cluster_ids(clusters)
-        sub = self._subscription(settings, "listing ACR registries")
-        registries = await arm.list_registries(mgmt, sub)
-        if canonical:
-            if canonical not in registries:
-                raise NotFound(f"ACR registry '{canonical}' is not in subscription '{sub}'")
-            return [canonical]
-        return registries
+            return await subscriptions.cluster_ids(mgmt, settings)
+
+        async def registries(sub: str) -> list[str]:
+            return await arm.list_registries(mgmt, sub)
+
+        if not canonical:
+            return await subscriptions.across(mgmt, settings, registries)
+        try:
+            found = await subscriptions.across(mgmt, settings, registries)
+        except fanout.PartialListing as partial:
+            if canonical not in partial.found:
+                raise  # it may be in a subscription that failed
+            found = partial.found
+        if canonical not in found:
+            where = (
+                f"subscription '{settings.subscription}'"
+                if settings.subscription
+                else f"any Enabled subscription connector '{connector.name}' sees"
+            )
+            raise NotFound(f"ACR registry '{canonical}' is not in {where}")
+        return [canonical]
+
+    async def _generic(
+        self, settings: AzureSettings, mgmt: arm.Arm, canonical: str | None
+    ) -> list[str]:
+        """The configured subscription (checked visible); without one, every Enabled
+        subscription the identity sees, or the tenant when it sees none."""
+        generic = settings.generic_id or _NO_SCOPE
+        if settings.subscription is not None:
+            subs = await arm.list_subscriptions(mgmt)
+            if settings.subscription not in subs:
+                raise NotFound(
+                    f"subscription '{settings.subscription}' is not visible to connector "
+                    f"'{settings.connector}' (it sees {len(subs)})"
+                )
+            return [generic]
+        enabled = await arm.enabled_subscriptions(mgmt)
+        if canonical is None:
+            return enabled or [generic]
+        if canonical != generic and canonical not in enabled:
+            raise NotFound(
+                f"subscription '{canonical}' is not an Enabled subscription visible to "
+                f"connector '{settings.connector}' (it sees {len(enabled)})"
+            )
+        return [canonical]
 
     async def _containers(
         self, settings: AzureSettings, accounts: list[str], token: entra.AccessToken
@@ -223,11 +245,16 @@ class AzureProvider(Provider):
         session, timeout = self._http(settings), self.context.request_timeout
         if resource_type == RT_GENERIC:
             token = await self.token(connector, urls.arm_scope)
-            return self._token_credential(settings, resource_type, canonical, token, fresh)
+            # The credential names the subscription asked for (the tenant's has none).
+            default = settings.generic_id or _NO_SCOPE
+            sub = settings.subscription or (canonical if canonical != default else None)
+            return self._token_credential(settings, resource_type, canonical, token, fresh, sub)
         if resource_type == RT_BLOB:
             token = await self.token(connector, STORAGE_SCOPE)
             if settings.blob_credential == BLOB_TOKEN:
-                return self._token_credential(settings, resource_type, canonical, token, fresh)
+                return self._token_credential(
+                    settings, resource_type, canonical, token, fresh, settings.subscription
+                )
             blob_ref = ids.parse_blob(canonical, urls.storage_suffix, None)
             account_url = urls.blob_url(blob_ref.account)
             lifetime = connector.expiration_seconds or DEFAULT_SAS_LIFETIME
@@ -256,13 +283,13 @@ class AzureProvider(Provider):
                 issued_at=issued,
             )
         if resource_type == RT_AKS:
-            sub = self._subscription(settings, "reaching an AKS cluster")
             mgmt = self._arm(settings, await self.token(connector, urls.arm_scope))
-            ref = ids.parse_cluster(canonical, sub)
-            if ref.resource_group is None:
-                group, name = _find_cluster(await arm.list_clusters(mgmt, sub), ref, sub)
-            else:
-                group, name = ref.resource_group, ref.name
+            ref = ids.parse_cluster(canonical, settings.subscription)
+            known = ref.subscription or settings.subscription
+            if ref.resource_group is not None and known is not None:
+                sub, group, name = known, ref.resource_group, ref.name
+            else:  # resolved by listing (its subscription, or every one in reach)
+                sub, group, name = await subscriptions.locate_cluster(mgmt, settings, ref)
             server, ca = await arm.cluster_access(mgmt, sub, group, name)
             token = await self.token(connector, AKS_SCOPE)
             return credentials.kubernetes_token(
@@ -297,12 +324,13 @@ class AzureProvider(Provider):
         canonical: str,
         token: entra.AccessToken,
         issued: datetime | None,
+        subscription: str | None,
     ) -> ClientCredential:
         config: dict[str, Value] = {"token": token.value}
         if settings.tenant:
             config["tenant_id"] = settings.tenant
-        if settings.subscription:
-            config["subscription_id"] = settings.subscription
+        if subscription:
+            config["subscription_id"] = subscription
         return ClientCredential(
             connector_type=CONNECTOR_TYPE,
             auth_method=AUTH_TOKEN,
@@ -319,30 +347,3 @@ class AzureProvider(Provider):
         self, options: AutoConfigureOptions, env: Mapping[str, str]
     ) -> AutoConfigured:
         return autoconfig.auto_configure(options, env)
-
-
-def _cluster_ids(clusters: list[tuple[str, str]]) -> list[str]:
-    """Listing: a bare name when unique in the subscription, else RESOURCE_GROUP/NAME."""
-    names = [name for _, name in clusters]
-    return sorted(name if names.count(name) == 1 else f"{group}/{name}" for group, name in clusters)
-
-
-def _find_cluster(
-    clusters: list[tuple[str, str]], ref: ids.ClusterRef, subscription: str
-) -> tuple[str, str]:
-    matches = [
-        (group, name)
-        for group, name in clusters
-        if name.lower() == ref.name.lower()
-        and (ref.resource_group is None or group == ref.resource_group)
-    ]
-    if not matches:
-        raise NotFound(f"AKS cluster '{ref.canonical}' is not in subscription '{subscription}'")
-    if len(matches) > 1:
-        groups = ", ".join(sorted(group for group, _ in matches))
-        raise InvalidArgument(
-            f"AKS cluster name '{ref.name}' exists in several resource groups ({groups}): "
-            f"use RESOURCE_GROUP/{ref.name}",
-            field="resource_id",
-        )
-    return matches[0]
