@@ -29,6 +29,8 @@ class Grant:
     #: gcp: the only local uid whose sockets may use the endpoint (None: any).
     bound_uid: int | None = None
     token_hash: bytes = b""
+    #: The process the grant ends with (``broker exec``'s, from the kernel), if any.
+    bound_pid: int | None = None
 
 
 class SdkGrants(Protocol):
@@ -46,6 +48,7 @@ class SdkGrants(Protocol):
         principal: Principal,
         ttl_seconds: int | None = None,
         bind_uid: int | None = None,
+        bound_to_caller: bool = False,
     ) -> tuple[Grant, dict[str, str]]: ...
 
     async def revoke(self, grant_id: str, principal: Principal) -> None: ...

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -328,6 +329,55 @@ def test_signals_are_forwarded_and_the_grants_revoked(
                 proc.kill()
                 proc.wait()
     assert _grants(daemon, aws) == 0
+
+
+KEEPS_RUNNING = (
+    DUMP_ENV
+    + """
+print("ready", os.getpid(), flush=True)
+import time
+time.sleep(60)
+"""
+)
+
+
+def test_a_sigkilled_broker_exec_leaves_no_grant_behind(
+    daemon: Daemon, moto: MotoServer, aws: str, tmp_path: Path
+) -> None:
+    """Nobody is left to revoke the grant: the daemon watches `broker exec`'s process."""
+    seen = tmp_path / "env.json"
+    proc = subprocess.Popen(
+        [*BROKER, "exec", aws, "--", sys.executable, "-c", KEEPS_RUNNING, str(seen)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(daemon),
+    )
+    child = 0
+    try:
+        assert proc.stdout is not None
+        word, child_pid = proc.stdout.readline().split()
+        assert word == "ready"
+        child = int(child_pid)
+        env = json.loads(seen.read_text())
+        assert _endpoint_status(env) == 200 and _grants(daemon, aws) == 1
+        proc.kill()  # SIGKILL: no cleanup runs in `broker exec`; its child lives on
+        proc.wait()
+        killed = time.monotonic()
+        while _grants(daemon, aws):
+            assert time.monotonic() - killed < 5, "the grant outlived `broker exec`"
+            time.sleep(0.02)
+        assert _endpoint_status(env) == 401
+        os.kill(child, 0)  # the child still runs: the grant ended with `broker exec`
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert f"the process it was bound to (pid {proc.pid}) exited" in daemon.log()
 
 
 # -- docker: a temp DOCKER_CONFIG with credHelpers; removed even when the child is killed --

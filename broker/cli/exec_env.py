@@ -170,7 +170,8 @@ def grant(
     ttl_seconds: int,
 ) -> Prepared:
     """An SDK endpoint grant (``broker env aws|gcp``'s CreateSdkEndpoint), bound to the
-    caller (gcp: to the caller's uid, the daemon's default)."""
+    caller (gcp: to the caller's uid, the daemon's default) and to this process: the
+    daemon revokes it when we exit, also when we are SIGKILLed and cannot revoke it."""
     from broker.api.v1 import broker_pb2 as pb
 
     endpoint = stub.CreateSdkEndpoint(
@@ -180,6 +181,7 @@ def grant(
             resource_type=resource_type,
             resource_id=resource_id or "",
             ttl_seconds=ttl_seconds,
+            bound_to_caller_process=True,
         )
     )
     return Prepared(

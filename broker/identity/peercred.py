@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import replace
 
+from broker.identity.cgroups import boot_ticks
 from broker.identity.principal import Principal, unix_principal
 
 #: Linux's SO_PEERGROUPS (not exported by every Python build).
@@ -33,5 +35,6 @@ def peer_ids(sock: socket.socket) -> tuple[int, int, int, frozenset[int]]:
 
 
 def peer_principal(sock: socket.socket, via: str) -> Principal:
+    """The caller, stamped with when its pid was read (a later-started pid is a reuse)."""
     pid, uid, gid, gids = peer_ids(sock)
-    return unix_principal(uid, gid, pid, gids, via=via)
+    return replace(unix_principal(uid, gid, pid, gids, via=via), seen_ticks=boot_ticks())

@@ -32,6 +32,9 @@ class Principal:
     gid: int | None = None
     gids: frozenset[int] = frozenset()
     pid: int | None = None
+    #: When the kernel reported ``pid`` (clock ticks after boot, as ``/proc/PID/stat``'s
+    #: start time): a process with that pid that started later is another one (reuse).
+    seen_ticks: int | None = field(default=None, compare=False)
     user: str | None = None
     #: Name of the primary group (``gid``), when it has one.
     group: str | None = None

@@ -57,6 +57,7 @@ from broker.local import formats, gce
 from broker.local import sdk_rules as rules
 from broker.local.endpoint import refused
 from broker.local.guard import HttpGuard
+from broker.local.lifelines import Lifeline, Lifelines
 from broker.policy import Action, Target
 from broker.service import BrokerService
 from broker.variants import VARIANT_SDK_SESSION
@@ -109,6 +110,8 @@ class SdkEndpoints:
         self._expired_tokens: dict[bytes, datetime] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: Grants that end when their caller's process exits (``broker exec``).
+        self.lifelines = Lifelines()
 
     async def _listen(self, app: web.Application) -> tuple[web.AppRunner, int]:
         runner = self.guard.runner(app)
@@ -193,12 +196,39 @@ class SdkEndpoints:
         principal: Principal,
         ttl_seconds: int | None = None,
         bind_uid: int | None = None,
+        bound_to_caller: bool = False,
     ) -> tuple[Grant, dict[str, str]]:
-        """Check the request resolves now (clear errors early), then grant it."""
+        """Check the request resolves now (clear errors early), then grant it;
+        ``bound_to_caller``: revoked the moment the caller's process exits."""
         if kind not in ("aws", "gcp"):
             raise InvalidArgument(f"kind must be 'aws' or 'gcp', not '{kind}'", field="kind")
         ttl = rules.validate_ttl(ttl_seconds)
         bound_uid = self._binding(kind, principal, bind_uid)
+        lifeline = self.lifelines.open(principal) if bound_to_caller else None
+        try:
+            grant, env = await self._create(
+                kind, connector, resource_type, resource_id, principal, ttl, bound_uid, lifeline
+            )
+        except BaseException:
+            if lifeline is not None:
+                lifeline.close()  # refused or failed: nothing to watch
+            raise
+        if lifeline is not None:
+            self.lifelines.watch(grant.id, lifeline, self._caller_exited)
+        return grant, env
+
+    async def _create(
+        self,
+        kind: str,
+        connector: str,
+        resource_type: str | None,
+        resource_id: str | None,
+        principal: Principal,
+        ttl: int,
+        bound_uid: int | None,
+        lifeline: Lifeline | None,
+    ) -> tuple[Grant, dict[str, str]]:
+        bound_pid = lifeline.pid if lifeline is not None else None
         if kind == "gcp":
             resource_type = resource_type or "gcp-generic"
         # AWS: what the endpoint will serve (temporary keys, minted now), so a connector
@@ -231,6 +261,7 @@ class SdkEndpoints:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
             bound_uid=bound_uid,
+            bound_pid=bound_pid,
         )
         if kind == "aws":
             try:
@@ -277,6 +308,7 @@ class SdkEndpoints:
             resource_id=resource_id,
             expires_at=_stamp(grant.expires_at),
             bound_uid=bound_uid,
+            bound_pid=bound_pid,
             **principal.audit_fields(),
         )
         return grant, env
@@ -287,6 +319,7 @@ class SdkEndpoints:
             # Someone else's grant looks exactly like a missing one.
             raise NotFound(f"no SDK endpoint '{grant_id}' of yours", field="id")
         del self._grants[grant_id]
+        self.lifelines.release(grant_id)
         runner = self._gcp_runners.pop(grant_id, None)
         if runner is not None:
             await runner.cleanup()
@@ -298,6 +331,29 @@ class SdkEndpoints:
             owner=grant.owner.describe(),
             **principal.audit_fields(),
         )
+
+    def _caller_exited(self, grant_id: str, pid: int) -> None:
+        """The process a grant was bound to has exited: revoke it now (from the loop)."""
+        grant = self._grants.pop(grant_id, None)
+        if grant is None:
+            return
+        self._close_later(self._gcp_runners.pop(grant_id, None))
+        self._service.audit.record(
+            "sdk_endpoint_revoked",
+            id=grant_id,
+            kind=grant.kind,
+            connector=grant.connector,
+            reason=f"the process it was bound to (pid {pid}) exited",
+            bound_pid=pid,
+            **grant.owner.audit_fields(),
+        )
+
+    def _close_later(self, runner: web.AppRunner | None) -> None:
+        """Close a metadata listener in the background (not from inside its own request)."""
+        if runner is not None:
+            task = asyncio.get_running_loop().create_task(runner.cleanup())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     # -- expiry ---------------------------------------------------------------
     def _start_sweeper(self) -> None:
@@ -318,6 +374,7 @@ class SdkEndpoints:
         """Forget an expired grant; its metadata listener (if any) is returned to close."""
         if self._grants.pop(grant.id, None) is None:
             return None
+        self.lifelines.release(grant.id)
         if grant.kind == "aws":
             if len(self._expired_tokens) >= _EXPIRED_TOKENS_KEPT:
                 self._expired_tokens.pop(next(iter(self._expired_tokens)))
@@ -343,11 +400,7 @@ class SdkEndpoints:
         would wait for the request itself.
         """
         for grant in self._due():
-            runner = self._expire(grant)
-            if runner is not None:
-                task = asyncio.get_running_loop().create_task(runner.cleanup())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            self._close_later(self._expire(grant))
 
     async def sweep(self) -> int:
         """Drop every expired grant and close its listener; returns how many."""
@@ -363,6 +416,7 @@ class SdkEndpoints:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        self.lifelines.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         for runner in [self._aws_runner, *self._gcp_runners.values()]:

@@ -405,6 +405,7 @@ class BrokerServicer(pb_grpc.BrokerServiceServicer):
             principal=self._callers.principal(context),
             ttl_seconds=request.ttl_seconds or None,
             bind_uid=request.bind_uid if request.HasField("bind_uid") else None,
+            bound_to_caller=request.bound_to_caller_process,
         )
         return convert.sdk_grant(grant, env)
 

@@ -556,20 +556,22 @@ class SetPreferredConnectorResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSdkEndpointRequest(_message.Message):
-    __slots__ = ("kind", "connector", "resource_type", "resource_id", "ttl_seconds", "bind_uid")
+    __slots__ = ("kind", "connector", "resource_type", "resource_id", "ttl_seconds", "bind_uid", "bound_to_caller_process")
     KIND_FIELD_NUMBER: _ClassVar[int]
     CONNECTOR_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_ID_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BIND_UID_FIELD_NUMBER: _ClassVar[int]
+    BOUND_TO_CALLER_PROCESS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     connector: str
     resource_type: str
     resource_id: str
     ttl_seconds: int
     bind_uid: int
-    def __init__(self, kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., bind_uid: _Optional[int] = ...) -> None: ...
+    bound_to_caller_process: bool
+    def __init__(self, kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., bind_uid: _Optional[int] = ..., bound_to_caller_process: _Optional[bool] = ...) -> None: ...
 
 class SdkEndpoint(_message.Message):
     __slots__ = ("id", "env", "kind", "connector", "resource_type", "resource_id", "owner", "expires_at", "bound_uid", "created_at")
