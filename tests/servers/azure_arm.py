@@ -3,7 +3,7 @@
 ARM (bearer token from :class:`~tests.servers.azure_entra.EntraAuthority`,
 checked for signature, audience ``arm_audience`` and expiry on every call):
 
-* ``GET /subscriptions``;
+* ``GET /subscriptions`` (each with its ``state``: ``Disabled`` for those in ``disabled``);
 * ``GET /subscriptions/S/providers/Microsoft.Storage/storageAccounts``;
 * ``GET /subscriptions/S/providers/Microsoft.ContainerService/managedClusters``;
 * ``POST /subscriptions/S/resourceGroups/RG/providers/Microsoft.ContainerService/
@@ -11,7 +11,8 @@ checked for signature, audience ``arm_audience`` and expiry on every call):
 * ``GET /subscriptions/S/providers/Microsoft.ContainerRegistry/registries``.
 
 Listings are paginated with ``nextLink`` (``page_size``). A subscription the
-token's client is not granted answers 403 AuthorizationFailed.
+token's client is not granted answers 403 AuthorizationFailed; one in ``failing``
+answers every call under it with that status (after the token check).
 
 ACR, served either by ``Host`` (``NAME.azurecr.io``, in-process tests) or
 under ``/acr/NAME`` (one loopback server for every registry):
@@ -67,6 +68,10 @@ class AzureCloud:
     page_size: int = 2
     refresh_lifetime: int = 3 * 3600
     subscriptions: list[str] = field(default_factory=list)
+    #: Subscriptions listed with state Disabled (their resources still answer reads).
+    disabled: set[str] = field(default_factory=set)
+    #: subscription -> HTTP status every call under it answers (an outage, throttling).
+    failing: dict[str, int] = field(default_factory=dict)
     #: client ID -> subscriptions it may read (absent: all).
     grants: dict[str, set[str]] = field(default_factory=dict)
     storage_accounts: dict[str, list[str]] = field(default_factory=dict)
@@ -126,6 +131,11 @@ class AzureCloud:
                 f"The client '{client}' does not have authorization to perform action "
                 f"over scope '/subscriptions/{sub}'",
             )
+        status = self.failing.get(sub)
+        if status is not None:
+            self._record(request, status)
+            code = {403: "AuthorizationFailed", 429: "TooManyRequests"}.get(status, "InternalError")
+            return _arm_error(status, code, f"stand-in failure for subscription '{sub}'")
         return None
 
     def _page(self, request: web.Request, items: list[dict[str, Any]]) -> web.Response:
@@ -150,7 +160,14 @@ class AzureCloud:
         ]
         return self._page(
             request,
-            [{"id": f"/subscriptions/{s}", "subscriptionId": s, "state": "Enabled"} for s in subs],
+            [
+                {
+                    "id": f"/subscriptions/{s}",
+                    "subscriptionId": s,
+                    "state": "Disabled" if s in self.disabled else "Enabled",
+                }
+                for s in subs
+            ],
         )
 
     async def _listing(self, request: web.Request) -> web.Response:
