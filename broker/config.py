@@ -70,6 +70,11 @@ class Settings:
     )
     log_level: str = _doc("debug, info, warning or error", "info")
     log_format: str = _doc("auto (JSON unless a TTY), json or console", "auto")
+    event_loop: str = _doc(
+        "uvloop (libuv: ~12 % more cache-hit calls/s, see the README's benchmarks) or asyncio "
+        "(the standard library's loop)",
+        "uvloop",
+    )
     metrics: str | None = _doc("Serve Prometheus metrics on HOST:PORT", None)
     shutdown_grace_seconds: float = _doc("Time in-flight calls get to finish on shutdown", 10.0)
     request_timeout_seconds: float = _doc("Bound on one upstream call", 10.0)
@@ -250,6 +255,11 @@ def _validate(settings: Settings) -> Settings:
             f"setting 'log_format' must be auto, json or console, got '{settings.log_format}'",
             field="log_format",
         )
+    if settings.event_loop not in ("uvloop", "asyncio"):
+        raise InvalidArgument(
+            f"setting 'event_loop' must be uvloop or asyncio, got '{settings.event_loop}'",
+            field="event_loop",
+        )
     for key in (
         "http_header_timeout_seconds",
         "http_body_timeout_seconds",
@@ -402,3 +412,8 @@ def reload_outputs(settings: Settings) -> tuple[OutputSpec, ...]:
         return settings.outputs
     path = settings.config_file
     return parse_outputs(_read_toml(path).get("outputs"), str(path))
+
+
+def loop_options(event_loop: str) -> dict[str, bool]:
+    """anyio's backend options for the ``event_loop`` setting."""
+    return {"use_uvloop": event_loop == "uvloop"}

@@ -562,7 +562,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "echo":
         with suppress(KeyboardInterrupt):
-            asyncio.run(_echo(args.socket, args.response, args.delay, args.relay))
+            serve = _echo(args.socket, args.response, args.delay, args.relay)
+            if os.environ.get("BROKER_EVENT_LOOP", "uvloop") == "uvloop":  # as the daemon
+                import uvloop
+
+                uvloop.run(serve)
+            else:
+                asyncio.run(serve)
     else:
         results = asyncio.run(_client(json.load(sys.stdin)))
         json.dump(results, sys.stdout)

@@ -92,7 +92,7 @@ def serve(
     """
     import anyio
 
-    from broker.config import load_settings
+    from broker.config import load_settings, loop_options
     from broker.daemon import run_daemon
 
     settings = load_settings(
@@ -110,7 +110,7 @@ def serve(
             "log_format": log_format,
         },
     )
-    anyio.run(run_daemon, settings)
+    anyio.run(run_daemon, settings, backend_options=loop_options(settings.event_loop))
 
 
 def _health(socket: Path | None, timeout: float, service: str = "") -> str:

@@ -161,8 +161,7 @@ class HttpGuard:
             conn.close()
             return
         self.refusing += 1
-        refuser = _Refuser(self, answer)
-        self._connections.start(conn, lambda: refuser, lambda _: refuser.release())
+        _Refuser(self, conn, answer)  # it keeps itself alive through its reader and timer
 
     # -- requests ---------------------------------------------------------------
     def refused(self, status: int, code: str, reason: str, peer: str | None = None) -> None:
@@ -438,34 +437,46 @@ class GuardedHandler(RequestHandler):
         )
 
 
-class _Refuser(asyncio.Protocol):
-    """A connection over the cap: answer 503, then close once read (or after a second)."""
+class _Refuser:
+    """A connection over the cap: answer 503, then close once the client is done (or after
+    a second). Plain socket calls on the loop's selector, no transport: a refusal must not
+    cost more than the descriptor it already has, whatever the event loop."""
 
-    def __init__(self, guard: HttpGuard, answer: bytes) -> None:
+    def __init__(self, guard: HttpGuard, conn: socket.socket, answer: bytes) -> None:
         self._guard = guard
-        self._answer = answer
+        self._conn = conn
+        self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._released = False
+        self._closed = False
+        try:  # a few hundred bytes into an empty socket buffer: sent whole at once
+            conn.setblocking(False)
+            conn.send(answer)
+            conn.shutdown(socket.SHUT_WR)
+            self._loop.add_reader(conn.fileno(), self._drain)
+        except OSError:
+            self.close()
+            return
+        self._timer = self._loop.call_later(REFUSE_LINGER_SECONDS, self.close)
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._guard.refusing -= 1
+    def _drain(self) -> None:
+        """Read and drop what the client sends, so closing does not reset the answer;
+        its end of stream (or an error) closes."""
+        try:
+            if self._conn.recv(4096):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self.close()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self._answer)
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER_SECONDS, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass  # read and dropped, so closing does not reset the connection under the answer
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.release()
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._guard.refusing -= 1
         if self._timer is not None:
             self._timer.cancel()
+        with contextlib.suppress(OSError, ValueError):
+            self._loop.remove_reader(self._conn.fileno())
+        self._conn.close()
