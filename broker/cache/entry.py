@@ -2,7 +2,8 @@
 
 :class:`Entry` knows what it holds, when it next needs attention and how a
 mint's outcome changes it; :class:`broker.cache.cache.CredentialCache` runs
-the mints, publishes to watchers and keeps the deadlines. Every method takes
+the mints and publishes to watchers; :class:`broker.cache.table.EntryTable` keeps the
+deadlines and the eviction order. Every method takes
 ``now`` rather than reading a clock.
 """
 
