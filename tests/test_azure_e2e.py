@@ -83,7 +83,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def _register(
-    daemon: Daemon, name: str, stand_in: AzureStandIn, azurite: Azurite, tmp: Path, *extra: str
+    daemon: Daemon,
+    name: str,
+    stand_in: AzureStandIn,
+    azurite: Azurite,
+    tmp: Path,
+    *extra: str,
+    subscription: str | None = SUB,
 ) -> dict[str, Any]:
     app = stand_in.entra.add_secret_app()
     ca_file = stand_in.ca.write(tmp, f"ca-{name}")
@@ -102,7 +108,7 @@ def _register(
         f"tenant_id={stand_in.entra.tenant}",
         f"client_id={app.client_id}",
         f"client_secret=@{secret_file}",
-        f"subscription_id={SUB}",
+        *([f"subscription_id={subscription}"] if subscription else []),
         f"certificate_authority=@{ca_file}",
         *(f"{k}={v}" for k, v in config.items()),
         *extra,
@@ -353,3 +359,78 @@ def test_auto_configure_from_azure_env(
     assert connector["config"]["subscription_id"] == SUB
     assert registered["resources"][0]["resource_ids"] == [SUB]
     assert str(app.secret) not in daemon.log()
+
+
+def test_list_resources_without_a_subscription_spans_every_enabled_one(
+    daemon: Daemon,
+    stand_in: AzureStandIn,
+    kube: KubeApiServer,
+    azurite: Azurite,
+    tmp_path: Path,
+) -> None:
+    """As az does: every Enabled subscription the principal sees (a Disabled one skipped,
+    a failing one named in a partial error), IDs unambiguous across them."""
+    second, disabled, broken = (f"{n}2222222-2222-3333-4444-555555555555" for n in "234")
+    cloud = stand_in.cloud
+    saved = (cloud.subscriptions, cloud.disabled, cloud.failing, cloud.registries, cloud.clusters)
+    cloud.subscriptions = [SUB, second, disabled, broken]
+    cloud.disabled = {disabled}
+    cloud.failing = {broken: 503}
+    cloud.registries = {**cloud.registries, second: ["secondacr"], disabled: ["ghostacr"]}
+    cloud.clusters = [
+        *cloud.clusters,
+        Cluster(second, "rg-aks", "prod", kube.url, kube.ca_pem),
+        Cluster(disabled, "rg-aks", "ghost", kube.url, kube.ca_pem),
+    ]
+    try:
+        _register(daemon, "az-all", stand_in, azurite, tmp_path, subscription=None)
+        listed = daemon.cli_json("connector", "list-resources", "--name", "az-all", "--refresh")
+        found = {r["resource_type"]: r for r in listed}
+        assert found["azure-generic"] == {
+            "connector": "az-all",
+            "connector_type": "azure",
+            "resource_type": "azure-generic",
+            "resource_ids": [SUB, second, broken],
+            "error": None,
+        }
+        assert found["kubernetes-cluster"]["resource_ids"] == [
+            f"{SUB}/rg-aks/prod",
+            f"{second}/rg-aks/prod",
+        ]
+        assert found["docker-registry"]["resource_ids"] == [ACR_HOST, "secondacr.azurecr.io"]
+        assert found["blob-container"]["resource_ids"] == [
+            f"az://{ACCOUNT}/builds",
+            f"az://{ACCOUNT}/private",
+        ]
+        for listing in found.values():
+            if listing["resource_type"] != "azure-generic":
+                error = listing["error"]
+                assert error.startswith(f"1 of 3 subscriptions failed: subscription '{broken}'")
+                assert "503" in error and SUB not in error and second not in error
+        assert not [c for c in cloud.calls if c[1].startswith(f"/subscriptions/{disabled}/")]
+        kept = daemon.cli_json(
+            "connector", "list-resources", "--name", "az-all", "--exclude-errors"
+        )
+        assert {r["resource_type"]: r["error"] for r in kept} == dict.fromkeys(found)
+
+        # The credential is minted in the cluster's own subscription.
+        aks = daemon.cli_json(
+            "credentials",
+            "get",
+            "az-all",
+            "-r",
+            "kubernetes-cluster",
+            "-i",
+            f"{second}/rg-aks/prod",
+        )
+        assert aks["resource_id"] == f"{second}/rg-aks/prod"
+        assert aks["config"]["server"] == kube.url
+        assert cloud.calls[-1][1].startswith(f"/subscriptions/{second}/resourceGroups/rg-aks/")
+        generic = daemon.cli_json(
+            "credentials", "get", "az-all", "-r", "azure-generic", "-i", second
+        )
+        assert generic["config"]["subscription_id"] == second
+    finally:
+        (cloud.subscriptions, cloud.disabled, cloud.failing, cloud.registries, cloud.clusters) = (
+            saved
+        )

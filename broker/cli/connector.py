@@ -384,8 +384,10 @@ def list_resources(
         except KeyboardInterrupt:
             stream.cancel()  # the daemon cancels its fan-out when the call is cancelled
             raise
-    if exclude_errors:
-        results = [r for r in results if not r.HasField("error")]
+    if exclude_errors:  # a partial listing (some subscriptions failed) keeps what it found
+        results = [r for r in results if r.resource_ids or not r.HasField("error")]
+        for r in results:
+            r.ClearField("error")
     results.sort(key=lambda r: (r.connector, r.resource_type))
     if output is not Output.table:
         render.print_data(output, [render.resource_json(r) for r in results])

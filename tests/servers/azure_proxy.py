@@ -66,6 +66,10 @@ class ConnectProxy:
             self.port = int(self._server.sockets[0].getsockname()[1])
             ready.set()
             loop.run_forever()
+            # Tunnels still open (clients' keep-alive connections) end here, inside the loop:
+            # left to the garbage collector after the loop closed, they would warn in
+            # whichever test runs next.
+            loop.run_until_complete(_end_tunnels())
             loop.close()
 
         self._thread = threading.Thread(target=run, name="connect-proxy", daemon=True)
@@ -87,6 +91,14 @@ class ConnectProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _end_tunnels() -> None:
+    tunnels = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tunnels:
+        task.cancel()
+    await asyncio.gather(*tunnels, return_exceptions=True)
+    await asyncio.sleep(0)  # the closed transports' connection_lost callbacks
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
