@@ -40,14 +40,16 @@ GENERIC_RESOURCE = ResourceTypeSpec(
     resource_type=RT_GENERIC,
     name="Azure subscription",
     description=(
-        "Azure Resource Manager for the connector's subscription (or its tenant when no "
-        "subscription is set), reached with an Entra access token for "
-        "https://management.azure.com/.default."
+        "Azure Resource Manager for the connector's subscription, reached with an Entra "
+        "access token for https://management.azure.com/.default. Without subscription_id: "
+        "the tenant by default, and any Enabled subscription the identity sees (listed as "
+        "az account list does); the credential names the subscription asked for."
     ),
     supports_instances=False,
     id_formats=(
         "the subscription ID (canonical, a GUID), or the tenant when no subscription is set",
         "/subscriptions/SUBSCRIPTION_ID",
+        "without subscription_id: any Enabled subscription's ID the identity sees",
     ),
 )
 
@@ -79,6 +81,9 @@ AKS_RESOURCE = ResourceTypeSpec(
     id_formats=(
         "RESOURCE_GROUP/NAME (canonical; the resource group in lower case)",
         "NAME, when no other resource group has a cluster of that name",
+        "SUBSCRIPTION_ID/RESOURCE_GROUP/NAME (canonical, and what listings show, when the "
+        "connector names no subscription_id: the same RESOURCE_GROUP/NAME may exist in "
+        "several subscriptions)",
         "/subscriptions/S/resourceGroups/RG/providers/Microsoft.ContainerService/"
         "managedClusters/NAME",
     ),
@@ -102,8 +107,10 @@ REGISTRY_RESOURCE = ResourceTypeSpec(
 
 _SUBSCRIPTION = AttributeSpec(
     "subscription_id",
-    "Azure subscription ID (GUID). Needed to list storage accounts, AKS clusters and ACR "
-    "registries, and to reach an AKS cluster.",
+    "Azure subscription ID (GUID) the connector works in. Unset: storage accounts, AKS "
+    "clusters and ACR registries are listed in every Enabled subscription the identity sees "
+    "(a few at a time; a failing one is named in a partial error), and AKS IDs carry the "
+    "subscription.",
 )
 _ENDPOINTS = (
     AttributeSpec(
