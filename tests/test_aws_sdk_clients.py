@@ -32,9 +32,10 @@ RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 #: The daemon's own AWS keys (implicit auth): temporary, with no known expiry.
 DAEMON_KEY = "ASIADAEMONDAEMON0001"
 DAEMON_SECRET = "daemon-Secret-0001"
-#: Short sessions for the renewal test (STS itself grants 900 s at least): renewed every
-#: 7-20 s, depending on the margin the cache keeps for so short a life.
-SHORT = timedelta(seconds=40)
+#: Short sessions for the renewal test (STS itself grants 900 s at least): the margin is
+#: 3/4 of so short a life (18 s), so the cache renews ~4 s after each mint, 2 s before
+#: the margin; botocore picks each renewal up within its 0.5 s polling.
+SHORT = timedelta(seconds=24)
 
 
 @pytest.fixture
