@@ -23,9 +23,10 @@ from broker.access import Gatekeeper
 from broker.audit import AuditLog
 from broker.clock import FakeClock
 from broker.errors import InvalidArgument, NotFound, PermissionDenied
+from broker.grants import Grant
 from broker.identity import tcp_owner
 from broker.identity.principal import Principal, unix_principal
-from broker.local import sdk
+from broker.local import grant_table, sdk
 from broker.local.sdk import SdkEndpoints
 from broker.model import ClientCredential, Connector
 from broker.policy import AccessPolicy, Action, Rule, Target, build_policy
@@ -131,7 +132,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def _aws_grant(
     ep: SdkEndpoints, principal: Principal = ROOT, **kw: Any
-) -> tuple[sdk.Grant, str, str]:
+) -> tuple[Grant, str, str]:
     grant, env = await ep.create("aws", "aws1", None, None, principal=principal, **kw)
     return (
         grant,
@@ -140,9 +141,7 @@ async def _aws_grant(
     )
 
 
-async def _gcp_grant(
-    ep: SdkEndpoints, principal: Principal = ROOT, **kw: Any
-) -> tuple[sdk.Grant, str]:
+async def _gcp_grant(ep: SdkEndpoints, principal: Principal = ROOT, **kw: Any) -> tuple[Grant, str]:
     grant, env = await ep.create("gcp", "gcp1", None, None, principal=principal, **kw)
     return grant, f"http://{env['GCE_METADATA_HOST']}"
 
@@ -345,7 +344,7 @@ async def test_an_expired_aws_grant_is_refused_on_use_and_dropped(
     service: FakeService,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sdk, "SWEEP_INTERVAL_SECONDS", 86400.0)  # only the lazy check here
+    monkeypatch.setattr(grant_table, "SWEEP_INTERVAL_SECONDS", 86400.0)  # only the lazy check here
     grant, url, token = await _aws_grant(endpoints, ttl_seconds=60)
     status, _, _ = await _get(http, url, {"Authorization": token})
     assert status == 200
@@ -369,7 +368,7 @@ async def test_an_expired_metadata_grant_answers_403_and_closes_its_listener(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sdk, "SWEEP_INTERVAL_SECONDS", 86400.0)
+    monkeypatch.setattr(grant_table, "SWEEP_INTERVAL_SECONDS", 86400.0)
     grant, base = await _gcp_grant(endpoints, ttl_seconds=120)
     assert (await _get(http, base + TOKEN_PATH, FLAVOR))[0] == 200
     await clock.advance(120)
@@ -388,12 +387,12 @@ async def test_the_sweep_drops_expired_grants_nobody_uses(
     short, base = await _gcp_grant(endpoints, ttl_seconds=60)
     long, _ = await _gcp_grant(endpoints, ttl_seconds=3600)
     aws, _, _ = await _aws_grant(endpoints, ttl_seconds=60)
-    await clock.advance(sdk.SWEEP_INTERVAL_SECONDS)
-    assert {g.id for g in endpoints._grants.values()} == {short.id, long.id, aws.id}
-    await clock.advance(60 - sdk.SWEEP_INTERVAL_SECONDS)
+    await clock.advance(grant_table.SWEEP_INTERVAL_SECONDS)
+    assert endpoints.grants.ids() == {short.id, long.id, aws.id}
+    await clock.advance(60 - grant_table.SWEEP_INTERVAL_SECONDS)
     await asyncio.sleep(0)  # the sweep closes listeners: real I/O
     assert await _refused(base)
-    assert set(endpoints._grants) == {long.id}
+    assert endpoints.grants.ids() == {long.id}
     expired = {line["id"] for line in service.audit_lines("sdk_endpoint_expired")}
     assert expired == {short.id, aws.id}
     assert clock.sleepers == 1  # the sweeper waits for its next round

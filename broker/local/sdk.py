@@ -24,19 +24,18 @@ body timeouts, size caps, and one cap on their open connections together.
 Every grant has an owner and a TTL. Each fetch re-checks the owner's
 permission (a policy reload applies at once); an expired grant is refused
 and dropped on use, and a background sweep drops the rest (closing their
-metadata listeners).
+metadata listeners). The grants themselves, and every way one ends, are
+:mod:`broker.local.grant_table`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -56,6 +55,7 @@ from broker.identity.tcp_owner import peer_uid
 from broker.local import formats, gce
 from broker.local import sdk_rules as rules
 from broker.local.endpoint import refused
+from broker.local.grant_table import GrantTable, stamp, token_hash
 from broker.local.guard import HttpGuard
 from broker.local.lifelines import Lifeline, Lifelines
 from broker.policy import Action, Target
@@ -69,24 +69,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AWS_PATH = "/v1/aws/credentials"
 METADATA_FLAVOR = gce.FLAVOR
 
-#: How often expired grants are looked for (they are refused on use at once anyway).
-SWEEP_INTERVAL_SECONDS = 30.0
-#: Token hashes of expired AWS grants remembered, to say "expired" rather than "unknown".
-_EXPIRED_TOKENS_KEPT = 1024
-
 
 GRANT = web.AppKey("grant", Grant)
 #: Headers every answer of that listener carries (GCE: ``Metadata-Flavor: Google``).
 ANSWER_HEADERS = web.AppKey("answer_headers", dict[str, str])
 LISTENER = web.AppKey("listener", str)
-
-
-def _hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def _stamp(when: datetime) -> str:
-    return formats.rfc3339(when.astimezone(UTC))
 
 
 class SdkEndpoints:
@@ -103,15 +90,11 @@ class SdkEndpoints:
         self._clock = clock
         self._host = host
         self.guard = guard or HttpGuard("sdk")
-        self._grants: dict[str, Grant] = {}
         self._aws_runner: web.AppRunner | None = None
         self._aws_port = 0
-        self._gcp_runners: dict[str, web.AppRunner] = {}
-        self._expired_tokens: dict[bytes, datetime] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
         #: Grants that end when their caller's process exits (``broker exec``).
         self.lifelines = Lifelines()
+        self.grants = GrantTable(service.audit, clock, self.lifelines)
 
     async def _listen(self, app: web.Application) -> tuple[web.AppRunner, int]:
         runner = self.guard.runner(app)
@@ -144,9 +127,9 @@ class SdkEndpoints:
 
     def list(self, principal: Principal) -> list[Grant]:
         """The caller's live grants; every live grant for an admin."""
-        self._expire_due()
+        live = self.grants.live()
         admin = self._is_admin(principal)
-        return [g for g in self._grants.values() if admin or g.owner.key == principal.key]
+        return [g for g in live if admin or g.owner.key == principal.key]
 
     def _binding(self, kind: str, principal: Principal, bind_uid: int | None) -> int | None:
         """The uid a grant is bound to. Anyone may bind to their own uid (the default
@@ -214,7 +197,7 @@ class SdkEndpoints:
                 lifeline.close()  # refused or failed: nothing to watch
             raise
         if lifeline is not None:
-            self.lifelines.watch(grant.id, lifeline, self._caller_exited)
+            self.lifelines.watch(grant.id, lifeline, self.grants.caller_exited)
         return grant, env
 
     async def _create(
@@ -272,8 +255,8 @@ class SdkEndpoints:
                 ) from None
             token = secrets.token_urlsafe(32)
             port = await self._aws_listener()
-            grant = replace(base, token_hash=_hash(token))
-            self._grants[grant_id] = grant
+            grant = replace(base, token_hash=token_hash(token))
+            self.grants.add(grant)
             env = {
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://{self._host}:{port}{AWS_PATH}",
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN": token,
@@ -295,10 +278,8 @@ class SdkEndpoints:
             )
             gce.install(app, self._service, self._clock, source)
             runner, port = await self._listen(app)
-            self._gcp_runners[grant_id] = runner
-            self._grants[grant_id] = grant
+            self.grants.add(grant, runner)
             env = gce.environment(f"{self._host}:{port}")
-        self._start_sweeper()
         self._service.audit.record(
             "sdk_endpoint_granted",
             id=grant_id,
@@ -306,7 +287,7 @@ class SdkEndpoints:
             connector=connector,
             resource_type=resource_type,
             resource_id=resource_id,
-            expires_at=_stamp(grant.expires_at),
+            expires_at=stamp(grant.expires_at),
             bound_uid=bound_uid,
             bound_pid=bound_pid,
             **principal.audit_fields(),
@@ -314,117 +295,21 @@ class SdkEndpoints:
         return grant, env
 
     async def revoke(self, grant_id: str, principal: Principal) -> None:
-        grant = self._grants.get(grant_id)
+        grant = self.grants.get(grant_id)
         if grant is None or not (grant.owner.key == principal.key or self._is_admin(principal)):
             # Someone else's grant looks exactly like a missing one.
             raise NotFound(f"no SDK endpoint '{grant_id}' of yours", field="id")
-        del self._grants[grant_id]
-        self.lifelines.release(grant_id)
-        runner = self._gcp_runners.pop(grant_id, None)
-        if runner is not None:
-            await runner.cleanup()
-        self._service.audit.record(
-            "sdk_endpoint_revoked",
-            id=grant_id,
-            kind=grant.kind,
-            connector=grant.connector,
-            owner=grant.owner.describe(),
-            **principal.audit_fields(),
-        )
-
-    def _caller_exited(self, grant_id: str, pid: int) -> None:
-        """The process a grant was bound to has exited: revoke it now (from the loop)."""
-        grant = self._grants.pop(grant_id, None)
-        if grant is None:
-            return
-        self._close_later(self._gcp_runners.pop(grant_id, None))
-        self._service.audit.record(
-            "sdk_endpoint_revoked",
-            id=grant_id,
-            kind=grant.kind,
-            connector=grant.connector,
-            reason=f"the process it was bound to (pid {pid}) exited",
-            bound_pid=pid,
-            **grant.owner.audit_fields(),
-        )
-
-    def _close_later(self, runner: web.AppRunner | None) -> None:
-        """Close a metadata listener in the background (not from inside its own request)."""
-        if runner is not None:
-            task = asyncio.get_running_loop().create_task(runner.cleanup())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-
-    # -- expiry ---------------------------------------------------------------
-    def _start_sweeper(self) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_forever(), name="sdk-grant-sweeper"
-            )
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await self._clock.sleep(SWEEP_INTERVAL_SECONDS)
-            try:
-                await self.sweep()
-            except Exception:  # keep sweeping whatever one close did
-                log.exception("sdk_endpoint_sweep_failed")
-
-    def _expire(self, grant: Grant) -> web.AppRunner | None:
-        """Forget an expired grant; its metadata listener (if any) is returned to close."""
-        if self._grants.pop(grant.id, None) is None:
-            return None
-        self.lifelines.release(grant.id)
-        if grant.kind == "aws":
-            if len(self._expired_tokens) >= _EXPIRED_TOKENS_KEPT:
-                self._expired_tokens.pop(next(iter(self._expired_tokens)))
-            self._expired_tokens[grant.token_hash] = grant.expires_at
-        self._service.audit.record(
-            "sdk_endpoint_expired",
-            id=grant.id,
-            kind=grant.kind,
-            connector=grant.connector,
-            expires_at=_stamp(grant.expires_at),
-            **grant.owner.audit_fields(),
-        )
-        return self._gcp_runners.pop(grant.id, None)
-
-    def _due(self) -> tuple[Grant, ...]:
-        now = self._clock.now()
-        return tuple(g for g in self._grants.values() if now >= g.expires_at)
-
-    def _expire_due(self) -> None:
-        """Drop expired grants now; their listeners close in the background.
-
-        Used from inside requests, where awaiting a listener's own shutdown
-        would wait for the request itself.
-        """
-        for grant in self._due():
-            self._close_later(self._expire(grant))
+        await self.grants.revoke(grant, principal)
 
     async def sweep(self) -> int:
         """Drop every expired grant and close its listener; returns how many."""
-        due = self._due()
-        for grant in due:
-            runner = self._expire(grant)
-            if runner is not None:
-                await runner.cleanup()
-        return len(due)
+        return await self.grants.sweep()
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
-        self.lifelines.close()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
-        for runner in [self._aws_runner, *self._gcp_runners.values()]:
-            if runner is not None:
-                await runner.cleanup()
+        await self.grants.stop()
+        if self._aws_runner is not None:
+            await self._aws_runner.cleanup()
         self._aws_runner = None
-        self._gcp_runners.clear()
-        self._grants.clear()
 
     # -- checks on every request ----------------------------------------------
     @web.middleware
@@ -497,20 +382,7 @@ class SdkEndpoints:
             raise Unauthenticated(
                 "missing Authorization header (AWS_CONTAINER_AUTHORIZATION_TOKEN)"
             )
-        digest = _hash(token)
-        for grant in self._grants.values():
-            if grant.kind == "aws" and hmac.compare_digest(grant.token_hash, digest):
-                if self._clock.now() >= grant.expires_at:
-                    self._expire_due()
-                    break
-                return grant
-        expired = self._expired_tokens.get(digest)
-        if expired is not None:
-            raise Unauthenticated(
-                f"authorization token expired at {_stamp(expired)}: "
-                "create a new one with `broker env aws`"
-            )
-        raise Unauthenticated("unknown or revoked authorization token")
+        return self.grants.by_token(token)
 
     async def _aws_credentials(self, request: web.Request) -> web.Response:
         grant = self._aws_grant(request)
@@ -533,12 +405,12 @@ class SdkEndpoints:
         if request.path != "/" and request.headers.get("Metadata-Flavor") != "Google":
             return web.Response(status=403, text="Missing Metadata-Flavor: Google header")
         grant = request.app[GRANT]
-        if grant.id not in self._grants:
+        if grant.id not in self.grants:
             raise PermissionDenied("this metadata endpoint was revoked")
         if self._clock.now() >= grant.expires_at:
-            self._expire_due()
+            self.grants.expire_due()
             raise PermissionDenied(
-                f"this metadata endpoint expired at {_stamp(grant.expires_at)}: "
+                f"this metadata endpoint expired at {stamp(grant.expires_at)}: "
                 "create a new one with `broker env gcp`"
             )
         await self._check_peer(request, grant)
