@@ -30,6 +30,11 @@ from tests.daemon import Daemon, running_daemon
 
 FAST = "r-fast"
 LIFETIME = 3.0
+#: Renewals the reader watches (one every ~0.5 s with LIFETIME): each is a rewrite the
+#: reader races and a hook run; 12 keep the real-time part near 6 s. The reader reads
+#: ~1,000 times a second whatever the count, so its minimum of reads (5,000) is set not
+#: to outlast the renewals.
+RENEWALS = 12
 TEMPLATE = "token={{ config.token }}\nresource={{ resource_id }}\nexpires={{ expires_at }}\n"
 ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
 HOOK = (
@@ -194,11 +199,11 @@ def _follow_renewals(daemon: Daemon, upstream: FakeUpstream, tmp: Path, port: in
     fast = tmp / "out" / "fast.json"
     _wait(fast.exists, what="the first write")
     assert stat.S_IMODE(fast.stat().st_mode) == 0o600
-    reader = _read_during_renewals(fast, 10_000, 20)
-    assert reader["reads"] >= 10_000 and len(reader["tokens"]) >= 21
+    reader = _read_during_renewals(fast, 5_000, RENEWALS)
+    assert reader["reads"] >= 5_000 and len(reader["tokens"]) >= RENEWALS + 1
     assert reader["bad"] == []  # never empty, never half a file
     assert set(reader["temp_modes"]) <= {0o600}
-    assert upstream.mints[FAST] >= 21
+    assert upstream.mints[FAST] >= RENEWALS + 1
 
     # on_change: once per new credential, each time seeing the new file.
     hook_log = tmp / "hooks.log"
@@ -208,8 +213,11 @@ def _follow_renewals(daemon: Daemon, upstream: FakeUpstream, tmp: Path, port: in
     missed = set(reader["tokens"][:-1]) - set(hooked)
     assert not missed  # every credential the reader saw got its hook
     listed = _outputs(daemon)
-    assert listed[0]["hook_runs"] >= len(hooked) >= 20
-    assert listed[0]["writes"] >= 21 and listed[0]["last_error"] is None
+    assert listed[0]["hook_runs"] >= len(hooked) >= RENEWALS
+    # Every credential the reader saw was counted, but the last: its write may still be
+    # finishing (the on_change run above is excluded for the same reason).
+    assert listed[0]["writes"] >= len(reader["tokens"]) - 1 >= RENEWALS
+    assert listed[0]["last_error"] is None
     assert listed[0]["next_renewal"] is not None and listed[0]["last_write"] is not None
 
     # The template output: the custom format, and its own mode.
