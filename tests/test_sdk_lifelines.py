@@ -21,7 +21,7 @@ import pytest
 from broker.clock import FakeClock
 from broker.errors import FailedPrecondition, Unavailable
 from broker.identity.cgroups import boot_ticks, start_time
-from broker.identity.principal import Principal, cert_principal
+from broker.identity.principal import Principal
 from broker.local import lifelines
 from broker.local.sdk import SdkEndpoints
 from tests import test_sdk_hardening as hardening
@@ -95,8 +95,8 @@ async def test_a_bound_grant_ends_the_moment_its_process_exits(
 
 
 @pytest.mark.anyio
-async def test_a_process_that_cannot_be_watched_is_refused_and_nothing_granted(
-    endpoints: SdkEndpoints, child: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+async def test_a_gone_or_reused_process_is_refused_and_nothing_granted(
+    endpoints: SdkEndpoints, child: subprocess.Popen[bytes]
 ) -> None:
     fds = _open_fds()
 
@@ -104,10 +104,9 @@ async def test_a_process_that_cannot_be_watched_is_refused_and_nothing_granted(
         with pytest.raises(FailedPrecondition) as info:
             await _aws_grant(endpoints, principal, bound_to_caller=True)
         assert info.value.field == "bound_to_caller_process"
+        assert not isinstance(info.value, lifelines.ProcessInvisible)
         return info.value.message
 
-    # A caller with no pid the daemon can see (over TCP with a certificate).
-    assert "has no process the daemon can see" in await refused(cert_principal("spiffe://x/ci"))
     # The pid now belongs to a process that started after the call was accepted.
     reused = replace(_as(child), seen_ticks=start_time(child.pid) - 100)
     assert f"pid {child.pid} now belongs to a process started after" in await refused(reused)
@@ -118,11 +117,35 @@ async def test_a_process_that_cannot_be_watched_is_refused_and_nothing_granted(
     assert f"(pid {child.pid}) has already exited" in await refused(caller)
     child.wait()
     assert f"(pid {child.pid}) has already exited" in await refused(caller)
-    # No pidfd_open (a kernel before 5.3): refused, not silently left to its TTL.
-    monkeypatch.delattr(os, "pidfd_open")
-    assert "no pidfd_open (needs Linux 5.3" in await refused(_as(child))
     assert endpoints.list(ROOT) == [] and len(endpoints.lifelines) == 0
     assert _open_fds() == fds  # every pidfd opened on the way was closed
+
+
+@pytest.mark.anyio
+async def test_a_process_the_daemon_cannot_see_gets_an_unbound_grant_that_says_so(
+    endpoints: SdkEndpoints,
+    service: FakeService,
+    child: subprocess.Popen[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sidecar's job in another pid namespace (SO_PEERCRED pid 0), a TCP caller, a kernel
+    without pidfd_open: the grant lives out its TTL as before, with bound_pid None."""
+    plain, _, _ = await _aws_grant(endpoints, _as(child))  # the AWS listener is open now
+    fds = _open_fds()
+    over_tcp, _, _ = await _aws_grant(
+        endpoints, replace(_as(child), transport="tcp"), bound_to_caller=True
+    )
+    other_namespace, _, _ = await _aws_grant(
+        endpoints, replace(_as(child), pid=0), bound_to_caller=True
+    )
+    monkeypatch.delattr(os, "pidfd_open")  # a kernel before 5.3
+    old_kernel, _, _ = await _aws_grant(endpoints, _as(child), bound_to_caller=True)
+    grants = (over_tcp, other_namespace, old_kernel)
+    assert [g.bound_pid for g in grants] == [None, None, None]
+    assert len(endpoints.lifelines) == 0 and _open_fds() == fds
+    assert {g.id for g in endpoints.list(ROOT)} == {g.id for g in (plain, *grants)}
+    audited = {line["id"]: line for line in service.audit_lines("sdk_endpoint_granted")}
+    assert [audited[g.id].get("bound_pid") for g in grants] == [None, None, None]
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ without grpcio or typer.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,6 +185,13 @@ def grant(
             bound_to_caller_process=True,
         )
     )
+    if not endpoint.bound_pid:  # the daemon cannot see us (another pid namespace, TCP)
+        print(
+            f"broker exec: the daemon cannot watch this process, so if broker exec is killed "
+            f"grant {endpoint.id} lives until its TTL (revoke it with `broker env revoke "
+            f"{endpoint.id}`)",
+            file=sys.stderr,
+        )
     return Prepared(
         kind,
         endpoint.resource_type,

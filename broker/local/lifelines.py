@@ -33,10 +33,15 @@ MAX_WATCHED = 1024
 FIELD = "bound_to_caller_process"
 
 
-def _refused(reason: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"cannot bind the grant to the calling process: {reason}", field=FIELD
-    )
+class ProcessInvisible(FailedPrecondition):
+    """The daemon cannot watch the caller's process at all (a TCP caller, another pid
+    namespace, no pidfd_open): the grant is made unbound, and says so (bound_pid 0)."""
+
+
+def _refused(
+    reason: str, kind: type[FailedPrecondition] = FailedPrecondition
+) -> FailedPrecondition:
+    return kind(f"cannot bind the grant to the calling process: {reason}", field=FIELD)
 
 
 @dataclass
@@ -56,17 +61,18 @@ def open_caller(principal: Principal) -> Lifeline:
     if principal.transport != "unix" or not pid or pid <= 0:
         raise _refused(
             f"{principal.describe()} has no process the daemon can see (a TCP caller, or "
-            "one in another pid namespace): call over the Unix socket"
+            "one in another pid namespace): call over the Unix socket",
+            ProcessInvisible,
         )
     pidfd_open = getattr(os, "pidfd_open", None)
     if pidfd_open is None:
-        raise _refused("this system has no pidfd_open (needs Linux 5.3 or later)")
+        raise _refused("this system has no pidfd_open (needs Linux 5.3 or later)", ProcessInvisible)
     try:
         fd: int = pidfd_open(pid)
     except ProcessLookupError:
         raise _refused(f"the calling process (pid {pid}) has already exited") from None
     except OSError as exc:  # ENOSYS (old kernel, seccomp), EMFILE ...
-        raise _refused(f"pidfd_open({pid}) failed: {exc.strerror}") from None
+        raise _refused(f"pidfd_open({pid}) failed: {exc.strerror}", ProcessInvisible) from None
     try:
         _check(fd, pid, principal.seen_ticks)
     except BaseException:

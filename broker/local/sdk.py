@@ -57,7 +57,7 @@ from broker.local import sdk_rules as rules
 from broker.local.endpoint import refused
 from broker.local.grant_table import GrantTable, stamp, token_hash
 from broker.local.guard import HttpGuard
-from broker.local.lifelines import Lifeline, Lifelines
+from broker.local.lifelines import Lifeline, Lifelines, ProcessInvisible
 from broker.policy import Action, Target
 from broker.service import BrokerService
 from broker.variants import VARIANT_SDK_SESSION
@@ -187,7 +187,7 @@ class SdkEndpoints:
             raise InvalidArgument(f"kind must be 'aws' or 'gcp', not '{kind}'", field="kind")
         ttl = rules.validate_ttl(ttl_seconds)
         bound_uid = self._binding(kind, principal, bind_uid)
-        lifeline = self.lifelines.open(principal) if bound_to_caller else None
+        lifeline = self._lifeline(principal) if bound_to_caller else None
         try:
             grant, env = await self._create(
                 kind, connector, resource_type, resource_id, principal, ttl, bound_uid, lifeline
@@ -199,6 +199,15 @@ class SdkEndpoints:
         if lifeline is not None:
             self.lifelines.watch(grant.id, lifeline, self.grants.caller_exited)
         return grant, env
+
+    def _lifeline(self, principal: Principal) -> Lifeline | None:
+        """The caller's process to end the grant with; None when the daemon cannot see it
+        (the grant then lives out its TTL, as before, and bound_pid 0 tells the caller)."""
+        try:
+            return self.lifelines.open(principal)
+        except ProcessInvisible as exc:
+            log.warning("sdk_endpoint_unbound", caller=principal.describe(), reason=exc.message)
+            return None
 
     async def _create(
         self,

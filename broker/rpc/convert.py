@@ -192,6 +192,7 @@ def sdk_grant(grant: Grant, env: Mapping[str, str] | None = None) -> pb.SdkEndpo
         resource_id=grant.resource_id or "",
         owner=grant.owner.describe(),
         bound_uid=-1 if grant.bound_uid is None else grant.bound_uid,
+        bound_pid=grant.bound_pid or 0,
     )
     message.expires_at.FromDatetime(grant.expires_at.astimezone(UTC))
     message.created_at.FromDatetime(grant.created_at.astimezone(UTC))

@@ -574,7 +574,7 @@ class CreateSdkEndpointRequest(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., bind_uid: _Optional[int] = ..., bound_to_caller_process: _Optional[bool] = ...) -> None: ...
 
 class SdkEndpoint(_message.Message):
-    __slots__ = ("id", "env", "kind", "connector", "resource_type", "resource_id", "owner", "expires_at", "bound_uid", "created_at")
+    __slots__ = ("id", "env", "kind", "connector", "resource_type", "resource_id", "owner", "expires_at", "bound_uid", "created_at", "bound_pid")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -592,6 +592,7 @@ class SdkEndpoint(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     BOUND_UID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BOUND_PID_FIELD_NUMBER: _ClassVar[int]
     id: str
     env: _containers.ScalarMap[str, str]
     kind: str
@@ -602,7 +603,8 @@ class SdkEndpoint(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     bound_uid: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bound_uid: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    bound_pid: int
+    def __init__(self, id: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., kind: _Optional[str] = ..., connector: _Optional[str] = ..., resource_type: _Optional[str] = ..., resource_id: _Optional[str] = ..., owner: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bound_uid: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bound_pid: _Optional[int] = ...) -> None: ...
 
 class ListSdkEndpointsRequest(_message.Message):
     __slots__ = ()
