@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent import futures
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -535,6 +536,14 @@ def register(d: Daemon, name: str, registry: str, *extra: str) -> None:
     )
 
 
+def each_at_once(check: Callable[[str], None], names: Iterable[str]) -> None:
+    """``check(name)`` for every name in parallel threads (each runs CLI processes, whose
+    start-up is most of their cost), re-raising the first failure."""
+    with futures.ThreadPoolExecutor(4) as pool:
+        for done in [pool.submit(check, name) for name in names]:
+            done.result()
+
+
 def grpc_error(method: Callable[[Any], object], request: object) -> grpc.Call:
     """The error a unary call ends with (it must fail)."""
     with pytest.raises(grpc.RpcError) as info:
@@ -551,9 +560,13 @@ def test_daemon_refuses_a_tampered_connector_and_sends_nothing(tmp_path: Path) -
     data = tmp_path / "data"
     with CountingServer() as a, CountingServer() as b, CountingServer() as control:
         with running_daemon(data) as d:
-            for name in DAEMON_TAMPERED:
-                scoped = ("--resource-type", RESOURCE_TYPE, "--resource-id", a.address)
-                register(d, name, a.address, *(scoped if name == "by-resource-id" else ()))
+            scoped = ("--resource-type", RESOURCE_TYPE, "--resource-id", a.address)
+            each_at_once(
+                lambda name: register(
+                    d, name, a.address, *(scoped if name == "by-resource-id" else ())
+                ),
+                DAEMON_TAMPERED,
+            )
             register(d, "untouched", control.address)
             assert d.stop() == 0
 
@@ -574,7 +587,7 @@ def test_daemon_refuses_a_tampered_connector_and_sends_nothing(tmp_path: Path) -
                 for n in DAEMON_TAMPERED
             )
 
-            for name in DAEMON_TAMPERED:
+            def refused_everywhere(name: str) -> None:
                 for command in (("connector", "verify", name), ("credentials", "get", name)):
                     result = d.cli(*command, check=False)
                     assert result.returncode != 0, (command, result.stdout)
@@ -588,6 +601,8 @@ def test_daemon_refuses_a_tampered_connector_and_sends_nothing(tmp_path: Path) -
                 for err in errors:
                     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
                     assert "tampered" in (err.details() or "")
+
+            each_at_once(refused_everywhere, DAEMON_TAMPERED)
 
             # Listing resources asks every connector at once: tampered ones report an error.
             found = {
