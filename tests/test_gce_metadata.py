@@ -41,7 +41,10 @@ AUDIENCE = "https://service.example/api"
 EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
 NODE_DIR = Path(__file__).parent / "node"
 #: Token lifetime for the refresh tests: short enough for three refreshes in seconds.
-SHORT_LIFETIME = 10
+#: The client refreshes ~1/4 of the life + 1.5 s after each fetch (its threshold is the
+#: margin, 3/4 of the life, less 1.5 s): ~3.3 s apart at 7 s, while the cache renews
+#: every ~1.2 s, so each refresh finds a token outside the margin.
+SHORT_LIFETIME = 7
 V1 = "/computeMetadata/v1"
 
 
