@@ -39,6 +39,14 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the tests that check no whole listing (a start costs ~1.4 s);
+    ``daemon`` for those that list every connector or stop it."""
+    with running_daemon(tmp_path_factory.mktemp("shared") / "data") as d:
+        yield d
+
+
 def test_register_describe_get_update_delete_docker(
     daemon: Daemon, registry: RegistryServer
 ) -> None:
@@ -226,7 +234,8 @@ def test_restart_keeps_connectors_and_secrets_encrypted(
         assert mode == 0o660
 
 
-def test_health_reflection_and_status(daemon: Daemon) -> None:
+def test_health_reflection_and_status(shared: Daemon) -> None:
+    daemon = shared
     with grpc.insecure_channel(f"unix://{daemon.socket}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(service="broker.v1.BrokerService"))
@@ -313,7 +322,8 @@ def test_tcp_without_tls_refused_off_loopback(tmp_path: Path) -> None:
         d2.start("--tcp", "127.0.0.1:0", timeout=10)
 
 
-def test_kubernetes_connector_verify_and_auto_configure(daemon: Daemon, tmp_path: Path) -> None:
+def test_kubernetes_connector_verify_and_auto_configure(shared: Daemon, tmp_path: Path) -> None:
+    daemon = shared
     from tests.servers.kube_api import KubeApiServer
 
     with KubeApiServer(tokens={"good-token-123": "alice"}) as api:
@@ -428,7 +438,8 @@ def test_tcp_with_mutual_tls(tmp_path: Path) -> None:
         assert "ci-runner" in daemon.log()  # the audit event names the mTLS identity
 
 
-def test_list_types_and_describe_type(daemon: Daemon) -> None:
+def test_list_types_and_describe_type(shared: Daemon) -> None:
+    daemon = shared
     types = {t["connector_type"]: t for t in daemon.cli_json("connector", "list-types")}
     assert {"aws", "gcp", "docker", "kubernetes"} <= set(types)
     assert types["docker"]["resource_types"] == ["docker-registry"]
