@@ -81,6 +81,17 @@ def _server_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam(FALLBACK_USER)
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs. pg_ctl daemonizes the postmaster, so once it exits it
+    stays a zombie until PID 1 reaps it (up to ~1.5 s in this sandbox); a zombie holds
+    no port, socket or file any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class PostgresServer:
     """One initdb'd cluster in a temp dir; start, stop (by PID) and restart it."""
 
@@ -236,9 +247,7 @@ class PostgresServer:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _running(pid):
                 return
             time.sleep(0.02)
         os.kill(pid, signal.SIGKILL)
