@@ -21,7 +21,11 @@ import grpc
 
 from broker.api.v1 import broker_pb2_grpc as pb_grpc
 
-BROKER = [sys.executable, "-m", "broker.cli.main"]
+#: The installed `broker` script, as users run it. Its fast path answers the hot commands
+#: in ~0.13 s; `python -m broker.cli.main` first imports the whole typer app (~0.35 s a
+#: call) and then runs the same fast path, so every CLI call in the suite paid 0.2 s more.
+_SCRIPT = Path(sys.executable).parent / "broker"
+BROKER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "broker.cli.main"]
 
 
 def _clean_env(extra: Mapping[str, str] | None) -> dict[str, str]:
