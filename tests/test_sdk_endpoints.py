@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ def google() -> Iterator[GoogleServer]:
         yield server
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, google: GoogleServer) -> Iterator[Daemon]:
-    with running_daemon(tmp_path / "data", env=google.env()) as d:
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, google: GoogleServer) -> Iterator[Daemon]:
+    """One daemon for the module (a start costs ~1.5 s): each test registers connectors
+    under names of its own and checks only the grants it made."""
+    with running_daemon(tmp_path_factory.mktemp("sdk") / "data", env=google.env()) as d:
         yield d
 
 
@@ -67,7 +70,7 @@ def test_aws_cli_through_container_endpoint_and_revocation(
     daemon.cli(
         "connector",
         "register",
-        "aws1",
+        "aws-cli",
         "--type",
         "aws",
         "--auth-method",
@@ -79,15 +82,20 @@ def test_aws_cli_through_container_endpoint_and_revocation(
         "--resource-type",
         "aws-generic",
     )
-    grant = daemon.cli_json("env", "aws", "aws1")
+    grant = daemon.cli_json("env", "aws", "aws-cli")
     env = grant["env"]
     assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"].startswith("http://127.0.0.1:")
-    result = _aws(env, moto.url, tmp_path)
+    # The CLI retries a refused endpoint with 1 s sleeps (botocore's container fetcher):
+    # the wrong-token run waits ~2 s, so it runs alongside the good one.
+    with futures.ThreadPoolExecutor(2) as pool:
+        good = pool.submit(_aws, env, moto.url, tmp_path)
+        bad = pool.submit(
+            _aws, {**env, "AWS_CONTAINER_AUTHORIZATION_TOKEN": "not-the-token"}, moto.url, tmp_path
+        )
+        result, wrong = good.result(), bad.result()
     assert result.returncode == 0, result.stderr
     assert "Arn" in json.loads(result.stdout)
     assert secret not in result.stdout
-
-    wrong = _aws({**env, "AWS_CONTAINER_AUTHORIZATION_TOKEN": "not-the-token"}, moto.url, tmp_path)
     assert wrong.returncode != 0
     daemon.cli("env", "revoke", grant["id"])
     revoked = _aws(env, moto.url, tmp_path)
@@ -102,14 +110,14 @@ def test_gce_metadata_endpoint_serves_gcloud_aio_auth(
     daemon.cli(
         "connector",
         "register",
-        "gcp1",
+        "gcp-aio",
         "--type",
         "gcp",
         "--auth-method",
         "service-account",
         f"service_account_json=@{key}",
     )
-    grant = daemon.cli_json("env", "gcp", "gcp1")
+    grant = daemon.cli_json("env", "gcp", "gcp-aio")
     host = grant["env"]["GCE_METADATA_HOST"]
     # The header is required, as on GCE.
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -184,7 +192,7 @@ REFUSED_HEADERS = [
 METADATA_TOKEN = "/computeMetadata/v1/instance/service-accounts/default/token"
 
 
-def _register_aws(daemon: Daemon, moto: MotoServer, name: str = "aws1") -> str:
+def _register_aws(daemon: Daemon, moto: MotoServer, name: str) -> str:
     key, secret = moto.create_user(f"{name}-user")
     daemon.cli(
         "connector",
@@ -204,7 +212,7 @@ def _register_aws(daemon: Daemon, moto: MotoServer, name: str = "aws1") -> str:
     return secret
 
 
-def _register_gcp(daemon: Daemon, google: GoogleServer, tmp: Path, name: str = "gcp1") -> str:
+def _register_gcp(daemon: Daemon, google: GoogleServer, tmp: Path, name: str) -> str:
     account = google.service_account(name, "sdk-project")
     key = account.write(tmp / f"{name}.json")
     daemon.cli(
@@ -247,10 +255,10 @@ def _clean_sdk_env(tmp: Path, extra: dict[str, str]) -> dict[str, str]:
 def test_both_endpoints_refuse_proxied_foreign_host_and_origin_requests(
     daemon: Daemon, moto: MotoServer, google: GoogleServer, tmp_path: Path
 ) -> None:
-    _register_aws(daemon, moto)
-    _register_gcp(daemon, google, tmp_path)
-    aws = daemon.cli_json("env", "aws", "aws1")["env"]
-    gcp_host = daemon.cli_json("env", "gcp", "gcp1")["env"]["GCE_METADATA_HOST"]
+    _register_aws(daemon, moto, "aws-hard")
+    _register_gcp(daemon, google, tmp_path, "gcp-hard")
+    aws = daemon.cli_json("env", "aws", "aws-hard")["env"]
+    gcp_host = daemon.cli_json("env", "gcp", "gcp-hard")["env"]["GCE_METADATA_HOST"]
     aws_url = aws["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
     aws_port = aws_url.split("/")[2].split(":")[1]
     token = {"Authorization": aws["AWS_CONTAINER_AUTHORIZATION_TOKEN"]}
@@ -276,10 +284,10 @@ def test_both_endpoints_refuse_proxied_foreign_host_and_origin_requests(
 def test_google_auth_and_boto3_work_through_the_hardened_endpoints(
     daemon: Daemon, moto: MotoServer, google: GoogleServer, tmp_path: Path
 ) -> None:
-    secret = _register_aws(daemon, moto)
-    email = _register_gcp(daemon, google, tmp_path)
-    aws = daemon.cli_json("env", "aws", "aws1")
-    gcp = daemon.cli_json("env", "gcp", "gcp1")
+    secret = _register_aws(daemon, moto, "aws-sdk")
+    email = _register_gcp(daemon, google, tmp_path, "gcp-sdk")
+    aws = daemon.cli_json("env", "aws", "aws-sdk")
+    gcp = daemon.cli_json("env", "gcp", "gcp-sdk")
 
     boto = (
         "import json, sys, boto3\n"
@@ -294,7 +302,8 @@ def test_google_auth_and_boto3_work_through_the_hardened_endpoints(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "aws1-user" in json.loads(result.stdout) or json.loads(result.stdout).startswith("arn:")
+    arn = json.loads(result.stdout)
+    assert "aws-sdk-user" in arn or arn.startswith("arn:")
     assert secret not in result.stdout
 
     google_auth = (
@@ -330,18 +339,18 @@ def test_google_auth_and_boto3_work_through_the_hardened_endpoints(
 def test_ttl_owner_and_list(
     daemon: Daemon, moto: MotoServer, google: GoogleServer, tmp_path: Path
 ) -> None:
-    _register_aws(daemon, moto)
-    _register_gcp(daemon, google, tmp_path)
-    aws = daemon.cli_json("env", "aws", "aws1", "--ttl", "60")
-    gcp = daemon.cli_json("env", "gcp", "gcp1", "--ttl", "1h30m")
-    default = daemon.cli_json("env", "gcp", "gcp1")
+    _register_aws(daemon, moto, "aws-ttl")
+    _register_gcp(daemon, google, tmp_path, "gcp-ttl")
+    aws = daemon.cli_json("env", "aws", "aws-ttl", "--ttl", "60")
+    gcp = daemon.cli_json("env", "gcp", "gcp-ttl", "--ttl", "1h30m")
+    default = daemon.cli_json("env", "gcp", "gcp-ttl")
     assert 50 <= aws["expires_in_seconds"] <= 60
     assert 5390 <= gcp["expires_in_seconds"] <= 5400
     assert 12 * 3600 - 10 <= default["expires_in_seconds"] <= 12 * 3600
     assert aws["bound_uid"] is None and gcp["bound_uid"] == os.getuid()
     assert aws["owner"].startswith(f"uid={os.getuid()}")
 
-    table = daemon.cli("env", "gcp", "gcp1", "--ttl", "12h").stdout
+    table = daemon.cli("env", "gcp", "gcp-ttl", "--ttl", "12h").stdout
     assert "export GCE_METADATA_HOST=" in table
     assert "# expires 20" in table
     assert "(in 11h59m" in table or "(in 12h00m" in table
@@ -351,13 +360,13 @@ def test_ttl_owner_and_list(
     assert {e["id"] for e in listed} >= {aws["id"], gcp["id"], default["id"]}
     one = next(e for e in listed if e["id"] == gcp["id"])
     assert one["owner"] == gcp["owner"] and one["bound_uid"] == os.getuid()
-    assert one["kind"] == "gcp" and one["connector"] == "gcp1" and "env" not in one
+    assert one["kind"] == "gcp" and one["connector"] == "gcp-ttl" and "env" not in one
     assert listed[0]["id"] == aws["id"]  # soonest expiry first
     text = daemon.cli("env", "list").stdout
     assert aws["id"] in text and "BOUND UID" in text
 
     for bad, words in (("30", "ttl_seconds must be between 60"), ("8d", "7 days"), ("2x", "--ttl")):
-        result = daemon.cli("env", "aws", "aws1", "--ttl", bad, check=False)
+        result = daemon.cli("env", "aws", "aws-ttl", "--ttl", bad, check=False)
         assert result.returncode == 1, bad
         assert words in result.stderr
     daemon.cli("env", "revoke", aws["id"])
@@ -369,9 +378,9 @@ def test_ttl_owner_and_list(
 def test_a_uid_bound_metadata_endpoint_refuses_other_uids(
     daemon: Daemon, google: GoogleServer, tmp_path: Path, users: Users
 ) -> None:
-    _register_gcp(daemon, google, tmp_path)
-    mine = daemon.cli_json("env", "gcp", "gcp1")  # bound to the creator: root
-    eves = daemon.cli_json("env", "gcp", "gcp1", "--bind-uid", str(users.eve.uid))
+    _register_gcp(daemon, google, tmp_path, "gcp-uid")
+    mine = daemon.cli_json("env", "gcp", "gcp-uid")  # bound to the creator: root
+    eves = daemon.cli_json("env", "gcp", "gcp-uid", "--bind-uid", str(users.eve.uid))
     fetch = (
         "import json, sys, urllib.request, urllib.error\n"
         "req = urllib.request.Request(sys.argv[1], headers={'Metadata-Flavor': 'Google'})\n"
