@@ -27,39 +27,60 @@ MARGIN = LIFETIME / 4
 NODE_CLIENT = Path(__file__).parent / "node" / "client.js"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def google() -> Iterator[GoogleServer]:
     with GoogleServer(token_lifetime=LIFETIME) as server:
         yield server
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, google: GoogleServer) -> Iterator[Daemon]:
-    with running_daemon(tmp_path / "data", env=google.env()) as d:
-        key = google.service_account("renew", "renew-project").write(tmp_path / "sa.json")
-        d.cli(
-            "connector",
-            "register",
-            "g",
-            "--type",
-            "gcp",
-            "--auth-method",
-            "service-account",
-            f"service_account_json=@{key}",
-            "--resource-type",
-            "gcp-generic",
-            "--no-verify",
-        )
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, google: GoogleServer) -> Iterator[Daemon]:
+    """One daemon for the module (a start costs ~1.5 s); each test gets a connector of
+    its own from ``g``."""
+    with running_daemon(tmp_path_factory.mktemp("renewal") / "data", env=google.env()) as d:
         yield d
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def g(daemon: Daemon, google: GoogleServer, tmp_path: Path) -> Iterator[str]:
+    """A fresh connector's name, deleted afterwards (with the token server healed), so no
+    renewal of an earlier test's connector reaches the token server during the next."""
+    name = f"g{next(_names)}"
+    key = google.service_account("renew", "renew-project").write(tmp_path / "sa.json")
+    daemon.cli(
+        "connector",
+        "register",
+        name,
+        "--type",
+        "gcp",
+        "--auth-method",
+        "service-account",
+        f"service_account_json=@{key}",
+        "--resource-type",
+        "gcp-generic",
+        "--no-verify",
+    )
+    try:
+        yield name
+    finally:
+        google.heal()
+        with daemon.stub() as stub:
+            try:
+                stub.DeleteConnector(pb.DeleteConnectorRequest(name=name), timeout=10)
+            except grpc.RpcError as exc:  # the update/delete test deleted it already
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
 
 
 def _expiry(cred: pb.Credential) -> float:
     return cred.expires_at.ToDatetime(tzinfo=UTC).timestamp()
 
 
-def test_watch_sees_renewals_before_expiry(daemon: Daemon) -> None:
+def test_watch_sees_renewals_before_expiry(daemon: Daemon, g: str) -> None:
     with subprocess.Popen(
-        [*BROKER, "credentials", "watch", "g", "--output", "json"],
+        [*BROKER, "credentials", "watch", g, "--output", "json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -84,12 +105,12 @@ def test_watch_sees_renewals_before_expiry(daemon: Daemon) -> None:
         assert set(nxt) == {"event", "credential", "error"}
 
 
-def test_concurrent_gets_share_one_mint(daemon: Daemon, google: GoogleServer) -> None:
+def test_concurrent_gets_share_one_mint(daemon: Daemon, google: GoogleServer, g: str) -> None:
     before = google.count("/token")
 
     def get(_: int) -> str:
         with daemon.stub() as stub:
-            return stub.GetCredentials(pb.GetCredentialsRequest(connector="g")).config["token"]
+            return stub.GetCredentials(pb.GetCredentialsRequest(connector=g)).config["token"]
 
     with ThreadPoolExecutor(50) as pool:
         tokens = set(pool.map(get, range(50)))
@@ -98,17 +119,17 @@ def test_concurrent_gets_share_one_mint(daemon: Daemon, google: GoogleServer) ->
 
 
 def test_outage_serves_until_margin_then_unavailable_then_recovers(
-    daemon: Daemon, google: GoogleServer
+    daemon: Daemon, google: GoogleServer, g: str
 ) -> None:
     with daemon.stub() as stub:
-        first = stub.GetCredentials(pb.GetCredentialsRequest(connector="g"))
+        first = stub.GetCredentials(pb.GetCredentialsRequest(connector=g))
         google.fail("/token", 503, times=10_000)
         served_left: list[float] = []
         unavailable: grpc.RpcError | None = None
         deadline = time.time() + 2 * LIFETIME
         while time.time() < deadline:
             try:
-                cred = stub.GetCredentials(pb.GetCredentialsRequest(connector="g"))
+                cred = stub.GetCredentials(pb.GetCredentialsRequest(connector=g))
             except grpc.RpcError as exc:
                 unavailable = exc
                 break
@@ -125,17 +146,17 @@ def test_outage_serves_until_margin_then_unavailable_then_recovers(
         deadline = time.time() + LIFETIME
         while time.time() < deadline and recovered is None:
             try:
-                recovered = stub.GetCredentials(pb.GetCredentialsRequest(connector="g"))
+                recovered = stub.GetCredentials(pb.GetCredentialsRequest(connector=g))
             except grpc.RpcError:
                 time.sleep(0.3)
         assert recovered is not None, "no recovery after the token server came back"
         assert _expiry(recovered) - time.time() > MARGIN
 
 
-def test_update_and_delete_reach_watchers(daemon: Daemon) -> None:
+def test_update_and_delete_reach_watchers(daemon: Daemon, g: str) -> None:
     lines: list[dict[str, Any]] = []
     with subprocess.Popen(
-        [*BROKER, "credentials", "watch", "g", "--output", "json"],
+        [*BROKER, "credentials", "watch", g, "--output", "json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -148,10 +169,10 @@ def test_update_and_delete_reach_watchers(daemon: Daemon) -> None:
         deadline = time.time() + 10
         while not lines and time.time() < deadline:
             time.sleep(0.05)
-        daemon.cli("connector", "update", "g", "--label", "v=2", "--no-verify")
+        daemon.cli("connector", "update", g, "--label", "v=2", "--no-verify")
         while len(lines) < 2 and time.time() < deadline:
             time.sleep(0.05)
-        daemon.cli("connector", "delete", "g")
+        daemon.cli("connector", "delete", g)
         assert proc.wait(10) == 0
         reader.join(5)
     kinds = [line["event"] for line in lines]
@@ -161,9 +182,9 @@ def test_update_and_delete_reach_watchers(daemon: Daemon) -> None:
     assert lines[kinds.index("updated")]["credential"] is not None
 
 
-def test_node_client_watches_a_renewal(daemon: Daemon) -> None:
+def test_node_client_watches_a_renewal(daemon: Daemon, g: str) -> None:
     result = subprocess.run(
-        ["node", str(NODE_CLIENT), str(daemon.socket), "watch", "g", "", "2"],
+        ["node", str(NODE_CLIENT), str(daemon.socket), "watch", g, "", "2"],
         capture_output=True,
         text=True,
         timeout=3 * LIFETIME,
@@ -174,7 +195,7 @@ def test_node_client_watches_a_renewal(daemon: Daemon) -> None:
     assert events[0]["credential"]["connector_type"] == "gcp"
     assert events[0]["credential"]["config"]["token"] != events[1]["credential"]["config"]["token"]
     got = subprocess.run(
-        ["node", str(NODE_CLIENT), str(daemon.socket), "get", "g"],
+        ["node", str(NODE_CLIENT), str(daemon.socket), "get", g],
         capture_output=True,
         text=True,
         timeout=30,
