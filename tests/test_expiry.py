@@ -685,8 +685,8 @@ def test_a_docker_connector_stops_at_its_margin_in_real_time(tmp_path: Path) -> 
     saying when and how to renew; the metric stays 0."""
     port = _free_port()
     with running_daemon(tmp_path / "d", "--metrics", f"127.0.0.1:{port}") as daemon:
-        # A few seconds servable (registering runs the CLI: about a second of them).
-        expires = datetime.fromtimestamp(time.time() + 300 + 6, UTC).replace(microsecond=0)
+        # A few seconds servable (registering runs the CLI: about half a second of them).
+        expires = datetime.fromtimestamp(time.time() + 300 + 4.5, UTC).replace(microsecond=0)
         expiry = expires.timestamp()
         daemon.cli(
             "connector", "register", "ci", "--type", "docker", "--auth-method", "password",
