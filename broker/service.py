@@ -254,7 +254,8 @@ class BrokerService:
 
     @staticmethod
     def _may_serve_id(provider: Provider, connector: Connector, flt: ConnectorFilter) -> bool:
-        """Whether the connector's scope admits the ID (multi-instance ones admit any)."""
+        """Whether the connector's scope admits the ID (multi-instance ones admit any): the
+        provider's :meth:`~broker.providers.base.Provider.may_serve_id`, no upstream call."""
         assert flt.resource_id is not None
         for rt in served_types(provider, connector):
             if flt.resource_type and rt != flt.resource_type:
@@ -263,8 +264,7 @@ class BrokerService:
                 canonical = provider.canonical_resource_id(connector, rt, flt.resource_id)
             except InvalidArgument:  # not an ID of this type
                 continue
-            fixed = connector.resource_id or provider.default_resource_id(connector, rt)
-            if fixed is None or fixed == canonical:
+            if provider.may_serve_id(connector, rt, canonical):
                 return True
         return False
 

@@ -108,6 +108,15 @@ class Provider(abc.ABC):
         """Like :meth:`default_resource_id`, for types whose default needs an upstream call."""
         return self.default_resource_id(connector, resource_type)
 
+    def may_serve_id(self, connector: Connector, resource_type: str, canonical: str) -> bool:
+        """Whether the connector's scope admits ``canonical`` (an ID of ``resource_type`` in
+        canonical form), decided without an upstream call: a *may serve* answer, as for
+        filtering connectors by a resource ID. A connector fixed on one ID, or a type without
+        instances, admits only that one; otherwise any well-formed ID. Providers whose
+        instance-less type has several instances for some connectors override this."""
+        fixed = connector.resource_id or self.default_resource_id(connector, resource_type)
+        return fixed is None or fixed == canonical
+
     def registry_resource_id(self, connector: Connector, host: str) -> str | None:
         """The docker-registry resource ID this connector uses for a registry host docker
         asks about (the credential helper only knows the host), or None if it does not
@@ -120,10 +129,7 @@ class Provider(abc.ABC):
             rid = self.canonical_resource_id(connector, "docker-registry", host)
         except InvalidArgument:
             return None
-        fixed = connector.resource_id or self.default_resource_id(connector, "docker-registry")
-        if fixed is not None and fixed != rid:
-            return None
-        return rid
+        return rid if self.may_serve_id(connector, "docker-registry", rid) else None
 
     async def registry_hosts(self, connector: Connector) -> dict[str, str]:
         """docker ``list``: every registry host ``get`` serves through this connector, with
