@@ -384,7 +384,10 @@ def test_list_resources_without_a_subscription_spans_every_enabled_one(
     ]
     try:
         _register(daemon, "az-all", stand_in, azurite, tmp_path, subscription=None)
+        pages = sum(1 for c in cloud.calls if c[1] == "/subscriptions")
         listed = daemon.cli_json("connector", "list-resources", "--name", "az-all", "--refresh")
+        # Four types, one enumeration shared by all: 4 subscriptions at 2 a page = 2 GETs.
+        assert sum(1 for c in cloud.calls if c[1] == "/subscriptions") - pages == 2
         found = {r["resource_type"]: r for r in listed}
         assert found["azure-generic"] == {
             "connector": "az-all",
@@ -412,6 +415,22 @@ def test_list_resources_without_a_subscription_spans_every_enabled_one(
             "connector", "list-resources", "--name", "az-all", "--exclude-errors"
         )
         assert {r["resource_type"]: r["error"] for r in kept} == dict.fromkeys(found)
+        # Filtering connectors by a subscription: az-all may serve any GUID (no ARM call);
+        # a connector with subscription_id only its own.
+        _register(daemon, "az-one", stand_in, azurite, tmp_path, "--no-verify")
+        calls = len(cloud.calls)
+
+        def serving(sub: str) -> set[str]:
+            return {
+                c["name"]
+                for c in daemon.cli_json(
+                    "connector", "list", "--resource-type", "azure-generic", "--resource-id", sub
+                )
+            } & {"az-all", "az-one"}
+
+        assert serving(second) == {"az-all"}
+        assert serving(f"/subscriptions/{SUB.upper()}") == {"az-all", "az-one"}
+        assert len(cloud.calls) == calls
 
         # The credential is minted in the cluster's own subscription.
         aks = daemon.cli_json(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import anyio
@@ -20,7 +21,7 @@ from broker.discovery import Discovery, Unit
 from broker.errors import CredentialsRejected, InvalidArgument, NotFound, PermissionDenied
 from broker.model import Connector
 from broker.providers.azure import AzureProvider
-from broker.providers.azure.subscriptions import SUBSCRIPTION_CONCURRENCY
+from broker.providers.azure.subscriptions import SHARE_SECONDS, SUBSCRIPTION_CONCURRENCY
 from broker.providers.fanout import PartialListing
 from broker.providers.registry import ProviderRegistry
 from broker.providers.testing import InProcessTransport
@@ -86,6 +87,16 @@ def unscoped(entra: EntraAuthority) -> Connector:
     return connector(tenant_id=entra.tenant, client_id=app.client_id, client_secret=app.secret)
 
 
+def clock(provider: AzureProvider) -> FakeClock:
+    assert isinstance(provider.context.clock, FakeClock)
+    return provider.context.clock
+
+
+def subscription_pages(cloud: AzureCloud) -> int:
+    """``GET /subscriptions`` requests so far (one enumeration of A, OFF, B: two pages)."""
+    return sum(1 for c in cloud.calls if c[1] == "/subscriptions")
+
+
 def arm_calls(cloud: AzureCloud, sub: str) -> list[str]:
     return [path for _, path, _ in cloud.calls if path.startswith(f"/subscriptions/{sub}/")]
 
@@ -110,8 +121,10 @@ async def test_generic_lists_the_enabled_subscriptions_of_every_page(
     assert cred.resource_id == B and cred.config["subscription_id"] == B
     tenant_cred = await provider.mint(conn, "azure-generic", entra.tenant)
     assert "subscription_id" not in tenant_cred.config
-    # Seeing no Enabled subscription: the tenant, as az login --allow-no-subscriptions.
+    # Seeing no Enabled subscription: the tenant, as az login --allow-no-subscriptions
+    # (once the shared enumeration is older than SHARE_SECONDS).
     cloud.disabled = {A, B, OFF}
+    await clock(provider).advance(SHARE_SECONDS)
     assert await provider.discover(conn, "azure-generic", None) == [entra.tenant]
 
 
@@ -206,6 +219,63 @@ async def test_one_failing_subscription_is_a_partial_error_naming_it(
     assert f"subscription '{B}'" in both.value.message
     # generic needs only /subscriptions: unaffected.
     assert await provider.discover(conn, "azure-generic", None) == [A, B]
+
+
+async def test_one_listing_of_every_type_enumerates_the_subscriptions_once(
+    provider: AzureProvider, entra: EntraAuthority, cloud: AzureCloud
+) -> None:
+    conn = unscoped(entra)
+    cloud.storage_accounts = {A: [], B: []}
+    engine = Discovery(ProviderRegistry({"azure": provider}), clock(provider))
+    # The four types run concurrently: each waits for the one enumeration under way.
+    results = await engine.discover(conn)
+    assert {r.resource_type: r.error for r in results} == {
+        "azure-generic": None,
+        "blob-container": None,
+        "kubernetes-cluster": None,
+        "docker-registry": None,
+    }
+    assert subscription_pages(cloud) == 2  # one enumeration (two pages), not one per type
+    assert arm_calls(cloud, OFF) == []
+    # Within SHARE_SECONDS a mint resolving a bare cluster name shares it too ...
+    await clock(provider).advance(SHARE_SECONDS - 1)
+    assert (await provider.mint(conn, "kubernetes-cluster", "solo")).resource_id == "solo"
+    assert subscription_pages(cloud) == 2
+    # ... after it, ARM is asked again (a newly enabled subscription shows) ...
+    cloud.disabled = set()
+    await clock(provider).advance(1)
+    assert await provider.discover(conn, "azure-generic", None) == sorted([A, B, OFF])
+    assert subscription_pages(cloud) == 4
+    # ... and another revision (another connector object) never shares an enumeration.
+    await engine.discover(replace(conn, revision=conn.revision + 1), "azure-generic")
+    assert subscription_pages(cloud) == 6
+    # A failed enumeration is not kept: the next call asks again.
+    audience, cloud.arm_audience = cloud.arm_audience, "https://somewhere-else"
+    await clock(provider).advance(SHARE_SECONDS)
+    with pytest.raises(CredentialsRejected):
+        await provider.discover(conn, "docker-registry", None)
+    cloud.arm_audience = audience
+    assert await provider.discover(conn, "azure-generic", None) == sorted([A, B, OFF])
+
+
+async def test_without_subscription_connector_filter_admits_any_subscription(
+    provider: AzureProvider, entra: EntraAuthority, cloud: AzureCloud
+) -> None:
+    """``connector list --resource-id GUID``: may-serve, no ARM call (the transport has none
+    recorded); a connector with a subscription, or fixed on one ID, admits only that one."""
+    conn = unscoped(entra)
+    for rid in (A, B.upper(), f"/subscriptions/{OFF}", entra.tenant):
+        canonical = provider.canonical_resource_id(conn, "azure-generic", rid)
+        assert provider.may_serve_id(conn, "azure-generic", canonical)
+    scoped = connector(**{**conn.config, "subscription_id": B})
+    assert provider.may_serve_id(scoped, "azure-generic", B)
+    assert not provider.may_serve_id(scoped, "azure-generic", A)
+    fixed = replace(conn, resource_type="azure-generic", resource_id=A)
+    assert provider.may_serve_id(fixed, "azure-generic", A)
+    assert not provider.may_serve_id(fixed, "azure-generic", B)
+    # Other types keep the base rule: multi-instance, any well-formed ID.
+    assert provider.may_serve_id(conn, "docker-registry", "acrinaaa.azurecr.io")
+    assert cloud.calls == []
 
 
 class Gate:

@@ -59,6 +59,8 @@ class AzureProvider(Provider):
     def __init__(self, context: ProviderContext | None = None) -> None:
         super().__init__(context)
         self._settings: PerObject[AzureSettings] = PerObject()
+        #: One listing's resource types share one subscription enumeration per connector.
+        self._subscriptions = subscriptions.SharedEnumeration(self.context.clock)
         #: One session per trust root (connectors may pin their own CA).
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
 
@@ -84,6 +86,7 @@ class AzureProvider(Provider):
 
     async def aclose(self) -> None:
         self._settings.clear()
+        self._subscriptions.clear()
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             await session.close()
@@ -109,6 +112,18 @@ class AzureProvider(Provider):
         if resource_type != RT_GENERIC:
             return None
         return self.settings(connector).generic_id or _NO_SCOPE
+
+    def may_serve_id(self, connector: Connector, resource_type: str, canonical: str) -> bool:
+        """Without subscription_id, azure-generic has an instance per Enabled subscription:
+        any subscription GUID may be served (which ones are Enabled only ARM knows; the
+        tenant, the default ID, stays one of them)."""
+        if (
+            resource_type == RT_GENERIC
+            and connector.resource_id is None
+            and self.settings(connector).subscription is None
+        ):
+            return True  # canonical_resource_id admitted it: the tenant or a subscription GUID
+        return super().may_serve_id(connector, resource_type, canonical)
 
     async def registry_hosts(self, connector: Connector) -> dict[str, str]:
         """docker ``list``: the one registry of a connector fixed on it, else the ACR
@@ -141,6 +156,17 @@ class AzureProvider(Provider):
             self._http(settings), settings.endpoints.arm, token.value, self.context.request_timeout
         )
 
+    def _enabled(self, connector: Connector, mgmt: arm.Arm) -> subscriptions.Enabled:
+        """The connector's Enabled subscriptions, enumerated once for concurrent callers."""
+
+        async def fetch() -> list[str]:
+            return await arm.enabled_subscriptions(mgmt)
+
+        async def shared() -> list[str]:
+            return await self._subscriptions.enabled(connector, fetch)
+
+        return shared
+
     # -- upstream ---------------------------------------------------------
     async def discover(
         self, connector: Connector, resource_type: str, resource_id: str | None
@@ -160,29 +186,31 @@ class AzureProvider(Provider):
                 url = settings.endpoints.blob_url(ref.account)
                 return [await blob.check_container(url, ref, token, session, timeout)]
             mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
+            enabled = self._enabled(connector, mgmt)
 
             async def containers(sub: str) -> list[str]:
                 accounts = await arm.list_storage_accounts(mgmt, sub)
                 return await self._containers(settings, accounts, token)
 
-            return await subscriptions.across(mgmt, settings, containers)
+            return await subscriptions.across(settings, enabled, containers)
         mgmt = self._arm(settings, await self.token(connector, settings.endpoints.arm_scope))
+        enabled = self._enabled(connector, mgmt)
         if resource_type == RT_GENERIC:
-            return await self._generic(settings, mgmt, canonical)
+            return await self._generic(settings, mgmt, enabled, canonical)
         if resource_type == RT_AKS:
             if canonical:
                 cluster = ids.parse_cluster(canonical, settings.subscription)
-                await subscriptions.locate_cluster(mgmt, settings, cluster)
+                await subscriptions.locate_cluster(mgmt, settings, enabled, cluster)
                 return [canonical]
-            return await subscriptions.cluster_ids(mgmt, settings)
+            return await subscriptions.cluster_ids(mgmt, settings, enabled)
 
         async def registries(sub: str) -> list[str]:
             return await arm.list_registries(mgmt, sub)
 
         if not canonical:
-            return await subscriptions.across(mgmt, settings, registries)
+            return await subscriptions.across(settings, enabled, registries)
         try:
-            found = await subscriptions.across(mgmt, settings, registries)
+            found = await subscriptions.across(settings, enabled, registries)
         except fanout.PartialListing as partial:
             if canonical not in partial.found:
                 raise  # it may be in a subscription that failed
@@ -197,7 +225,11 @@ class AzureProvider(Provider):
         return [canonical]
 
     async def _generic(
-        self, settings: AzureSettings, mgmt: arm.Arm, canonical: str | None
+        self,
+        settings: AzureSettings,
+        mgmt: arm.Arm,
+        enabled: subscriptions.Enabled,
+        canonical: str | None,
     ) -> list[str]:
         """The configured subscription (checked visible); without one, every Enabled
         subscription the identity sees, or the tenant when it sees none."""
@@ -210,13 +242,13 @@ class AzureProvider(Provider):
                     f"'{settings.connector}' (it sees {len(subs)})"
                 )
             return [generic]
-        enabled = await arm.enabled_subscriptions(mgmt)
+        seen = await enabled()
         if canonical is None:
-            return enabled or [generic]
-        if canonical != generic and canonical not in enabled:
+            return seen or [generic]
+        if canonical != generic and canonical not in seen:
             raise NotFound(
                 f"subscription '{canonical}' is not an Enabled subscription visible to "
-                f"connector '{settings.connector}' (it sees {len(enabled)})"
+                f"connector '{settings.connector}' (it sees {len(seen)})"
             )
         return [canonical]
 
@@ -289,7 +321,8 @@ class AzureProvider(Provider):
             if ref.resource_group is not None and known is not None:
                 sub, group, name = known, ref.resource_group, ref.name
             else:  # resolved by listing (its subscription, or every one in reach)
-                sub, group, name = await subscriptions.locate_cluster(mgmt, settings, ref)
+                enabled = self._enabled(connector, mgmt)
+                sub, group, name = await subscriptions.locate_cluster(mgmt, settings, enabled, ref)
             server, ca = await arm.cluster_access(mgmt, sub, group, name)
             token = await self.token(connector, AKS_SCOPE)
             return credentials.kubernetes_token(
