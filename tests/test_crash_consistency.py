@@ -29,9 +29,9 @@ from tests.daemon import BROKER, Daemon, _clean_env
 
 REGISTRY = "registry.example:5000"
 #: Each round costs one daemon start (~1.4 s on 2 cores: imports, not waiting); the
-#: kill itself and the writes before it take ~0.25 s. Eight rounds land ~16 kills
+#: kill itself and the writes before it take ~0.25 s. Six rounds land ~12 kills
 #: inside writes (two writers), enough to catch a lost or torn acknowledged write.
-ROUNDS = 8
+ROUNDS = 6
 WRITERS = 2
 NAMES_PER_WRITER = 4
 
@@ -171,7 +171,7 @@ def check_after_restart(daemon: Daemon, writers: list[Writer], tally: Tally) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # ~15 s on an idle 2-core machine; daemon starts dominate
+@pytest.mark.timeout(300)  # ~12 s on an idle 2-core machine; daemon starts dominate
 def test_kill_9_during_writes_loses_no_acknowledged_write(daemon: Daemon) -> None:
     rng = random.Random(12)
     acked: list[dict[str, State | None]] = [{} for _ in range(WRITERS)]
