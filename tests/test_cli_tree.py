@@ -167,7 +167,16 @@ def _ordered(names: list[str]) -> list[str]:
 
 
 def _env(tmp: Path, daemon: Daemon) -> dict[str, str]:
-    return {"AWS_CONFIG_FILE": str(tmp / "aws-config"), "BROKER_DATA_DIR": str(daemon.data_dir)}
+    """login/logout write pointer files and client configs under HOME / XDG_RUNTIME_DIR:
+    the test's own, never the real user's."""
+    for d in ("home", "run"):
+        (tmp / d).mkdir(mode=0o700, exist_ok=True)
+    return {
+        "AWS_CONFIG_FILE": str(tmp / "aws-config"),
+        "BROKER_DATA_DIR": str(daemon.data_dir),
+        "HOME": str(tmp / "home"),
+        "XDG_RUNTIME_DIR": str(tmp / "run"),
+    }
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
