@@ -9,6 +9,7 @@ cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -299,6 +300,7 @@ async def _serve(
                     version=__version__,
                     connector_types=[p.spec.connector_type for p in registry.all()],
                     pid=os.getpid(),
+                    event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                 )
                 if on_ready is not None:
                     on_ready()

@@ -259,3 +259,35 @@ def test_cli_refuses_bad_files_naming_the_key(
     assert f"'{key}'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()  # refused before touching anything
+
+
+# -- the event loop --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_daemon_serves_on_either_event_loop(tmp_path: Path, loop: str) -> None:
+    """The default loop and the opt-in uvloop: the ready line names the loop that runs,
+    and a register + cache-hit get + watch's first event work on it."""
+    env = {} if loop == "asyncio" else {"BROKER_EVENT_LOOP": "uvloop"}
+    with running_daemon(tmp_path / "data", "--log-format", "json", env=env) as daemon:
+        ready = [
+            json.loads(line)
+            for line in daemon.log().splitlines()
+            if line.startswith("{") and '"daemon_ready"' in line
+        ]
+        assert [r["event_loop"] for r in ready] == [loop]
+        daemon.cli(
+            "connector", "register", "reg", "--type", "docker", "username=u",
+            "password=p", "registry=registry.example:5000", "--no-verify",
+        )  # fmt: skip
+        first = daemon.cli_json("credentials", "get", "reg")
+        again = daemon.cli_json("credentials", "get", "reg")
+        assert first["config"]["username"] == again["config"]["username"] == "u"
+        assert first["expires_at"] == again["expires_at"]  # a cache hit
+
+
+def test_an_unknown_event_loop_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        load_text(tmp_path, 'event_loop = "trio"\n')
+    assert info.value.field == "event_loop"
+    assert "must be uvloop or asyncio" in info.value.message

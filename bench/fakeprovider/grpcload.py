@@ -563,7 +563,7 @@ def main() -> None:
     if args.command == "echo":
         with suppress(KeyboardInterrupt):
             serve = _echo(args.socket, args.response, args.delay, args.relay)
-            if os.environ.get("BROKER_EVENT_LOOP", "uvloop") == "uvloop":  # as the daemon
+            if os.environ.get("BROKER_EVENT_LOOP", "asyncio") == "uvloop":  # as the daemon
                 import uvloop
 
                 uvloop.run(serve)
