@@ -134,6 +134,16 @@ class Daemon:
             )
         return result
 
+    def register_gcp(
+        self, name: str, key: Path | str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``broker connector register NAME`` of a gcp connector from a service-account key
+        file (``service_account_json=@FILE``: the secret never on the command line)."""
+        return self.cli(
+            "connector", "register", name, "--type", "gcp", "--auth-method",
+            "service-account", f"service_account_json=@{key}", *args, check=check,
+        )  # fmt: skip
+
     def cli_json(self, *args: str, env: Mapping[str, str] | None = None) -> Any:
         return json.loads(self.cli(*args, "--output", "json", env=env).stdout)
 

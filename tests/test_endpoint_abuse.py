@@ -214,16 +214,7 @@ def test_slowloris_on_the_helper_socket_and_an_sdk_endpoint_is_cut_off_after_the
 
 def slowloris_on_an_sdk_endpoint(daemon: Daemon, google: GoogleServer, tmp_path: Path) -> None:
     key = google.service_account("abuse", "abuse-project").write(tmp_path / "sa.json")
-    daemon.cli(
-        "connector",
-        "register",
-        "gcp-abuse",
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-    )
+    daemon.register_gcp("gcp-abuse", key)
     grant = daemon.cli_json("env", "gcp", "gcp-abuse")
     host, port = grant["env"]["GCE_METADATA_HOST"].rsplit(":", 1)
     request = (

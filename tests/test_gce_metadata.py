@@ -72,16 +72,7 @@ def _register(daemon: Daemon, google: GoogleServer, home: Path, name: str) -> st
     """A service-account connector (project from the key); returns its email."""
     key = google.service_account(name, PROJECT)
     path = key.write(home / f"{name}.json")
-    daemon.cli(
-        "connector",
-        "register",
-        name,
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{path}",
-    )
+    daemon.register_gcp(name, path)
     return key.email
 
 
@@ -281,17 +272,7 @@ def test_a_grant_refuses_connectors_that_hand_out_no_token(
     daemon: Daemon, google: GoogleServer, home: Path
 ) -> None:
     key = google.service_account("gce-keyfile", PROJECT).write(home / "gce-keyfile.json")
-    daemon.cli(
-        "connector",
-        "register",
-        "gce-keyfile",
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-        "generate_temporary_tokens=false",
-    )
+    daemon.register_gcp("gce-keyfile", key, "generate_temporary_tokens=false")
     result = daemon.cli("env", "gcp", "gce-keyfile", check=False)
     assert result.returncode == 1
     assert "the metadata endpoint serves tokens" in result.stderr

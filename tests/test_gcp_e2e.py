@@ -174,20 +174,7 @@ def test_service_account_end_to_end(
             lambda: daemon.cli(
                 "login", "docker", "gsa", "-i", f"gcr.io/{PROJECT}", "--config", str(config_dir)
             ),
-            lambda: daemon.cli(
-                "connector",
-                "register",
-                "gar",
-                "--type",
-                "gcp",
-                "--auth-method",
-                "service-account",
-                f"service_account_json=@{key_file}",
-                "-r",
-                "docker-registry",
-                "-i",
-                ar_repo,
-            ),
+            lambda: daemon.register_gcp("gar", key_file, "-r", "docker-registry", "-i", ar_repo),
         ]
     )
     daemon.cli("login", "docker", "gar", "--config", str(config_dir))
@@ -303,17 +290,7 @@ def test_bad_key_files_are_refused_without_echoing_the_key(
     google.revoke_key(key.email)  # well-formed, but Google no longer knows the key
 
     def register(name: str, path: Path) -> Callable[[], Any]:
-        return lambda: daemon.cli(
-            "connector",
-            "register",
-            name,
-            "--type",
-            "gcp",
-            "--auth-method",
-            "service-account",
-            f"service_account_json=@{path}",
-            check=False,
-        )
+        return lambda: daemon.register_gcp(name, path, check=False)
 
     results = _parallel(
         [

@@ -32,19 +32,7 @@ def google() -> Iterator[GoogleServer]:
 
 def register(d: Daemon, google: GoogleServer, name: str, tmp: Path) -> None:
     key = google.service_account(f"p-{name}", "persist-project").write(tmp / f"{name}.json")
-    d.cli(
-        "connector",
-        "register",
-        name,
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-        "--resource-type",
-        "gcp-generic",
-        "--no-verify",
-    )
+    d.register_gcp(name, key, "--resource-type", "gcp-generic", "--no-verify")
 
 
 def get(d: Daemon, name: str) -> tuple[str, str]:

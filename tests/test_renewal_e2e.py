@@ -50,19 +50,7 @@ def g(daemon: Daemon, google: GoogleServer, tmp_path: Path) -> Iterator[str]:
     renewal of an earlier test's connector reaches the token server during the next."""
     name = f"g{next(_names)}"
     key = google.service_account("renew", "renew-project").write(tmp_path / "sa.json")
-    daemon.cli(
-        "connector",
-        "register",
-        name,
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-        "--resource-type",
-        "gcp-generic",
-        "--no-verify",
-    )
+    daemon.register_gcp(name, key, "--resource-type", "gcp-generic", "--no-verify")
     try:
         yield name
     finally:

@@ -64,19 +64,7 @@ path = "{tmp / "token"}"
         tmp / "data", "--config", str(config), env=google.env(), socket=run_dir / "broker.sock"
     ) as d:
         key = google.service_account("rot", "rot-project").write(tmp / "sa.json")
-        d.cli(
-            "connector",
-            "register",
-            "g",
-            "--type",
-            "gcp",
-            "--auth-method",
-            "service-account",
-            f"service_account_json=@{key}",
-            "--resource-type",
-            "gcp-generic",
-            "--no-verify",
-        )
+        d.register_gcp("g", key, "--resource-type", "gcp-generic", "--no-verify")
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)  # the output's connector exists now
         yield d

@@ -107,16 +107,7 @@ def test_gce_metadata_endpoint_serves_gcloud_aio_auth(
     daemon: Daemon, google: GoogleServer, tmp_path: Path
 ) -> None:
     key = google.service_account("sdk", "sdk-project").write(tmp_path / "sa.json")
-    daemon.cli(
-        "connector",
-        "register",
-        "gcp-aio",
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-    )
+    daemon.register_gcp("gcp-aio", key)
     grant = daemon.cli_json("env", "gcp", "gcp-aio")
     host = grant["env"]["GCE_METADATA_HOST"]
     # The header is required, as on GCE.
@@ -164,16 +155,7 @@ def test_env_refuses_the_wrong_connector_type(
     daemon: Daemon, google: GoogleServer, tmp_path: Path
 ) -> None:
     key = google.service_account("sdk2", "sdk-project").write(tmp_path / "sa.json")
-    daemon.cli(
-        "connector",
-        "register",
-        "gcp2",
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-    )
+    daemon.register_gcp("gcp2", key)
     result = daemon.cli("env", "aws", "gcp2", check=False)
     assert result.returncode == 1
     assert "resource type 'aws-generic'" in result.stderr or "not 'aws'" in result.stderr
@@ -215,16 +197,7 @@ def _register_aws(daemon: Daemon, moto: MotoServer, name: str) -> str:
 def _register_gcp(daemon: Daemon, google: GoogleServer, tmp: Path, name: str) -> str:
     account = google.service_account(name, "sdk-project")
     key = account.write(tmp / f"{name}.json")
-    daemon.cli(
-        "connector",
-        "register",
-        name,
-        "--type",
-        "gcp",
-        "--auth-method",
-        "service-account",
-        f"service_account_json=@{key}",
-    )
+    daemon.register_gcp(name, key)
     return f"{name}@sdk-project.iam.gserviceaccount.com"
 
 
