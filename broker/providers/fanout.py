@@ -22,14 +22,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-async def gather_bounded(
+async def _gather(
     items: Sequence[T], call: Callable[[T], Awaitable[Iterable[R]]], limit: int
-) -> list[R]:
+) -> tuple[list[R], list[tuple[T, BrokerError]]]:
     """Everything ``call`` returns for each of ``items``, at most ``limit`` calls at a time,
-    in no particular order. The first :class:`BrokerError` to happen is raised once all
-    calls are done (collected: a task group would wrap it in an exception group)."""
+    and each item whose call failed with a :class:`BrokerError`, in the order they failed
+    (collected: a task group would wrap them in an exception group)."""
     found: list[R] = []
-    errors: list[BrokerError] = []
+    failed: list[tuple[T, BrokerError]] = []
     limiter = anyio.Semaphore(limit)
 
     async def one(item: T) -> None:
@@ -37,13 +37,23 @@ async def gather_bounded(
             try:
                 found.extend(await call(item))
             except BrokerError as exc:
-                errors.append(exc)
+                failed.append((item, exc))
 
     async with anyio.create_task_group() as group:
         for item in items:
             group.start_soon(one, item)
-    if errors:
-        raise errors[0]
+    return found, failed
+
+
+async def gather_bounded(
+    items: Sequence[T], call: Callable[[T], Awaitable[Iterable[R]]], limit: int
+) -> list[R]:
+    """Everything ``call`` returns for each of ``items``, at most ``limit`` calls at a time,
+    in no particular order. The first :class:`BrokerError` to happen is raised once all
+    calls are done."""
+    found, failed = await _gather(items, call, limit)
+    if failed:
+        raise failed[0][1]
     return found
 
 
@@ -65,21 +75,9 @@ async def gather_scopes(
     """Like :func:`gather_bounded`, but one scope's :class:`BrokerError` does not hide what
     the others found: returns everything found and each failed scope with its error (in
     ``scopes`` order)."""
-    found: list[R] = []
-    failed: dict[str, BrokerError] = {}
-    limiter = anyio.Semaphore(limit)
-
-    async def one(scope: str) -> None:
-        async with limiter:
-            try:
-                found.extend(await call(scope))
-            except BrokerError as exc:
-                failed[scope] = exc
-
-    async with anyio.create_task_group() as group:
-        for scope in scopes:
-            group.start_soon(one, scope)
-    return found, [(s, failed[s]) for s in scopes if s in failed]
+    found, failed = await _gather(scopes, call, limit)
+    errors = dict(failed)
+    return found, [(s, errors[s]) for s in scopes if s in errors]
 
 
 def partial_result(
