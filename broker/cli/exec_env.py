@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.cli import helper_entries
 from broker.errors import FailedPrecondition, InvalidArgument, NotFound
+from broker.kubeconfig import single_context
 
 if TYPE_CHECKING:
     from broker.api.v1 import broker_pb2 as pb
@@ -237,7 +238,7 @@ def kubeconfig_exec(stub: Any, name: str, resource_id: str | None, temp: Path) -
         cred.config, name, cred.resource_id, helper_socket
     )
     path = temp / "kubeconfig"
-    _write_private(path, json.dumps(_kubeconfig(name, cluster, user), indent=2) + "\n")
+    _write_private(path, json.dumps(single_context(name, cluster, user), indent=2) + "\n")
     return Prepared(
         cred.connector_type,
         cred.resource_type,
@@ -245,17 +246,6 @@ def kubeconfig_exec(stub: Any, name: str, resource_id: str | None, temp: Path) -
         set={"KUBECONFIG": str(path)},
         temp_dir=temp,
     )
-
-
-def _kubeconfig(name: str, cluster: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": name, "cluster": cluster}],
-        "users": [{"name": name, "user": user}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
-        "current-context": name,
-    }
 
 
 def docker_helper_config(stub: Any, name: str, resource_id: str | None, temp: Path) -> Prepared:

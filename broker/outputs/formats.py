@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.attributes import render_value
 from broker.errors import FailedPrecondition, InvalidArgument
+from broker.kubeconfig import single_context
 from broker.model import ClientCredential
 
 if TYPE_CHECKING:
@@ -178,15 +179,7 @@ def render_kubeconfig(connector: str, credential: ClientCredential) -> str:
         user["client-key-data"] = base64.b64encode(config["client_key"].encode()).decode()
     if config.get("username") and config.get("password"):
         user["username"], user["password"] = config["username"], config["password"]
-    document = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": name, "cluster": cluster}],
-        "users": [{"name": name, "user": user}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
-        "current-context": name,
-    }
-    return json.dumps(document, indent=2) + "\n"
+    return json.dumps(single_context(name, cluster, user), indent=2) + "\n"
 
 
 def render_gcp_token(connector: str, credential: ClientCredential) -> str:
