@@ -43,6 +43,7 @@ from tests.servers.moto import (
     MotoServer,
     TokenRejected,
     moto_for_test,
+    no_ambient_aws,
     verify_eks_token,
 )
 from tests.servers.registry import RegistryServer, start_registry
@@ -72,12 +73,7 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("aws-home")
-    env = {
-        "HOME": str(home),
-        "AWS_CONFIG_FILE": str(home / "none-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "none-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
+    env = no_ambient_aws(home)
     with running_daemon(home / "data", env=env) as d:
         yield d
 

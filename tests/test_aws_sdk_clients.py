@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon, running_daemon
-from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test
+from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test, no_ambient_aws
 
 NODE_DIR = Path(__file__).parent / "node"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -47,10 +47,7 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("sdk-home")
     env = {
-        "HOME": str(home),
-        "AWS_CONFIG_FILE": str(home / "none-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "none-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
+        **no_ambient_aws(home),
         "BROKER_ENABLE_IMPLICIT_AUTH_METHODS": "true",
         "AWS_ACCESS_KEY_ID": DAEMON_KEY,
         "AWS_SECRET_ACCESS_KEY": DAEMON_SECRET,

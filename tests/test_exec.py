@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import BROKER, Daemon, running_daemon
-from tests.servers.moto import ACCOUNT, REGION, MotoServer, moto_for_test, shared_moto
+from tests.servers.moto import (
+    ACCOUNT,
+    REGION,
+    MotoServer,
+    moto_for_test,
+    no_ambient_aws,
+    shared_moto,
+)
 
 #: Sessions short enough for a renewal within seconds: the margin is 3/4 of the
 #: lifetime (15 s), renewal at about 1/3 of the servable 5 s before it.
@@ -49,12 +56,7 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("exec-home")
-    env = {
-        "HOME": str(home),
-        "AWS_CONFIG_FILE": str(home / "none-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "none-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
+    env = no_ambient_aws(home)
     with running_daemon(home / "data", env=env) as d:
         yield d
 

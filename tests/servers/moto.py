@@ -39,6 +39,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -518,3 +519,14 @@ def _quote(text: str, safe: str = "", encoding: Any = None, errors: Any = None) 
     from urllib.parse import quote
 
     return quote(text, safe="-_.~")
+
+
+def no_ambient_aws(home: Path) -> dict[str, str]:
+    """Environment for a daemon (or client) that must see no AWS configuration of the
+    machine's: its own empty HOME, no config or credentials file, no instance metadata."""
+    return {
+        "HOME": str(home),
+        "AWS_CONFIG_FILE": str(home / "none-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "none-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
